@@ -1,0 +1,1 @@
+fn main() { println!("device-sim: not yet implemented"); }

@@ -1,0 +1,188 @@
+//! The HTTP surface (SPEC §5): routing, handshake checks, JSON errors, and
+//! the small read-only routes. WebSocket routes hand off to their module
+//! ([`crate::ingest`]) once the request is authenticated.
+
+mod readings;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::auth::{AuthError, Authenticator, Identity, Role};
+use crate::config::Config;
+use crate::ingest::{HandshakeLimiter, Ingest};
+use crate::store::Store;
+
+/// Everything the routes need, cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub auth: Arc<Authenticator>,
+    pub store: Arc<Store>,
+    pub ingest: Arc<Ingest>,
+    pub handshakes: HandshakeLimiter,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/ingest", get(ingest))
+        .route("/v1/readings", get(readings::get))
+        .with_state(state)
+}
+
+/// A JSON error body: `{"error": code, "detail": ...}` plus extra fields.
+pub struct ApiError {
+    status: StatusCode,
+    body: serde_json::Value,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &str, detail: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            body: json!({"error": code, "detail": detail.into()}),
+        }
+    }
+
+    pub fn invalid(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid", detail)
+    }
+
+    pub fn internal(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", detail)
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Unauthorized(d) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", d),
+            AuthError::Forbidden(d) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", d),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+/// The token of a request: `Authorization: Bearer` first, then the
+/// `access_token` query parameter (for clients that cannot set headers).
+pub fn bearer_token<'a>(headers: &'a HeaderMap, query_token: Option<&'a str>) -> Option<&'a str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+        .or(query_token)
+}
+
+/// Authenticates a request for `role`: 401 when the token is missing or bad,
+/// 403 when it is valid but for another role.
+pub fn authenticate(
+    auth: &Authenticator,
+    headers: &HeaderMap,
+    query_token: Option<&str>,
+    role: Role,
+) -> Result<Identity, ApiError> {
+    let token = bearer_token(headers, query_token).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing token: send Authorization: Bearer <jwt> or ?access_token=<jwt>",
+        )
+    })?;
+    Ok(auth.verify(token, role)?)
+}
+
+/// Subscriber routes: a subscriber token, or none with
+/// `auth.public_subscribers` (then `None`, meaning no topic restriction).
+pub fn authenticate_subscriber(
+    state: &AppState,
+    headers: &HeaderMap,
+    query_token: Option<&str>,
+) -> Result<Option<Identity>, ApiError> {
+    if state.config.auth.public_subscribers && bearer_token(headers, query_token).is_none() {
+        return Ok(None);
+    }
+    authenticate(&state.auth, headers, query_token, Role::Subscriber).map(Some)
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    access_token: Option<String>,
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    // The router only serves once the store is open and the listener is up.
+    Json(json!({
+        "status": "ready",
+        "store": {"last_id": state.store.last_id(), "retained_bytes": state.store.retained_bytes()},
+        "devices_connected": state.ingest.registry.connected(),
+        "mqtt": serde_json::Value::Null,
+    }))
+    .into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    state.metrics.run_upkeep();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// `GET /v1/ingest`: handshake rate per IP first (before any token work),
+/// then the device token, then the upgrade.
+async fn ingest(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(q): Query<TokenQuery>,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    if let Err(retry) = state.handshakes.check(peer.ip()) {
+        metrics::counter!("sensorgate_handshakes_rejected_total", "reason" => "rate_limited").increment(1);
+        let mut resp = (
+            StatusCode::TOO_MANY_REQUESTS,
+            Json(json!({"error": "rate_limited", "detail": "too many handshakes from this address",
+                        "retry_after_ms": retry.as_millis_ceil()})),
+        )
+            .into_response();
+        let secs = retry.as_millis_ceil().div_ceil(1000).to_string();
+        if let Ok(v) = secs.parse() {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return resp;
+    }
+    let identity = match authenticate(&state.auth, &headers, q.access_token.as_deref(), Role::Device) {
+        Ok(identity) => identity,
+        Err(e) => {
+            metrics::counter!("sensorgate_handshakes_rejected_total", "reason" => "auth").increment(1);
+            return e.into_response();
+        }
+    };
+    match ws {
+        Ok(ws) => state.ingest.upgrade(ws, identity),
+        Err(rejection) => ApiError::invalid(format!("not a WebSocket upgrade: {rejection}")).into_response(),
+    }
+}

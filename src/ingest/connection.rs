@@ -1,0 +1,349 @@
+//! One device connection: welcome, then frames in and acks out (SPEC §3).
+//!
+//! The loop owns the connection's protocol state: the seq it expects next,
+//! the count of consecutive bad frames, and the window of batches waiting
+//! for the writer. Acks come from a `FuturesOrdered` of writer replies, so
+//! they go out in the order the batches came in. While the window is full the
+//! loop stops reading: backpressure reaches the device through TCP instead
+//! of memory growing here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::stream::FuturesOrdered;
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, MissedTickBehavior};
+
+use super::Ingest;
+use crate::protocol::{
+    decode_batch, encode_frame, AckFrame, Batch, ErrorCode, ErrorFrame, WelcomeFrame,
+};
+use crate::store::{CommitOutcome, IngestBatch, WriteRequest};
+
+/// Batches with `seq` a connection may have queued and not yet answered.
+/// Bounds per-connection memory (at most this many batches of at most
+/// `max_frame_bytes` each) while allowing a deep pipeline per device.
+const MAX_IN_FLIGHT: usize = 128;
+
+/// Close codes (RFC 6455 and SPEC §3).
+mod close {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+    pub const INTERNAL: u16 = 1011;
+    pub const REPLACED: u16 = 4001;
+}
+
+/// A queued batch with `seq`, waiting for its outcome.
+type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = (u64, CommitOutcome)> + Send>>;
+
+struct Conn {
+    socket: WebSocket,
+    device: Arc<str>,
+    ingest: Arc<Ingest>,
+    /// The seq this connection expects next; `None` while the device has no
+    /// seq record (then any seq is accepted). Covers batches already queued,
+    /// so it runs ahead of what is durable; the writer has the final word.
+    expected: Option<u64>,
+    consecutive_errors: u32,
+    pending: FuturesOrdered<Pending>,
+}
+
+/// Runs the connection to its end; never returns an error (every ending is a
+/// close frame, and a broken socket just ends it).
+pub async fn run(socket: WebSocket, device: Arc<str>, ingest: Arc<Ingest>) {
+    let registration = ingest.registry.register(device.clone());
+    metrics::counter!("sensorgate_device_connections_total").increment(1);
+    let mut conn = Conn {
+        socket,
+        device,
+        ingest,
+        expected: None,
+        consecutive_errors: 0,
+        pending: FuturesOrdered::new(),
+    };
+    let end = conn.serve(&registration.replaced).await;
+    tracing::debug!(device = %conn.device, ?end, "device connection ended");
+    if let Some((code, reason)) = end.close() {
+        let _ = conn
+            .socket
+            .send(Message::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            })))
+            .await;
+    }
+    drop(registration);
+}
+
+#[derive(Debug)]
+enum End {
+    Shutdown,
+    Replaced,
+    Idle,
+    TooManyErrors,
+    TooBig,
+    StoreFailed,
+    /// The device closed or the socket broke: nothing more to send.
+    Gone,
+}
+
+impl End {
+    fn close(&self) -> Option<(u16, &'static str)> {
+        Some(match self {
+            End::Shutdown => (close::GOING_AWAY, "server shutting down"),
+            End::Replaced => (close::REPLACED, "replaced"),
+            End::Idle => (close::NORMAL, "idle timeout"),
+            End::TooManyErrors => (close::POLICY, "too many consecutive errors"),
+            End::TooBig => (close::TOO_BIG, "frame too big"),
+            End::StoreFailed => (close::INTERNAL, "store unavailable"),
+            End::Gone => return None,
+        })
+    }
+}
+
+impl Conn {
+    async fn serve(&mut self, replaced: &tokio_util::sync::CancellationToken) -> End {
+        let shutdown = self.ingest.shutdown.clone();
+        let last_seq = tokio::select! {
+            r = durable_last_seq(self.ingest.clone(), self.device.clone()) => r,
+            _ = shutdown.cancelled() => return End::Shutdown,
+            _ = replaced.cancelled() => return End::Replaced,
+        };
+        let Some(last_seq) = last_seq else {
+            return End::StoreFailed;
+        };
+        self.expected = last_seq.map(|s| s + 1);
+        let ingest = self.ingest.clone();
+        let welcome = WelcomeFrame::new(&self.device, last_seq.unwrap_or(0), &ingest.config.limits);
+        let welcome = encode_frame(&welcome);
+        if self.socket.send(Message::Binary(welcome.into())).await.is_err() {
+            return End::Gone;
+        }
+
+        let server = &ingest.config.server;
+        let (ping_every, idle_after) = (server.ping_interval, server.idle_timeout);
+        let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut last_activity = Instant::now();
+
+        loop {
+            let idle_deadline = last_activity + idle_after;
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    self.drain_acks(server.shutdown_timeout).await;
+                    return End::Shutdown;
+                }
+                _ = replaced.cancelled() => return End::Replaced,
+                Some((seq, outcome)) = self.pending.next(), if !self.pending.is_empty() => {
+                    if let Err(end) = self.answer(seq, outcome).await {
+                        return end;
+                    }
+                }
+                msg = self.socket.recv(), if self.pending.len() < MAX_IN_FLIGHT => {
+                    last_activity = Instant::now();
+                    match msg {
+                        None => return End::Gone,
+                        Some(Err(e)) => return classify_socket_error(e),
+                        Some(Ok(msg)) => {
+                            if let Err(end) = self.on_message(msg).await {
+                                return end;
+                            }
+                        }
+                    }
+                }
+                _ = ping.tick() => {
+                    if self.socket.send(Message::Ping(Default::default())).await.is_err() {
+                        return End::Gone;
+                    }
+                }
+                _ = tokio::time::sleep_until(idle_deadline) => return End::Idle,
+            }
+        }
+    }
+
+    async fn on_message(&mut self, msg: Message) -> Result<(), End> {
+        match msg {
+            Message::Binary(bytes) => self.on_frame(&bytes).await,
+            Message::Text(_) => {
+                let err = ErrorFrame::new(None, ErrorCode::UnsupportedFrame, "frames must be binary MessagePack");
+                self.reject(err).await
+            }
+            Message::Close(_) => Err(End::Gone),
+            // tungstenite answers pings itself; both count as activity.
+            Message::Ping(_) | Message::Pong(_) => Ok(()),
+        }
+    }
+
+    async fn on_frame(&mut self, bytes: &[u8]) -> Result<(), End> {
+        let limits = &self.ingest.config.limits;
+        let batch = match decode_batch(bytes, limits.max_readings_per_frame) {
+            Ok(batch) => batch,
+            Err(e) => {
+                let err = ErrorFrame::new(e.seq, e.code, e.detail);
+                return self.reject(err).await;
+            }
+        };
+        self.consecutive_errors = 0;
+        match (batch.seq, self.expected) {
+            // Already stored, or queued ahead of this: the writer answers in
+            // order, after the original is durable. No rate tokens spent.
+            (Some(seq), Some(expected)) if seq < expected => {
+                let probe = Batch {
+                    seq: Some(seq),
+                    readings: Vec::new(),
+                };
+                self.enqueue(probe).await
+            }
+            (Some(seq), Some(expected)) if seq > expected => {
+                let mut err = ErrorFrame::new(
+                    Some(seq),
+                    ErrorCode::OutOfOrder,
+                    format!("expected seq {expected}"),
+                );
+                err.expected = Some(expected);
+                self.reject(err).await
+            }
+            _ => {
+                if let Err(retry) = self.ingest.limiter.check(&self.device, batch.readings.len()) {
+                    let mut err = ErrorFrame::new(
+                        batch.seq,
+                        ErrorCode::RateLimited,
+                        format!("over {} readings/s", limits.readings_per_sec),
+                    );
+                    err.retry_after_ms = Some(retry.as_millis_ceil());
+                    return self.reject(err).await;
+                }
+                self.enqueue(batch).await
+            }
+        }
+    }
+
+    /// Queues a batch for the writer, waiting at most `enqueue_timeout` for
+    /// room; a still-full queue answers `overloaded`.
+    async fn enqueue(&mut self, batch: Batch) -> Result<(), End> {
+        let seq = batch.seq;
+        let (reply, rx) = match seq {
+            Some(_) => {
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
+        let request = WriteRequest::Batch(IngestBatch {
+            device: self.device.clone(),
+            seq,
+            readings: batch.readings,
+            received: crate::time::unix_ms(),
+            reply,
+        });
+        let timeout = self.ingest.config.ingest.enqueue_timeout;
+        match self.ingest.writer.sender().send_timeout(request, timeout).await {
+            Ok(()) => {}
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+                let mut err = ErrorFrame::new(seq, ErrorCode::Overloaded, "ingest queue full");
+                err.retry_after_ms = Some(overload_retry_ms(timeout));
+                return self.reject(err).await;
+            }
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => return Err(End::Shutdown),
+        }
+        if let (Some(seq), Some(rx)) = (seq, rx) {
+            if self.expected.is_none_or(|e| seq >= e) {
+                self.expected = Some(seq + 1);
+            }
+            self.pending.push_back(Box::pin(async move {
+                (seq, rx.await.unwrap_or(CommitOutcome::Failed))
+            }));
+        }
+        metrics::counter!("sensorgate_batches_accepted_total").increment(1);
+        Ok(())
+    }
+
+    /// Sends the answer for a batch the writer has decided.
+    async fn answer(&mut self, seq: u64, outcome: CommitOutcome) -> Result<(), End> {
+        let sent = match outcome {
+            CommitOutcome::Stored { .. } => self.send(&AckFrame::new(seq, false)).await,
+            CommitOutcome::Duplicate => self.send(&AckFrame::new(seq, true)).await,
+            CommitOutcome::OutOfOrder { expected } => {
+                // The writer knows better (e.g. an older connection of this
+                // device raced us): follow it.
+                self.expected = Some(expected);
+                let mut err = ErrorFrame::new(Some(seq), ErrorCode::OutOfOrder, format!("expected seq {expected}"));
+                err.expected = Some(expected);
+                self.send(&err).await
+            }
+            CommitOutcome::Failed | CommitOutcome::LastSeq(_) => {
+                // Not stored: the device must send this seq again later.
+                if self.expected.is_none_or(|e| e > seq) {
+                    self.expected = Some(seq);
+                }
+                let mut err = ErrorFrame::new(Some(seq), ErrorCode::Overloaded, "storage failed; not stored");
+                err.retry_after_ms = Some(1000);
+                self.send(&err).await
+            }
+        };
+        sent.map_err(|_| End::Gone)
+    }
+
+    /// Sends a rejection; too many malformed frames in a row end the
+    /// connection with 1008.
+    async fn reject(&mut self, err: ErrorFrame) -> Result<(), End> {
+        metrics::counter!("sensorgate_frames_rejected_total", "code" => err.code.as_str()).increment(1);
+        let counts = err.code.counts_as_bad_frame();
+        self.send(&err).await.map_err(|_| End::Gone)?;
+        if counts {
+            self.consecutive_errors += 1;
+            if self.consecutive_errors >= self.ingest.config.limits.max_consecutive_errors {
+                return Err(End::TooManyErrors);
+            }
+        }
+        Ok(())
+    }
+
+    /// On shutdown: answers what the writer still decides within `grace`, so
+    /// every batch that becomes durable is acked before the 1001.
+    async fn drain_acks(&mut self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        while let Ok(Some((seq, outcome))) = tokio::time::timeout_at(deadline, self.pending.next()).await {
+            if self.answer(seq, outcome).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn send<T: serde::Serialize>(&mut self, frame: &T) -> Result<(), axum::Error> {
+        self.socket.send(Message::Binary(encode_frame(frame).into())).await
+    }
+}
+
+/// Asks the writer for the device's durable `last_seq`. `None` when the
+/// store failed; `Some(None)` when the device has no seq record.
+async fn durable_last_seq(ingest: Arc<Ingest>, device: Arc<str>) -> Option<Option<u64>> {
+    let (tx, rx) = oneshot::channel();
+    let req = WriteRequest::LastSeq { device, reply: tx };
+    ingest.writer.sender().send(req).await.ok()?;
+    match rx.await.ok()? {
+        CommitOutcome::LastSeq(last) => Some(last),
+        _ => None,
+    }
+}
+
+/// A device waiting about as long as the queue did before trying again gives
+/// the writer time to catch up.
+fn overload_retry_ms(timeout: Duration) -> u64 {
+    (timeout.as_millis() as u64).clamp(50, 5000)
+}
+
+/// A frame over `max_frame_bytes` shows up as a capacity error from
+/// tungstenite; it earns a 1009. Anything else means the socket is gone.
+fn classify_socket_error(e: axum::Error) -> End {
+    let inner = e.into_inner();
+    match inner.downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(_)) => End::TooBig,
+        _ => End::Gone,
+    }
+}

@@ -1,0 +1,163 @@
+//! sensorgate: authenticated WebSocket ingest of sensor readings into durable
+//! storage, with live fan-out and an MQTT bridge. See `ARCHITECTURE.md` for
+//! how the tasks and channels fit together.
+//!
+//! [`Daemon::start`] is the one entry point, used alike by `main` and by the
+//! tests (on port 0). Shutdown has one path: cancel the daemon's token; the
+//! edge (listener, connections) stops first and the pipeline behind it drains
+//! as its inputs close.
+
+pub mod auth;
+pub mod config;
+pub mod fanout;
+pub mod http;
+pub mod ingest;
+pub mod protocol;
+pub mod store;
+pub mod telemetry;
+pub mod time;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::ingest::{DeviceLimiter, HandshakeLimiter, Ingest, Registry};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("storage.path {path}: {source}")]
+    StorageDir { path: String, source: std::io::Error },
+    #[error("storage.path: opening the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("server.listen {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// A running daemon.
+pub struct Daemon {
+    local_addr: SocketAddr,
+    shutdown: CancellationToken,
+    done: JoinHandle<()>,
+}
+
+impl Daemon {
+    /// Opens the store, binds `server.listen` and starts serving. Returns
+    /// once the daemon is ready (what `/readyz` and systemd's READY=1 mean).
+    pub async fn start(config: Arc<Config>) -> Result<Daemon, StartError> {
+        let path = config.storage.path.clone();
+        std::fs::create_dir_all(&path).map_err(|source| StartError::StorageDir {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let store = tokio::task::spawn_blocking(move || Store::open(&path))
+            .await
+            .expect("store open task")?;
+        let listener = TcpListener::bind(config.server.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.server.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.server.listen,
+            source,
+        })?;
+
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let (writer, writer_thread) = store::writer::spawn(
+            store.clone(),
+            config.storage.sync,
+            config.storage.flush_interval,
+            config.ingest.queue_capacity,
+            Vec::new(),
+        );
+        let auth = Arc::new(Authenticator::new(&config.auth.jwt_secret));
+        let limiter = DeviceLimiter::new(config.limits.readings_per_sec, config.limits.burst);
+        let handshakes = HandshakeLimiter::new(config.limits.handshakes_per_ip);
+        let ingest = Arc::new(Ingest {
+            config: config.clone(),
+            auth: auth.clone(),
+            registry: Arc::new(Registry::default()),
+            limiter: limiter.clone(),
+            writer,
+            shutdown: shutdown.clone(),
+            tracker: tracker.clone(),
+        });
+        let state = http::AppState {
+            config: config.clone(),
+            auth,
+            store: store.clone(),
+            ingest,
+            handshakes: handshakes.clone(),
+            metrics: telemetry::metrics_handle(),
+        };
+
+        tracker.spawn(store::retention::run(
+            store.clone(),
+            config.storage.retention,
+            config.storage.max_bytes,
+            shutdown.clone(),
+        ));
+        tracker.spawn(ingest::limits::prune_forever(limiter, handshakes, shutdown.clone()));
+
+        let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
+        let grace = config.server.shutdown_timeout;
+        let stop = shutdown.clone();
+        let done = tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "listener failed");
+            }
+            // The listener is closed; connections are closing with 1001 and
+            // acking what becomes durable. Wait for them, then for the writer,
+            // which ends once the last connection drops its queue handle.
+            tracker.close();
+            if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+                tracing::warn!(?grace, "connections still open at server.shutdown_timeout");
+            }
+            let flushed = tokio::task::spawn_blocking(move || writer_thread.join());
+            match tokio::time::timeout(grace.max(Duration::from_secs(1)), flushed).await {
+                Ok(Ok(Ok(()))) => tracing::info!("store flushed; shut down cleanly"),
+                Ok(_) => tracing::error!("writer thread failed during shutdown"),
+                Err(_) => tracing::error!("writer did not finish within server.shutdown_timeout"),
+            }
+        });
+        tracing::info!(addr = %local_addr, "sensorgate listening");
+        Ok(Daemon {
+            local_addr,
+            shutdown,
+            done,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The token that stops the daemon when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops the daemon (SPEC §8) and waits until it has drained.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        let _ = self.done.await;
+    }
+
+    /// Waits until the daemon stops (after its token is cancelled).
+    pub async fn wait(self) {
+        let _ = self.done.await;
+    }
+}

@@ -1,0 +1,190 @@
+//! Durable storage in sled (SPEC §7).
+//!
+//! Owns: the on-disk layout, id assignment state, per-device `last_seq`, the
+//! group-commit writer ([`writer`]) and background retention ([`retention`]).
+//! Everything is in one sled tree so that a group commit (its readings, the
+//! `last_seq` of every device in it, and the id high-water mark) is a single
+//! atomic `apply_batch`: after `kill -9` a batch is either wholly there with
+//! its seq, or not at all.
+//!
+//! Layout (keys are byte strings, integers big-endian so they sort):
+//! - `m/next_id` → u64: the next id to hand out. Kept explicitly rather than
+//!   derived from the newest reading, because retention may delete every
+//!   reading and ids must never be reused.
+//! - `q/<device>` → u64: the highest stored batch seq of a device.
+//! - `s/<first_id>` → segment: the readings of one group commit (contiguous
+//!   ids), MessagePack-encoded. One sled entry per commit instead of one per
+//!   reading keeps the write path cheap.
+//! - `i/<first_id>` → segment index entry (last id, newest `received`, bytes),
+//!   small enough to scan at start-up and during retention.
+//!
+//! Never: called from async code for long (sled calls block; the writer has
+//! its own thread and HTTP reads go through `spawn_blocking`).
+
+mod codec;
+pub mod retention;
+pub mod writer;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::protocol::Reading;
+
+pub use codec::SegmentMeta;
+pub use writer::{CommitListener, CommitOutcome, IngestBatch, WriteRequest, WriterHandle};
+
+const NEXT_ID_KEY: &[u8] = b"m/next_id";
+const SEQ_PREFIX: &[u8] = b"q/";
+const SEGMENT_PREFIX: &[u8] = b"s/";
+const INDEX_PREFIX: &[u8] = b"i/";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("corrupt store entry {key}: {detail}")]
+    Corrupt { key: String, detail: String },
+}
+
+/// The opened store. Cheap to share (`Arc<Store>`); sled is internally
+/// synchronised, and only the writer thread mutates readings and seqs.
+pub struct Store {
+    db: sled::Db,
+    /// Newest id that is durable and visible (0 when none yet). Fan-out uses
+    /// it as the seam between replay and live delivery.
+    last_durable_id: AtomicU64,
+    /// Bytes of segment payloads currently retained; retention compares this
+    /// with `storage.max_bytes`.
+    retained_bytes: AtomicU64,
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path` and recovers its counters.
+    pub fn open(path: &Path) -> Result<Arc<Store>, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            // sled's own background flusher is off: durability points are
+            // chosen by the writer (`storage.sync`), never by a timer we
+            // don't control.
+            .flush_every_ms(None)
+            .open()?;
+        let next_id = match db.get(NEXT_ID_KEY)? {
+            Some(v) => codec::decode_u64(NEXT_ID_KEY, &v)?,
+            None => 1,
+        };
+        let mut bytes = 0u64;
+        for entry in db.scan_prefix(INDEX_PREFIX) {
+            let (k, v) = entry?;
+            bytes += SegmentMeta::decode(&k, &v)?.bytes;
+        }
+        Ok(Arc::new(Store {
+            db,
+            last_durable_id: AtomicU64::new(next_id - 1),
+            retained_bytes: AtomicU64::new(bytes),
+        }))
+    }
+
+    /// Highest stored batch seq of `device`, `None` when the device never sent
+    /// a batch with `seq`.
+    pub fn last_seq(&self, device: &str) -> Result<Option<u64>, StoreError> {
+        let key = seq_key(device);
+        self.db
+            .get(&key)?
+            .map(|v| codec::decode_u64(&key, &v))
+            .transpose()
+    }
+
+    /// Newest durable id (0 when the store is empty).
+    pub fn last_id(&self) -> u64 {
+        self.last_durable_id.load(Ordering::Acquire)
+    }
+
+    /// Oldest id still retained, `None` when no reading is stored.
+    pub fn oldest_id(&self) -> Result<Option<u64>, StoreError> {
+        match self.db.scan_prefix(INDEX_PREFIX).next() {
+            Some(entry) => {
+                let (k, _) = entry?;
+                Ok(Some(codec::id_from_key(&k)?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Bytes of readings currently retained.
+    pub fn retained_bytes(&self) -> u64 {
+        self.retained_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Stored readings with `id > since` for which `keep` holds, in id order,
+    /// at most `limit` of them. Blocking: call from `spawn_blocking`.
+    pub fn read_since(
+        &self,
+        since: u64,
+        limit: usize,
+        mut keep: impl FnMut(&Reading) -> bool,
+    ) -> Result<Vec<Reading>, StoreError> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        let upper = self.last_id();
+        // Start at the segment holding `since + 1`: the last one whose first
+        // id is not greater than it.
+        let first_wanted = since.saturating_add(1);
+        let start = match self
+            .db
+            .range(segment_key(0)..=segment_key(first_wanted))
+            .next_back()
+        {
+            Some(entry) => entry?.0,
+            None => sled::IVec::from(&segment_key(0)[..]),
+        };
+        for entry in self.db.range(start..sled::IVec::from(&segment_key(u64::MAX)[..])) {
+            let (k, v) = entry?;
+            for r in codec::decode_segment(&k, &v)? {
+                // Readings applied but not yet flushed (interval mode) are
+                // not handed out: every id a client sees must survive a crash.
+                if r.id > upper {
+                    return Ok(out);
+                }
+                if r.id > since && keep(&r) {
+                    out.push(r);
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forces everything applied so far to disk.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn mark_durable(&self, last_id: u64) {
+        self.last_durable_id.fetch_max(last_id, Ordering::AcqRel);
+    }
+}
+
+fn seq_key(device: &str) -> Vec<u8> {
+    [SEQ_PREFIX, device.as_bytes()].concat()
+}
+
+fn segment_key(first_id: u64) -> [u8; 10] {
+    prefixed_id(SEGMENT_PREFIX, first_id)
+}
+
+fn index_key(first_id: u64) -> [u8; 10] {
+    prefixed_id(INDEX_PREFIX, first_id)
+}
+
+fn prefixed_id(prefix: &[u8], id: u64) -> [u8; 10] {
+    let mut k = [0u8; 10];
+    k[..2].copy_from_slice(prefix);
+    k[2..].copy_from_slice(&id.to_be_bytes());
+    k
+}

@@ -1,0 +1,11 @@
+//! Wall-clock helpers: readings carry Unix milliseconds (SPEC §2).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Server clock now, in Unix milliseconds.
+pub fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
