@@ -1,0 +1,162 @@
+//! Test harness: a real daemon on 127.0.0.1:0 with its sled store in a temp
+//! dir, and real WebSocket/HTTP clients. Shared by every integration test.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use sensorgate::auth::{Authenticator, Role};
+use sensorgate::config::Config;
+use sensorgate::Daemon;
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &str = "test-secret";
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+pub struct TestDaemon {
+    pub daemon: Option<Daemon>,
+    pub config: Arc<Config>,
+    pub dir: tempfile::TempDir,
+}
+
+/// A config for tests: loopback port 0, store in `dir`, limits generous
+/// unless a test tightens them through `tweak`.
+pub fn test_config(dir: &std::path::Path) -> Config {
+    let mut c = Config::with_secret(SECRET);
+    c.server.listen = "127.0.0.1:0".parse().unwrap();
+    c.storage.path = dir.join("store");
+    c.limits.readings_per_sec = 1_000_000;
+    c.limits.burst = 1_000_000;
+    c.limits.handshakes_per_ip = 10_000;
+    c
+}
+
+impl TestDaemon {
+    pub async fn start() -> TestDaemon {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestDaemon {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir.path());
+        tweak(&mut config);
+        Self::start_in(dir, config).await
+    }
+
+    pub async fn start_in(dir: tempfile::TempDir, config: Config) -> TestDaemon {
+        let config = Arc::new(config);
+        let daemon = Daemon::start(config.clone()).await.expect("daemon starts");
+        TestDaemon { daemon: Some(daemon), config, dir }
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.daemon.as_ref().unwrap().local_addr()
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr(), path)
+    }
+
+    pub fn token(&self, role: Role, sub: &str) -> String {
+        Authenticator::new(&self.config.auth.jwt_secret).mint(role, sub, Some(Duration::from_secs(3600)), None)
+    }
+
+    /// Connects device `sub` and returns the socket and its welcome.
+    pub async fn device(&self, sub: &str) -> (Ws, Value) {
+        let mut ws = self.connect_ingest(&self.token(Role::Device, sub)).await.expect("device connects");
+        let welcome = recv_frame(&mut ws).await;
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        (ws, welcome)
+    }
+
+    pub async fn connect_ingest(&self, token: &str) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+        let mut req = format!("ws://{}/v1/ingest", self.addr()).into_client_request().unwrap();
+        req.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+        tokio_tungstenite::connect_async(req).await.map(|(ws, _)| ws)
+    }
+
+    /// Stored readings via `GET /v1/readings` (all of them, following `next`).
+    pub async fn stored(&self, topic: &str) -> Vec<Value> {
+        let token = self.token(Role::Subscriber, "tests");
+        let client = reqwest::Client::new();
+        let mut since = 0u64;
+        let mut out = Vec::new();
+        loop {
+            let body: Value = client
+                .get(self.http("/v1/readings"))
+                .query(&[("topic", topic), ("since", &since.to_string()), ("limit", "10000")])
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let items = body["items"].as_array().unwrap().clone();
+            if items.is_empty() {
+                return out;
+            }
+            since = body["next"].as_u64().unwrap();
+            out.extend(items);
+        }
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(d) = self.daemon.take() {
+            d.shutdown().await;
+        }
+    }
+}
+
+pub fn mp(v: &Value) -> Vec<u8> {
+    rmp_serde::to_vec_named(v).unwrap()
+}
+
+/// A batch of `n` numeric readings on `sensor`.
+pub fn batch(seq: Option<u64>, sensor: &str, n: usize) -> Value {
+    let readings: Vec<Value> = (0..n)
+        .map(|i| json!({"sensor": sensor, "ts": 1_763_800_000_000_i64 + i as i64, "value": i as f64 + 0.5, "unit": "C"}))
+        .collect();
+    match seq {
+        Some(s) => json!({"seq": s, "readings": readings}),
+        None => json!({"readings": readings}),
+    }
+}
+
+pub async fn send(ws: &mut Ws, v: &Value) {
+    ws.send(Message::Binary(mp(v).into())).await.unwrap();
+}
+
+/// Next server frame, decoded from MessagePack to JSON (pings skipped).
+pub async fn recv_frame(ws: &mut Ws) -> Value {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a frame within 10s")
+            .expect("socket open")
+            .expect("no socket error");
+        match msg {
+            Message::Binary(b) => return rmp_serde::from_slice(&b).expect("server frames are MessagePack"),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected message {other:?}"),
+        }
+    }
+}
+
+/// Waits for the server to close the socket; returns the close code.
+pub async fn recv_close(ws: &mut Ws) -> Option<CloseCode> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("close within 10s") {
+            Some(Ok(Message::Close(frame))) => return frame.map(|f| f.code),
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return None,
+        }
+    }
+}
