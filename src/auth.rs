@@ -111,9 +111,9 @@ impl Authenticator {
             .sub
             .filter(|s| !s.is_empty())
             .ok_or_else(|| AuthError::Unauthorized("token has no sub claim".into()))?;
-        let role: Role = role.parse().map_err(|_| {
-            AuthError::Forbidden(format!("role {role:?} may not use this route"))
-        })?;
+        let role: Role = role
+            .parse()
+            .map_err(|_| AuthError::Forbidden(format!("role {role:?} may not use this route")))?;
         if role != want {
             return Err(AuthError::Forbidden(format!(
                 "role {:?} may not use this route (needs {:?})",
@@ -190,24 +190,60 @@ mod tests {
     fn wrong_role_is_forbidden_and_other_secret_unauthorized() {
         let a = Authenticator::new("s3cret");
         let t = a.mint(Role::Subscriber, "web", None, None);
-        assert!(matches!(a.verify(&t, Role::Device), Err(AuthError::Forbidden(_))));
+        assert!(matches!(
+            a.verify(&t, Role::Device),
+            Err(AuthError::Forbidden(_))
+        ));
         let b = Authenticator::new("other");
-        assert!(matches!(b.verify(&t, Role::Subscriber), Err(AuthError::Unauthorized(_))));
+        assert!(matches!(
+            b.verify(&t, Role::Subscriber),
+            Err(AuthError::Unauthorized(_))
+        ));
     }
 
     #[test]
     fn missing_role_is_unauthorized() {
         let a = Authenticator::new("s3cret");
-        let claims = Claims { sub: Some("d1".into()), role: None, exp: None, nbf: None, iat: None, topics: None };
-        let t = jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(b"s3cret")).unwrap();
-        assert!(matches!(a.verify(&t, Role::Device), Err(AuthError::Unauthorized(_))));
+        let claims = Claims {
+            sub: Some("d1".into()),
+            role: None,
+            exp: None,
+            nbf: None,
+            iat: None,
+            topics: None,
+        };
+        let t = jsonwebtoken::encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(b"s3cret"),
+        )
+        .unwrap();
+        assert!(matches!(
+            a.verify(&t, Role::Device),
+            Err(AuthError::Unauthorized(_))
+        ));
     }
 
     #[test]
     fn expired_token_is_unauthorized() {
         let a = Authenticator::new("s3cret");
-        let claims = Claims { sub: Some("d1".into()), role: Some("device".into()), exp: Some(1000), nbf: None, iat: None, topics: None };
-        let t = jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(b"s3cret")).unwrap();
-        assert_eq!(a.verify(&t, Role::Device), Err(AuthError::Unauthorized("token expired".into())));
+        let claims = Claims {
+            sub: Some("d1".into()),
+            role: Some("device".into()),
+            exp: Some(1000),
+            nbf: None,
+            iat: None,
+            topics: None,
+        };
+        let t = jsonwebtoken::encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(b"s3cret"),
+        )
+        .unwrap();
+        assert_eq!(
+            a.verify(&t, Role::Device),
+            Err(AuthError::Unauthorized("token expired".into()))
+        );
     }
 }

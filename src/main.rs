@@ -11,7 +11,11 @@ use sensorgate::auth::{Authenticator, Role};
 use sensorgate::config::{self, Config};
 
 #[derive(Parser)]
-#[command(name = "sensorgate", version, about = "IoT telemetry daemon: WebSocket ingest, durable storage, live fan-out, MQTT bridge")]
+#[command(
+    name = "sensorgate",
+    version,
+    about = "IoT telemetry daemon: WebSocket ingest, durable storage, live fan-out, MQTT bridge"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -60,7 +64,12 @@ fn main() -> ExitCode {
             print!("{}", config.render_redacted());
             ExitCode::SUCCESS
         }
-        Command::Token { role, sub, ttl, topics } => {
+        Command::Token {
+            role,
+            sub,
+            ttl,
+            topics,
+        } => {
             if role == Role::Device && !sensorgate::protocol::is_valid_name(&sub) {
                 eprintln!("sensorgate: --sub: device ids are 1-64 characters of [A-Za-z0-9_.:-]");
                 return ExitCode::from(2);

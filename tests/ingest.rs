@@ -31,7 +31,10 @@ async fn duplicate_seq_is_acked_without_storing() {
     send(&mut ws, &batch(Some(5), "temp", 2)).await;
     assert_eq!(recv_frame(&mut ws).await, json!({"type": "ack", "seq": 5}));
     send(&mut ws, &batch(Some(5), "temp", 2)).await;
-    assert_eq!(recv_frame(&mut ws).await, json!({"type": "ack", "seq": 5, "duplicate": true}));
+    assert_eq!(
+        recv_frame(&mut ws).await,
+        json!({"type": "ack", "seq": 5, "duplicate": true})
+    );
     assert_eq!(d.stored("#").await.len(), 2);
 }
 

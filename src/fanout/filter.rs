@@ -134,7 +134,10 @@ mod tests {
         assert!(f("+/+").matches("a", "b"));
         assert!(!f("+").matches("a", "b"));
         assert!(!f("d1/temp/x").matches("d1", "temp"));
-        assert!(f("d1/temp/#").matches("d1", "temp"), "# also matches the parent level in MQTT");
+        assert!(
+            f("d1/temp/#").matches("d1", "temp"),
+            "# also matches the parent level in MQTT"
+        );
     }
 
     #[test]

@@ -22,7 +22,11 @@ pub struct ReadingsQuery {
     access_token: Option<String>,
 }
 
-pub async fn get(State(state): State<AppState>, headers: HeaderMap, Query(q): Query<ReadingsQuery>) -> Response {
+pub async fn get(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<ReadingsQuery>,
+) -> Response {
     match page(state, headers, q).await {
         Ok(r) => r,
         Err(e) => e.into_response(),

@@ -120,7 +120,12 @@ impl Conn {
         let ingest = self.ingest.clone();
         let welcome = WelcomeFrame::new(&self.device, last_seq.unwrap_or(0), &ingest.config.limits);
         let welcome = encode_frame(&welcome);
-        if self.socket.send(Message::Binary(welcome.into())).await.is_err() {
+        if self
+            .socket
+            .send(Message::Binary(welcome.into()))
+            .await
+            .is_err()
+        {
             return End::Gone;
         }
 
@@ -170,7 +175,11 @@ impl Conn {
         match msg {
             Message::Binary(bytes) => self.on_frame(&bytes).await,
             Message::Text(_) => {
-                let err = ErrorFrame::new(None, ErrorCode::UnsupportedFrame, "frames must be binary MessagePack");
+                let err = ErrorFrame::new(
+                    None,
+                    ErrorCode::UnsupportedFrame,
+                    "frames must be binary MessagePack",
+                );
                 self.reject(err).await
             }
             Message::Close(_) => Err(End::Gone),
@@ -209,7 +218,11 @@ impl Conn {
                 self.reject(err).await
             }
             _ => {
-                if let Err(retry) = self.ingest.limiter.check(&self.device, batch.readings.len()) {
+                if let Err(retry) = self
+                    .ingest
+                    .limiter
+                    .check(&self.device, batch.readings.len())
+                {
                     let mut err = ErrorFrame::new(
                         batch.seq,
                         ErrorCode::RateLimited,
@@ -242,7 +255,13 @@ impl Conn {
             reply,
         });
         let timeout = self.ingest.config.ingest.enqueue_timeout;
-        match self.ingest.writer.sender().send_timeout(request, timeout).await {
+        match self
+            .ingest
+            .writer
+            .sender()
+            .send_timeout(request, timeout)
+            .await
+        {
             Ok(()) => {}
             Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
                 let mut err = ErrorFrame::new(seq, ErrorCode::Overloaded, "ingest queue full");
@@ -272,7 +291,11 @@ impl Conn {
                 // The writer knows better (e.g. an older connection of this
                 // device raced us): follow it.
                 self.expected = Some(expected);
-                let mut err = ErrorFrame::new(Some(seq), ErrorCode::OutOfOrder, format!("expected seq {expected}"));
+                let mut err = ErrorFrame::new(
+                    Some(seq),
+                    ErrorCode::OutOfOrder,
+                    format!("expected seq {expected}"),
+                );
                 err.expected = Some(expected);
                 self.send(&err).await
             }
@@ -281,7 +304,11 @@ impl Conn {
                 if self.expected.is_none_or(|e| e > seq) {
                     self.expected = Some(seq);
                 }
-                let mut err = ErrorFrame::new(Some(seq), ErrorCode::Overloaded, "storage failed; not stored");
+                let mut err = ErrorFrame::new(
+                    Some(seq),
+                    ErrorCode::Overloaded,
+                    "storage failed; not stored",
+                );
                 err.retry_after_ms = Some(1000);
                 self.send(&err).await
             }
@@ -292,7 +319,8 @@ impl Conn {
     /// Sends a rejection; too many malformed frames in a row end the
     /// connection with 1008.
     async fn reject(&mut self, err: ErrorFrame) -> Result<(), End> {
-        metrics::counter!("sensorgate_frames_rejected_total", "code" => err.code.as_str()).increment(1);
+        metrics::counter!("sensorgate_frames_rejected_total", "code" => err.code.as_str())
+            .increment(1);
         let counts = err.code.counts_as_bad_frame();
         self.send(&err).await.map_err(|_| End::Gone)?;
         if counts {
@@ -308,7 +336,9 @@ impl Conn {
     /// every batch that becomes durable is acked before the 1001.
     async fn drain_acks(&mut self, grace: Duration) {
         let deadline = Instant::now() + grace;
-        while let Ok(Some((seq, outcome))) = tokio::time::timeout_at(deadline, self.pending.next()).await {
+        while let Ok(Some((seq, outcome))) =
+            tokio::time::timeout_at(deadline, self.pending.next()).await
+        {
             if self.answer(seq, outcome).await.is_err() {
                 return;
             }
@@ -316,7 +346,9 @@ impl Conn {
     }
 
     async fn send<T: serde::Serialize>(&mut self, frame: &T) -> Result<(), axum::Error> {
-        self.socket.send(Message::Binary(encode_frame(frame).into())).await
+        self.socket
+            .send(Message::Binary(encode_frame(frame).into()))
+            .await
     }
 }
 

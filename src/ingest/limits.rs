@@ -89,7 +89,11 @@ fn nonzero(n: u32) -> NonZeroU32 {
 }
 
 /// Every minute, forgets keys whose buckets are full again, until `shutdown`.
-pub async fn prune_forever(devices: DeviceLimiter, handshakes: HandshakeLimiter, shutdown: CancellationToken) {
+pub async fn prune_forever(
+    devices: DeviceLimiter,
+    handshakes: HandshakeLimiter,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
         tokio::select! {
@@ -115,7 +119,10 @@ mod tests {
         assert!(l.check(&d, 50).is_ok());
         let retry = l.check(&d, 5).unwrap_err();
         // 5 readings at 10/s refill in about half a second.
-        assert!(retry.as_millis_ceil() > 300 && retry.as_millis_ceil() <= 500, "{retry:?}");
+        assert!(
+            retry.as_millis_ceil() > 300 && retry.as_millis_ceil() <= 500,
+            "{retry:?}"
+        );
         // Another device has its own bucket.
         assert!(l.check(&Arc::from("d2"), 50).is_ok());
     }

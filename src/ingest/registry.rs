@@ -55,7 +55,10 @@ impl Registry {
     }
 
     pub fn is_connected(&self, device: &str) -> bool {
-        self.live.lock().expect("registry lock").contains_key(device)
+        self.live
+            .lock()
+            .expect("registry lock")
+            .contains_key(device)
     }
 
     pub fn connected(&self) -> usize {

@@ -130,9 +130,7 @@ fn decode_reading(v: &ValueRef<'_>) -> Result<ReadingIn, String> {
     }
     let ts = match field(entries, "ts") {
         None => return Err("ts: missing".into()),
-        Some(ValueRef::Integer(i)) => i
-            .as_i64()
-            .ok_or_else(|| "ts: out of range".to_string())?,
+        Some(ValueRef::Integer(i)) => i.as_i64().ok_or_else(|| "ts: out of range".to_string())?,
         Some(_) => return Err("ts: must be an integer (Unix milliseconds)".to_string()),
     };
     let value = match field(entries, "value") {
@@ -142,7 +140,9 @@ fn decode_reading(v: &ValueRef<'_>) -> Result<ReadingIn, String> {
     let unit = match field(entries, "unit") {
         None | Some(ValueRef::Nil) => None,
         Some(ValueRef::String(s)) => {
-            let s = s.as_str().ok_or_else(|| "unit: not valid UTF-8".to_string())?;
+            let s = s
+                .as_str()
+                .ok_or_else(|| "unit: not valid UTF-8".to_string())?;
             if s.len() > MAX_UNIT_BYTES {
                 return Err(format!(
                     "unit: {} bytes, at most {MAX_UNIT_BYTES} allowed",
@@ -197,7 +197,10 @@ fn finite(f: f64) -> Result<Value, String> {
 }
 
 /// The value of the string key `name` in a map; later duplicates lose.
-fn field<'a, 'b>(entries: &'b [(ValueRef<'a>, ValueRef<'a>)], name: &str) -> Option<&'b ValueRef<'a>> {
+fn field<'a, 'b>(
+    entries: &'b [(ValueRef<'a>, ValueRef<'a>)],
+    name: &str,
+) -> Option<&'b ValueRef<'a>> {
     entries
         .iter()
         .find(|(k, _)| matches!(k, ValueRef::String(s) if s.as_bytes() == name.as_bytes()))
@@ -274,16 +277,24 @@ mod tests {
 
     #[test]
     fn field_errors_name_the_field_and_keep_seq() {
-        let e = err(&mp(json!({"seq": 7, "readings": [{"sensor": "a/b", "ts": 1, "value": 1}]})));
+        let e = err(&mp(
+            json!({"seq": 7, "readings": [{"sensor": "a/b", "ts": 1, "value": 1}]}),
+        ));
         assert_eq!(e.seq, Some(7));
         assert!(e.detail.starts_with("readings[0].sensor"), "{}", e.detail);
         let e = err(&mp(json!({"readings": [{"sensor": "a", "value": 1}]})));
         assert_eq!(e.detail, "readings[0].ts: missing");
-        let e = err(&mp(json!({"readings": [{"sensor": "a", "ts": 1, "value": "x".repeat(257)}]})));
+        let e = err(&mp(
+            json!({"readings": [{"sensor": "a", "ts": 1, "value": "x".repeat(257)}]}),
+        ));
         assert!(e.detail.contains("257 bytes"));
-        let e = err(&mp(json!({"readings": [{"sensor": "a", "ts": 1, "value": 1, "unit": "u".repeat(17)}]})));
+        let e = err(&mp(
+            json!({"readings": [{"sensor": "a", "ts": 1, "value": 1, "unit": "u".repeat(17)}]}),
+        ));
         assert!(e.detail.starts_with("readings[0].unit"));
-        let e = err(&mp(json!({"readings": [{"sensor": "a", "ts": 1, "value": [1]}]})));
+        let e = err(&mp(
+            json!({"readings": [{"sensor": "a", "ts": 1, "value": [1]}]}),
+        ));
         assert!(e.detail.starts_with("readings[0].value"));
         let e = err(&mp(json!({"seq": -1, "readings": []})));
         assert!(e.detail.contains("seq"));
@@ -318,7 +329,10 @@ mod tests {
     fn too_many_readings_and_empty_are_invalid() {
         let r = json!({"sensor": "a", "ts": 1, "value": 1});
         let frame = mp(json!({"readings": vec![r; 11]}));
-        assert!(decode_batch(&frame, 10).unwrap_err().detail.contains("at most 10"));
+        assert!(decode_batch(&frame, 10)
+            .unwrap_err()
+            .detail
+            .contains("at most 10"));
         assert!(err(&mp(json!({"readings": []}))).detail.contains("empty"));
     }
 

@@ -80,7 +80,11 @@ impl<'a> WelcomeFrame<'a> {
 
 impl AckFrame {
     pub fn new(seq: u64, duplicate: bool) -> Self {
-        AckFrame { kind: "ack", seq, duplicate }
+        AckFrame {
+            kind: "ack",
+            seq,
+            duplicate,
+        }
     }
 }
 

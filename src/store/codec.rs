@@ -43,9 +43,11 @@ impl SegmentMeta {
 /// A segment on disk: readings as MessagePack arrays (positional, so
 /// field names are not repeated per reading).
 type Row = (u64, Arc<str>, String, i64, Value, Option<String>, i64);
+/// The borrowed form of [`Row`], for encoding without copies.
+type RowRef<'a> = (u64, &'a str, &'a str, i64, &'a Value, Option<&'a str>, i64);
 
 pub fn encode_segment(readings: &[Reading]) -> Vec<u8> {
-    let rows: Vec<(u64, &str, &str, i64, &Value, Option<&str>, i64)> = readings
+    let rows: Vec<RowRef<'_>> = readings
         .iter()
         .map(|r| {
             (
@@ -133,7 +135,12 @@ mod tests {
 
     #[test]
     fn meta_round_trips() {
-        let m = SegmentMeta { first_id: 7, last_id: 99, newest_received: 123, bytes: 4096 };
+        let m = SegmentMeta {
+            first_id: 7,
+            last_id: 99,
+            newest_received: 123,
+            bytes: 4096,
+        };
         let key = super::super::index_key(7);
         assert_eq!(SegmentMeta::decode(&key, &m.encode()).unwrap(), m);
     }

@@ -140,7 +140,10 @@ impl Store {
             Some(entry) => entry?.0,
             None => sled::IVec::from(&segment_key(0)[..]),
         };
-        for entry in self.db.range(start..sled::IVec::from(&segment_key(u64::MAX)[..])) {
+        for entry in self
+            .db
+            .range(start..sled::IVec::from(&segment_key(u64::MAX)[..]))
+        {
             let (k, v) = entry?;
             for r in codec::decode_segment(&k, &v)? {
                 // Readings applied but not yet flushed (interval mode) are

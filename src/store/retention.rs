@@ -29,7 +29,12 @@ impl Store {
     /// `now_ms - retention`, then oldest segments while over `max_bytes`.
     /// Never deletes the segment holding the newest durable reading by size
     /// alone, so a tiny `max_bytes` still keeps the latest data readable.
-    pub fn prune(&self, now_ms: i64, retention: Duration, max_bytes: u64) -> Result<Pruned, StoreError> {
+    pub fn prune(
+        &self,
+        now_ms: i64,
+        retention: Duration,
+        max_bytes: u64,
+    ) -> Result<Pruned, StoreError> {
         let cutoff = now_ms.saturating_sub(retention.as_millis().min(i64::MAX as u128) as i64);
         let durable = self.last_id();
         let mut pruned = Pruned::default();
@@ -57,7 +62,12 @@ impl Store {
 }
 
 /// Runs [`Store::prune`] every [`PRUNE_EVERY`] until `shutdown`.
-pub async fn run(store: Arc<Store>, retention: Duration, max_bytes: u64, shutdown: CancellationToken) {
+pub async fn run(
+    store: Arc<Store>,
+    retention: Duration,
+    max_bytes: u64,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(PRUNE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -72,7 +82,11 @@ pub async fn run(store: Arc<Store>, retention: Duration, max_bytes: u64, shutdow
         match result {
             Ok(Ok(p)) if p.segments > 0 => {
                 metrics::counter!("sensorgate_retention_pruned_bytes_total").increment(p.bytes);
-                tracing::info!(segments = p.segments, bytes = p.bytes, "retention pruned old readings");
+                tracing::info!(
+                    segments = p.segments,
+                    bytes = p.bytes,
+                    "retention pruned old readings"
+                );
             }
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "retention pass failed"),

@@ -192,7 +192,10 @@ impl Writer {
         if self.pending.is_empty() {
             return None;
         }
-        Some(self.flush_interval.saturating_sub(self.last_flush.elapsed()))
+        Some(
+            self.flush_interval
+                .saturating_sub(self.last_flush.elapsed()),
+        )
     }
 
     /// Decides every batch of a group and applies the stored ones as one
@@ -348,7 +351,8 @@ impl Writer {
         let started = Instant::now();
         let flushed = self.store.flush();
         self.last_flush = Instant::now();
-        metrics::histogram!("sensorgate_store_flush_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("sensorgate_store_flush_seconds")
+            .record(started.elapsed().as_secs_f64());
         if let Err(e) = &flushed {
             self.poisoned = true;
             tracing::error!(error = %e, "flush failed; refusing all further batches");
@@ -360,7 +364,8 @@ impl Writer {
             }
             if let Some(last) = readings.last() {
                 self.store.mark_durable(last.id);
-                metrics::counter!("sensorgate_readings_stored_total").increment(readings.len() as u64);
+                metrics::counter!("sensorgate_readings_stored_total")
+                    .increment(readings.len() as u64);
                 let readings: Arc<[Reading]> = readings.into();
                 for l in &self.listeners {
                     l.on_commit(&readings);

@@ -53,7 +53,11 @@ impl TestDaemon {
     pub async fn start_in(dir: tempfile::TempDir, config: Config) -> TestDaemon {
         let config = Arc::new(config);
         let daemon = Daemon::start(config.clone()).await.expect("daemon starts");
-        TestDaemon { daemon: Some(daemon), config, dir }
+        TestDaemon {
+            daemon: Some(daemon),
+            config,
+            dir,
+        }
     }
 
     pub fn addr(&self) -> std::net::SocketAddr {
@@ -65,21 +69,37 @@ impl TestDaemon {
     }
 
     pub fn token(&self, role: Role, sub: &str) -> String {
-        Authenticator::new(&self.config.auth.jwt_secret).mint(role, sub, Some(Duration::from_secs(3600)), None)
+        Authenticator::new(&self.config.auth.jwt_secret).mint(
+            role,
+            sub,
+            Some(Duration::from_secs(3600)),
+            None,
+        )
     }
 
     /// Connects device `sub` and returns the socket and its welcome.
     pub async fn device(&self, sub: &str) -> (Ws, Value) {
-        let mut ws = self.connect_ingest(&self.token(Role::Device, sub)).await.expect("device connects");
+        let mut ws = self
+            .connect_ingest(&self.token(Role::Device, sub))
+            .await
+            .expect("device connects");
         let welcome = recv_frame(&mut ws).await;
         assert_eq!(welcome["type"], "welcome", "{welcome}");
         (ws, welcome)
     }
 
-    pub async fn connect_ingest(&self, token: &str) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
-        let mut req = format!("ws://{}/v1/ingest", self.addr()).into_client_request().unwrap();
-        req.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-        tokio_tungstenite::connect_async(req).await.map(|(ws, _)| ws)
+    pub async fn connect_ingest(
+        &self,
+        token: &str,
+    ) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+        let mut req = format!("ws://{}/v1/ingest", self.addr())
+            .into_client_request()
+            .unwrap();
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        tokio_tungstenite::connect_async(req)
+            .await
+            .map(|(ws, _)| ws)
     }
 
     /// Stored readings via `GET /v1/readings` (all of them, following `next`).
@@ -91,7 +111,11 @@ impl TestDaemon {
         loop {
             let body: Value = client
                 .get(self.http("/v1/readings"))
-                .query(&[("topic", topic), ("since", &since.to_string()), ("limit", "10000")])
+                .query(&[
+                    ("topic", topic),
+                    ("since", &since.to_string()),
+                    ("limit", "10000"),
+                ])
                 .bearer_auth(&token)
                 .send()
                 .await
@@ -143,7 +167,9 @@ pub async fn recv_frame(ws: &mut Ws) -> Value {
             .expect("socket open")
             .expect("no socket error");
         match msg {
-            Message::Binary(b) => return rmp_serde::from_slice(&b).expect("server frames are MessagePack"),
+            Message::Binary(b) => {
+                return rmp_serde::from_slice(&b).expect("server frames are MessagePack")
+            }
             Message::Ping(_) | Message::Pong(_) => continue,
             other => panic!("unexpected message {other:?}"),
         }
@@ -153,7 +179,10 @@ pub async fn recv_frame(ws: &mut Ws) -> Value {
 /// Waits for the server to close the socket; returns the close code.
 pub async fn recv_close(ws: &mut Ws) -> Option<CloseCode> {
     loop {
-        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("close within 10s") {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("close within 10s")
+        {
             Some(Ok(Message::Close(frame))) => return frame.map(|f| f.code),
             Some(Ok(_)) => continue,
             Some(Err(_)) | None => return None,
