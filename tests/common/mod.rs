@@ -189,3 +189,35 @@ pub async fn recv_close(ws: &mut Ws) -> Option<CloseCode> {
         }
     }
 }
+
+/// Sends raw bytes as one binary frame (for hand-built or broken MessagePack).
+pub async fn send_bytes(ws: &mut Ws, bytes: Vec<u8>) {
+    ws.send(Message::Binary(bytes.into())).await.unwrap();
+}
+
+/// Next server frame, which must be an `error` with `code`; returns it.
+pub async fn recv_error(ws: &mut Ws, code: &str) -> Value {
+    let e = recv_frame(ws).await;
+    assert_eq!(e["type"], "error", "{e}");
+    assert_eq!(e["code"], code, "{e}");
+    assert!(e["detail"].is_string(), "{e}");
+    e
+}
+
+/// A device token for `sub` signed with the test secret, with custom claims.
+pub fn jwt(claims: &Value, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// Seconds since the Unix epoch, for `exp`/`nbf` claims.
+pub fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
