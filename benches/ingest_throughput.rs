@@ -49,6 +49,7 @@ async fn run(devices: usize, batch: usize, window: u64, duration: Duration) {
     config.limits.readings_per_sec = 100_000_000;
     config.limits.burst = 100_000_000;
     config.limits.max_readings_per_frame = batch.max(500);
+    config.limits.handshakes_per_ip = 1_000_000;
     config.limits.max_frame_bytes = 4 * 1024 * 1024;
     let config = Arc::new(config);
     let daemon = sensorgate::Daemon::start(config.clone()).await.unwrap();
