@@ -34,11 +34,19 @@ use crate::store::{Store, StoreError};
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("storage.path {path}: {source}")]
-    StorageDir { path: String, source: std::io::Error },
+    StorageDir {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("storage.path: opening the store: {0}")]
     Store(#[from] StoreError),
     #[error("server.listen {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Tls(#[from] http::tls::TlsError),
 }
 
 /// A running daemon.
@@ -52,6 +60,12 @@ impl Daemon {
     /// Opens the store, binds `server.listen` and starts serving. Returns
     /// once the daemon is ready (what `/readyz` and systemd's READY=1 mean).
     pub async fn start(config: Arc<Config>) -> Result<Daemon, StartError> {
+        // TLS files are checked first: a bad path should fail fast, before the
+        // store is opened or the port taken.
+        let tls = match (&config.server.tls_cert, &config.server.tls_key) {
+            (Some(cert), Some(key)) => Some(http::tls::server_config(cert, key)?),
+            _ => None,
+        };
         let path = config.storage.path.clone();
         std::fs::create_dir_all(&path).map_err(|source| StartError::StorageDir {
             path: path.display().to_string(),
@@ -107,15 +121,33 @@ impl Daemon {
             config.storage.max_bytes,
             shutdown.clone(),
         ));
-        tracker.spawn(ingest::limits::prune_forever(limiter, handshakes, shutdown.clone()));
+        tracker.spawn(ingest::limits::prune_forever(
+            limiter,
+            handshakes,
+            shutdown.clone(),
+        ));
 
         let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
         let grace = config.server.shutdown_timeout;
         let stop = shutdown.clone();
         let done = tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
+            let served = match tls {
+                None => {
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(stop.clone().cancelled_owned())
+                        .await
+                }
+                Some(tls) => {
+                    use axum::serve::ListenerExt;
+                    // `tap_io` only makes axum's connect-info see the peer
+                    // address of a custom listener.
+                    let listener =
+                        http::tls::TlsListener::new(listener, tls, stop.clone()).tap_io(|_| {});
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(stop.clone().cancelled_owned())
+                        .await
+                }
+            };
             if let Err(e) = served {
                 tracing::error!(error = %e, "listener failed");
             }

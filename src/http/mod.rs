@@ -3,6 +3,7 @@
 //! ([`crate::ingest`]) once the request is authenticated.
 
 mod readings;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -68,7 +69,9 @@ impl ApiError {
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         match e {
-            AuthError::Unauthorized(d) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", d),
+            AuthError::Unauthorized(d) => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", d)
+            }
             AuthError::Forbidden(d) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", d),
         }
     }
@@ -86,7 +89,10 @@ pub fn bearer_token<'a>(headers: &'a HeaderMap, query_token: Option<&'a str>) ->
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim)
         .or(query_token)
 }
@@ -161,11 +167,14 @@ async fn ingest(
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
     if let Err(retry) = state.handshakes.check(peer.ip()) {
-        metrics::counter!("sensorgate_handshakes_rejected_total", "reason" => "rate_limited").increment(1);
+        metrics::counter!("sensorgate_handshakes_rejected_total", "reason" => "rate_limited")
+            .increment(1);
         let mut resp = (
             StatusCode::TOO_MANY_REQUESTS,
-            Json(json!({"error": "rate_limited", "detail": "too many handshakes from this address",
-                        "retry_after_ms": retry.as_millis_ceil()})),
+            Json(
+                json!({"error": "rate_limited", "detail": "too many handshakes from this address",
+                        "retry_after_ms": retry.as_millis_ceil()}),
+            ),
         )
             .into_response();
         let secs = retry.as_millis_ceil().div_ceil(1000).to_string();
@@ -174,15 +183,23 @@ async fn ingest(
         }
         return resp;
     }
-    let identity = match authenticate(&state.auth, &headers, q.access_token.as_deref(), Role::Device) {
+    let identity = match authenticate(
+        &state.auth,
+        &headers,
+        q.access_token.as_deref(),
+        Role::Device,
+    ) {
         Ok(identity) => identity,
         Err(e) => {
-            metrics::counter!("sensorgate_handshakes_rejected_total", "reason" => "auth").increment(1);
+            metrics::counter!("sensorgate_handshakes_rejected_total", "reason" => "auth")
+                .increment(1);
             return e.into_response();
         }
     };
     match ws {
         Ok(ws) => state.ingest.upgrade(ws, identity),
-        Err(rejection) => ApiError::invalid(format!("not a WebSocket upgrade: {rejection}")).into_response(),
+        Err(rejection) => {
+            ApiError::invalid(format!("not a WebSocket upgrade: {rejection}")).into_response()
+        }
     }
 }
