@@ -221,3 +221,168 @@ pub fn unix_secs() -> u64 {
         .unwrap()
         .as_secs()
 }
+
+/// A port that was free a moment ago, for a child process to listen on.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Writes `dir/sensorgate.toml` for a child daemon on `port` with its store
+/// in `dir/store`, generous limits, and `extra` appended; returns its path.
+pub fn write_config(dir: &std::path::Path, port: u16, extra: &str) -> std::path::PathBuf {
+    let toml = format!(
+        r#"[server]
+listen = "127.0.0.1:{port}"
+shutdown_timeout = "5s"
+
+[auth]
+jwt_secret = "{SECRET}"
+
+[limits]
+readings_per_sec = 1000000
+burst = 1000000
+handshakes_per_ip = 10000
+
+[storage]
+path = "{store}"
+
+[log]
+level = "warn"
+{extra}
+"#,
+        store = dir.join("store").display(),
+    );
+    let path = dir.join("sensorgate.toml");
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+/// The `sensorgate` binary with no `SENSORGATE__*` overrides inherited.
+pub fn sensorgate_cmd() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sensorgate"));
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("SENSORGATE__") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+/// A child daemon, SIGKILLed when dropped (a failing test leaves nothing
+/// running).
+pub struct ChildDaemon {
+    pub child: std::process::Child,
+    pub port: u16,
+}
+
+impl ChildDaemon {
+    /// Starts `sensorgate run --config <config>` (output appended to
+    /// `log`) and waits until `/healthz` answers.
+    pub async fn start(config: &std::path::Path, port: u16, log: &std::path::Path) -> ChildDaemon {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = sensorgate_cmd()
+            .args(["run", "--config"])
+            .arg(config)
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("spawning sensorgate");
+        let mut d = ChildDaemon { child, port };
+        d.wait_healthy(log).await;
+        d
+    }
+
+    async fn wait_healthy(&mut self, log: &std::path::Path) {
+        let url = format!("http://127.0.0.1:{}/healthz", self.port);
+        let client = reqwest::Client::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "sensorgate exited early ({status}): {}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+            let ok = client
+                .get(&url)
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200);
+            if ok {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no /healthz within 30s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn base(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ChildDaemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A WebSocket client on `/v1/ingest` of the daemon at `host:port` with a
+/// device token for `sub` signed with the test secret.
+pub async fn connect_device(base: &str, sub: &str) -> Ws {
+    let token = Authenticator::new(SECRET).mint(Role::Device, sub, None, None);
+    let mut req = format!("ws://{base}/v1/ingest")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    tokio_tungstenite::connect_async(req)
+        .await
+        .expect("device connects")
+        .0
+}
+
+/// Every stored reading of the daemon at `host:port`, via `/v1/readings`.
+pub async fn stored_at(base: &str) -> Vec<Value> {
+    let token = Authenticator::new(SECRET).mint(Role::Subscriber, "tests", None, None);
+    let client = reqwest::Client::new();
+    let mut since = 0u64;
+    let mut out = Vec::new();
+    loop {
+        let body: Value = client
+            .get(format!("http://{base}/v1/readings"))
+            .query(&[("since", since.to_string()), ("limit", "10000".into())])
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let items = body["items"].as_array().unwrap().clone();
+        if items.is_empty() {
+            return out;
+        }
+        since = body["next"].as_u64().unwrap();
+        out.extend(items);
+    }
+}
