@@ -8,6 +8,7 @@
 //! as its inputs close.
 
 pub mod auth;
+pub mod bridge;
 pub mod config;
 pub mod fanout;
 pub mod http;
@@ -47,6 +48,8 @@ pub enum StartError {
     },
     #[error("{0}")]
     Tls(#[from] http::tls::TlsError),
+    #[error("{0}")]
+    Mqtt(#[from] bridge::BridgeError),
 }
 
 /// A running daemon.
@@ -85,6 +88,12 @@ impl Daemon {
             source,
         })?;
 
+        // The MQTT bridge (off unless `mqtt.url`): the writer wakes it after
+        // each commit; it drains after the writer at shutdown.
+        let bridge = bridge::Bridge::start(&config.mqtt, store.clone()).await?;
+        let mut listeners: Vec<Arc<dyn store::CommitListener>> = Vec::new();
+        listeners.extend(bridge.as_ref().map(|b| b.listener()));
+
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let (writer, writer_thread) = store::writer::spawn(
@@ -92,7 +101,7 @@ impl Daemon {
             config.storage.sync,
             config.storage.flush_interval,
             config.ingest.queue_capacity,
-            Vec::new(),
+            listeners,
         );
         let auth = Arc::new(Authenticator::new(&config.auth.jwt_secret));
         let limiter = DeviceLimiter::new(config.limits.readings_per_sec, config.limits.burst);
@@ -113,6 +122,7 @@ impl Daemon {
             ingest,
             handshakes: handshakes.clone(),
             metrics: telemetry::metrics_handle(),
+            bridge: bridge.as_ref().map(|b| b.status()),
         };
 
         tracker.spawn(store::retention::run(
@@ -163,6 +173,10 @@ impl Daemon {
                 Ok(Ok(Ok(()))) => tracing::info!("store flushed; shut down cleanly"),
                 Ok(_) => tracing::error!("writer thread failed during shutdown"),
                 Err(_) => tracing::error!("writer did not finish within server.shutdown_timeout"),
+            }
+            // Hand the outbox to the broker if it is up, then disconnect.
+            if let Some(bridge) = bridge {
+                bridge.finish(grace).await;
             }
         });
         tracing::info!(addr = %local_addr, "sensorgate listening");

@@ -31,6 +31,8 @@ pub struct AppState {
     pub ingest: Arc<Ingest>,
     pub handshakes: HandshakeLimiter,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// The MQTT bridge state, `None` when the bridge is off.
+    pub bridge: Option<Arc<crate::bridge::BridgeStatus>>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -143,7 +145,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
         "status": "ready",
         "store": {"last_id": state.store.last_id(), "retained_bytes": state.store.retained_bytes()},
         "devices_connected": state.ingest.registry.connected(),
-        "mqtt": serde_json::Value::Null,
+        "mqtt": state.bridge.as_ref().map(|b| b.to_json(state.store.last_id())),
     }))
     .into_response()
 }

@@ -17,6 +17,12 @@
 //!   reading keeps the write path cheap.
 //! - `i/<first_id>` → segment index entry (last id, newest `received`, bytes),
 //!   small enough to scan at start-up and during retention.
+//! - `m/bridge_cursor` → u64: the MQTT bridge's outbox cursor. The outbox is
+//!   the readings log itself: every reading with `id > cursor` is still to be
+//!   published ([`crate::bridge`]). Written by the bridge without a flush of
+//!   its own (the next group commit's flush carries it); after a crash it may
+//!   be a little behind, and those readings are published again (QoS 1 is
+//!   at least once).
 //!
 //! Never: called from async code for long (sled calls block; the writer has
 //! its own thread and HTTP reads go through `spawn_blocking`).
@@ -35,6 +41,7 @@ pub use codec::SegmentMeta;
 pub use writer::{CommitListener, CommitOutcome, IngestBatch, WriteRequest, WriterHandle};
 
 const NEXT_ID_KEY: &[u8] = b"m/next_id";
+const BRIDGE_CURSOR_KEY: &[u8] = b"m/bridge_cursor";
 const SEQ_PREFIX: &[u8] = b"q/";
 const SEGMENT_PREFIX: &[u8] = b"s/";
 const INDEX_PREFIX: &[u8] = b"i/";
@@ -160,6 +167,23 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// The MQTT bridge's outbox cursor: every reading with a greater id is
+    /// still to be published. `None` before the bridge first ran.
+    pub fn bridge_cursor(&self) -> Result<Option<u64>, StoreError> {
+        self.db
+            .get(BRIDGE_CURSOR_KEY)?
+            .map(|v| codec::decode_u64(BRIDGE_CURSOR_KEY, &v))
+            .transpose()
+    }
+
+    /// Records the bridge's cursor. Not flushed here: durability comes with
+    /// the next group commit or [`Store::flush`]. Blocking (sled).
+    pub fn set_bridge_cursor(&self, cursor: u64) -> Result<(), StoreError> {
+        self.db
+            .insert(BRIDGE_CURSOR_KEY, &cursor.to_be_bytes()[..])?;
+        Ok(())
     }
 
     /// Forces everything applied so far to disk.

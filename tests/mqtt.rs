@@ -1,0 +1,246 @@
+//! The MQTT bridge against a real Mosquitto (SPEC §6): store-and-forward
+//! publishing, outages, restarts, the backlog bound.
+
+mod common;
+#[path = "common/mosquitto.rs"]
+mod mosquitto;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use mosquitto::{id_of, Mosquitto, Msg, Subscriber};
+use sensorgate::config::{Config, Payload};
+use serde_json::Value;
+
+const PREFIX: &str = "sg";
+
+/// A client id unique within this test process.
+fn client_id(what: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{what}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn bridged(c: &mut Config, broker: &Mosquitto) {
+    c.mqtt.url = Some(broker.url());
+    c.mqtt.client_id = client_id("sensorgate");
+    c.mqtt.topic_prefix = PREFIX.to_string();
+    c.mqtt.max_backoff = Duration::from_millis(500);
+}
+
+async fn readyz(d: &TestDaemon) -> (u16, Value) {
+    let resp = reqwest::get(d.http("/readyz")).await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap())
+}
+
+/// Polls `/readyz` (at most 15 s) until `ok` holds for its `mqtt` object.
+async fn wait_mqtt(d: &TestDaemon, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, body) = readyz(d).await;
+        assert_eq!(status, 200, "{body}");
+        if ok(&body["mqtt"]) {
+            return body["mqtt"].clone();
+        }
+        assert!(Instant::now() < deadline, "waiting for {what}: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends `batches` acked batches of `per_batch` readings from `device`.
+async fn send_acked(d: &TestDaemon, device: &str, batches: u64, per_batch: usize) {
+    let (mut ws, welcome) = d.device(device).await;
+    let first = welcome["last_seq"].as_u64().unwrap() + 1;
+    for seq in first..first + batches {
+        send(&mut ws, &batch(Some(seq), "temp", per_batch)).await;
+    }
+    for seq in first..first + batches {
+        let ack = recv_frame(&mut ws).await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+        assert_eq!(ack["seq"], seq);
+    }
+}
+
+/// The ids of new readings in arrival order, skipping redeliveries of ids
+/// already seen (QoS 1 is at least once across an outage).
+fn first_arrivals(msgs: &[Msg]) -> Vec<u64> {
+    let mut seen = HashSet::new();
+    msgs.iter()
+        .map(id_of)
+        .filter(|id| seen.insert(*id))
+        .collect()
+}
+
+fn ids(stored: &[Value]) -> Vec<u64> {
+    stored.iter().map(|r| r["id"].as_u64().unwrap()).collect()
+}
+
+#[tokio::test]
+async fn every_stored_reading_is_published_once_on_its_topic() {
+    let broker = Mosquitto::start().await;
+    let mut sub = Subscriber::connect(broker.port, &client_id("sub"), "sg/#").await;
+    let d = TestDaemon::start_with(|c| bridged(c, &broker)).await;
+    wait_mqtt(&d, "connected", |m| m["connected"] == true).await;
+
+    let (mut ws, _) = d.device("d1").await;
+    send(&mut ws, &batch(Some(1), "temp", 3)).await;
+    send(&mut ws, &batch(Some(2), "hum", 2)).await;
+    recv_frame(&mut ws).await;
+    recv_frame(&mut ws).await;
+    let stored = d.stored("#").await;
+    assert_eq!(stored.len(), 5);
+
+    let msgs = sub
+        .collect(5, Duration::from_secs(10), Duration::from_millis(500))
+        .await;
+    assert_eq!(msgs.len(), 5, "each reading exactly once: {msgs:?}");
+    for (m, r) in msgs.iter().zip(&stored) {
+        assert_eq!(
+            m.topic,
+            format!("sg/d1/{}", r["sensor"].as_str().unwrap()),
+            "topic"
+        );
+        assert_eq!(&m.json(), r, "payload is the stored item");
+    }
+    let m = wait_mqtt(&d, "empty backlog", |m| m["backlog"] == 0).await;
+    assert_eq!(m["dropped"], 0);
+}
+
+#[tokio::test]
+async fn msgpack_payload_when_configured() {
+    let broker = Mosquitto::start().await;
+    let mut sub = Subscriber::connect(broker.port, &client_id("sub"), "sg/#").await;
+    let d = TestDaemon::start_with(|c| {
+        bridged(c, &broker);
+        c.mqtt.payload = Payload::Msgpack;
+        c.mqtt.qos = 0;
+    })
+    .await;
+    wait_mqtt(&d, "connected", |m| m["connected"] == true).await;
+    send_acked(&d, "d1", 1, 2).await;
+    let stored = d.stored("#").await;
+    let msgs = sub
+        .collect(2, Duration::from_secs(10), Duration::from_millis(200))
+        .await;
+    assert_eq!(msgs.len(), 2);
+    for (m, r) in msgs.iter().zip(&stored) {
+        let v: Value = rmp_serde::from_slice(&m.payload).expect("MessagePack payload");
+        assert_eq!(&v, r);
+    }
+}
+
+#[tokio::test]
+async fn broker_outage_backlog_arrives_in_id_order_after_restart() {
+    let mut broker = Mosquitto::start().await;
+    let mut sub = Subscriber::connect(broker.port, &client_id("sub"), "sg/#").await;
+    let d = TestDaemon::start_with(|c| bridged(c, &broker)).await;
+    wait_mqtt(&d, "connected", |m| m["connected"] == true).await;
+
+    broker.stop().await;
+    wait_mqtt(&d, "disconnected", |m| m["connected"] == false).await;
+    // Ingest goes on at full speed: every batch is acked while the broker is down.
+    send_acked(&d, "d1", 6, 50).await;
+    let m = wait_mqtt(&d, "backlog of 300", |m| m["backlog"] == 300).await;
+    assert!(m["last_error"].is_string(), "{m}");
+
+    broker.run().await;
+    let msgs = sub
+        .collect(300, Duration::from_secs(20), Duration::from_millis(300))
+        .await;
+    assert_eq!(first_arrivals(&msgs), ids(&d.stored("#").await));
+    wait_mqtt(&d, "drained", |m| {
+        m["backlog"] == 0 && m["connected"] == true
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn outbox_survives_a_daemon_restart() {
+    let mut broker = Mosquitto::start().await;
+    let mut sub = Subscriber::connect(broker.port, &client_id("sub"), "sg/#").await;
+    broker.stop().await;
+
+    let mut a = TestDaemon::start_with(|c| bridged(c, &broker)).await;
+    send_acked(&a, "d1", 4, 50).await;
+    wait_mqtt(&a, "backlog of 200", |m| m["backlog"] == 200).await;
+    let stored = ids(&a.stored("#").await);
+    a.stop().await;
+
+    let TestDaemon { dir, config, .. } = a;
+    let b = TestDaemon::start_in(dir, (*config).clone()).await;
+    wait_mqtt(&b, "backlog kept", |m| m["backlog"] == 200).await;
+    broker.run().await;
+    let msgs = sub
+        .collect(200, Duration::from_secs(20), Duration::from_millis(300))
+        .await;
+    assert_eq!(first_arrivals(&msgs), stored);
+    wait_mqtt(&b, "drained", |m| m["backlog"] == 0).await;
+}
+
+#[tokio::test]
+async fn backlog_over_max_drops_the_oldest_and_counts_them() {
+    let mut broker = Mosquitto::start().await;
+    let mut sub = Subscriber::connect(broker.port, &client_id("sub"), "sg/#").await;
+    broker.stop().await;
+
+    let d = TestDaemon::start_with(|c| {
+        bridged(c, &broker);
+        c.mqtt.max_backlog = 50;
+    })
+    .await;
+    send_acked(&d, "d1", 4, 50).await;
+    let m = wait_mqtt(&d, "150 dropped", |m| m["dropped"] == 150).await;
+    assert_eq!(m["backlog"], 50, "{m}");
+    let metrics = reqwest::get(d.http("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("sensorgate_mqtt_dropped_total"),
+        "{metrics}"
+    );
+
+    broker.run().await;
+    let msgs = sub
+        .collect(50, Duration::from_secs(20), Duration::from_millis(500))
+        .await;
+    let stored = ids(&d.stored("#").await);
+    assert_eq!(
+        first_arrivals(&msgs),
+        stored[150..].to_vec(),
+        "the newest 50"
+    );
+    let m = wait_mqtt(&d, "drained", |m| m["backlog"] == 0).await;
+    assert_eq!(m["dropped"], 150);
+}
+
+#[tokio::test]
+async fn shutdown_hands_the_outbox_to_the_broker() {
+    let broker = Mosquitto::start().await;
+    let mut sub = Subscriber::connect(broker.port, &client_id("sub"), "sg/#").await;
+    let mut d = TestDaemon::start_with(|c| bridged(c, &broker)).await;
+    wait_mqtt(&d, "connected", |m| m["connected"] == true).await;
+    send_acked(&d, "d1", 10, 100).await;
+    let stored = ids(&d.stored("#").await);
+    d.stop().await;
+    let msgs = sub
+        .collect(1000, Duration::from_secs(10), Duration::from_millis(200))
+        .await;
+    assert_eq!(first_arrivals(&msgs), stored);
+}
+
+#[tokio::test]
+async fn readyz_mqtt_is_null_when_the_bridge_is_off() {
+    let d = TestDaemon::start().await;
+    let (status, body) = readyz(&d).await;
+    assert_eq!(status, 200);
+    assert!(body["mqtt"].is_null(), "{body}");
+}
