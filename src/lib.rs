@@ -52,6 +52,24 @@ pub enum StartError {
     Mqtt(#[from] bridge::BridgeError),
 }
 
+/// Waits (briefly) until this is the last handle on the store, so that when
+/// [`Daemon::shutdown`] returns, sled has closed the database and released
+/// its lock: a restart in the same process (tests) or a new process can open
+/// it at once. axum drops a finished connection's service (which holds the
+/// store) just after it reports the connection closed, hence the wait.
+async fn close_store(store: Arc<Store>) {
+    for _ in 0..200 {
+        if Arc::strong_count(&store) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    if Arc::strong_count(&store) > 1 {
+        tracing::warn!("store still referenced at shutdown; it closes when the last reference goes");
+    }
+    let _ = tokio::task::spawn_blocking(move || drop(store)).await;
+}
+
 /// A running daemon.
 pub struct Daemon {
     local_addr: SocketAddr,
@@ -140,6 +158,7 @@ impl Daemon {
         let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
         let grace = config.server.shutdown_timeout;
         let stop = shutdown.clone();
+        let store_for_close = store.clone();
         let done = tokio::spawn(async move {
             let served = match tls {
                 None => {
@@ -178,6 +197,7 @@ impl Daemon {
             if let Some(bridge) = bridge {
                 bridge.finish(grace).await;
             }
+            close_store(store_for_close).await;
         });
         tracing::info!(addr = %local_addr, "sensorgate listening");
         Ok(Daemon {
