@@ -688,3 +688,27 @@ async fn pongs_count_as_activity_past_idle_timeout() {
     send(&mut ws, &batch(Some(1), "t", 1)).await;
     assert_eq!(recv_frame(&mut ws).await, json!({"type": "ack", "seq": 1}));
 }
+
+#[tokio::test]
+async fn close_1009_for_a_fragmented_message_over_max_frame_bytes() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    let d = TestDaemon::start_with(|c| c.limits.max_frame_bytes = 1024).await;
+    let (mut ws, _) = d.device("d1").await;
+    // A fragmented good batch within the limit is reassembled and stored.
+    let small = mp(&batch(Some(1), "t", 2));
+    let (a, b) = small.split_at(small.len() / 2);
+    let first = Frame::message(a.to_vec(), OpCode::Data(Data::Binary), false);
+    let last = Frame::message(b.to_vec(), OpCode::Data(Data::Continue), true);
+    ws.send(Message::Frame(first)).await.unwrap();
+    ws.send(Message::Frame(last)).await.unwrap();
+    assert_eq!(recv_frame(&mut ws).await, json!({"type": "ack", "seq": 1}));
+    // Fragments of 600 bytes each, 1200 in all: over the limit as a message.
+    let big = mp(&batch(Some(2), "big", 40));
+    let first = Frame::message(big[..600].to_vec(), OpCode::Data(Data::Binary), false);
+    let last = Frame::message(big[600..1200].to_vec(), OpCode::Data(Data::Continue), true);
+    ws.send(Message::Frame(first)).await.unwrap();
+    let _ = ws.send(Message::Frame(last)).await;
+    assert_eq!(recv_close(&mut ws).await, Some(1009.into()));
+    assert!(d.stored("d1/big").await.is_empty());
+}
