@@ -712,3 +712,30 @@ async fn close_1009_for_a_fragmented_message_over_max_frame_bytes() {
     assert_eq!(recv_close(&mut ws).await, Some(1009.into()));
     assert!(d.stored("d1/big").await.is_empty());
 }
+
+/// A device with no seq record whose first batch is refused must not get a
+/// later pipelined seq stored first: the refused seq would then be answered
+/// "duplicate" without ever having been stored.
+#[tokio::test]
+async fn a_refused_first_batch_pins_the_expected_seq() {
+    let d = TestDaemon::start_with(|c| {
+        c.limits.readings_per_sec = 1;
+        c.limits.burst = 20;
+        c.limits.max_readings_per_frame = 20;
+    })
+    .await;
+    let (mut ws, welcome) = d.device("fresh").await;
+    assert_eq!(welcome["last_seq"], 0);
+    // Fire-and-forget readings empty the bucket but create no seq record.
+    send(&mut ws, &batch(None, "temp", 20)).await;
+    send(&mut ws, &batch(Some(1), "temp", 5)).await;
+    let refused = recv_frame(&mut ws).await;
+    assert_eq!(refused["code"], "rate_limited", "{refused}");
+    assert_eq!(refused["seq"], 1);
+    // The pipelined seq 2 is out of order, expecting 1: it is not stored.
+    send(&mut ws, &batch(Some(2), "temp", 1)).await;
+    let e = recv_frame(&mut ws).await;
+    assert_eq!(e["code"], "out_of_order", "{e}");
+    assert_eq!(e["expected"], 1);
+    assert_eq!(d.stored("fresh/#").await.len(), 20);
+}

@@ -229,6 +229,7 @@ impl Conn {
                         format!("over {} readings/s", limits.readings_per_sec),
                     );
                     err.retry_after_ms = Some(retry.as_millis_ceil());
+                    self.pin_retry(batch.seq);
                     return self.reject(err).await;
                 }
                 self.enqueue(batch).await
@@ -266,6 +267,7 @@ impl Conn {
             Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
                 let mut err = ErrorFrame::new(seq, ErrorCode::Overloaded, "ingest queue full");
                 err.retry_after_ms = Some(overload_retry_ms(timeout));
+                self.pin_retry(seq);
                 return self.reject(err).await;
             }
             Err(mpsc::error::SendTimeoutError::Closed(_)) => return Err(End::Shutdown),
@@ -280,6 +282,18 @@ impl Conn {
         }
         metrics::counter!("sensorgate_batches_accepted_total").increment(1);
         Ok(())
+    }
+
+    /// A batch the device must retry (rate limited, overloaded) fixes the
+    /// next expected seq even for a device with no seq record yet: otherwise
+    /// a pipelined later seq would be stored first, and the retried one then
+    /// answered "duplicate" without ever being stored.
+    fn pin_retry(&mut self, seq: Option<u64>) {
+        if let Some(seq) = seq {
+            if self.expected.is_none_or(|e| e > seq) {
+                self.expected = Some(seq);
+            }
+        }
     }
 
     /// Sends the answer for a batch the writer has decided.
@@ -301,9 +315,7 @@ impl Conn {
             }
             CommitOutcome::Failed | CommitOutcome::LastSeq(_) => {
                 // Not stored: the device must send this seq again later.
-                if self.expected.is_none_or(|e| e > seq) {
-                    self.expected = Some(seq);
-                }
+                self.pin_retry(Some(seq));
                 let mut err = ErrorFrame::new(
                     Some(seq),
                     ErrorCode::Overloaded,
