@@ -111,6 +111,15 @@ impl Daemon {
         let bridge = bridge::Bridge::start(&config.mqtt, store.clone()).await?;
         let mut listeners: Vec<Arc<dyn store::CommitListener>> = Vec::new();
         listeners.extend(bridge.as_ref().map(|b| b.listener()));
+        // The fan-out hub: routes each commit to `/v1/stream` subscribers.
+        let hub = fanout::Hub::new(config.fanout.subscriber_queue, config.fanout.slow_policy);
+        let (seed_hub, seed_store) = (hub.clone(), store.clone());
+        if let Ok(Err(e)) =
+            tokio::task::spawn_blocking(move || seed_hub.seed_devices(&seed_store)).await
+        {
+            tracing::warn!(error = %e, "could not seed /v1/devices from the store");
+        }
+        listeners.push(hub.clone());
 
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -141,6 +150,7 @@ impl Daemon {
             handshakes: handshakes.clone(),
             metrics: telemetry::metrics_handle(),
             bridge: bridge.as_ref().map(|b| b.status()),
+            hub,
         };
 
         tracker.spawn(store::retention::run(

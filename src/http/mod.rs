@@ -2,7 +2,9 @@
 //! the small read-only routes. WebSocket routes hand off to their module
 //! ([`crate::ingest`]) once the request is authenticated.
 
+mod devices;
 mod readings;
+mod stream;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -33,6 +35,8 @@ pub struct AppState {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// The MQTT bridge state, `None` when the bridge is off.
     pub bridge: Option<Arc<crate::bridge::BridgeStatus>>,
+    /// The fan-out hub behind `/v1/stream` and `/v1/devices`.
+    pub hub: Arc<crate::fanout::Hub>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -42,6 +46,8 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/ingest", get(ingest))
         .route("/v1/readings", get(readings::get))
+        .route("/v1/stream", get(stream::get))
+        .route("/v1/devices", get(devices::get))
         .with_state(state)
 }
 

@@ -61,6 +61,12 @@ impl Registry {
             .contains_key(device)
     }
 
+    /// The devices connected right now (for `/v1/devices`).
+    pub fn connected_devices(&self) -> Vec<Arc<str>> {
+        let live = self.live.lock().expect("registry lock");
+        live.keys().cloned().collect()
+    }
+
     pub fn connected(&self) -> usize {
         self.live.lock().expect("registry lock").len()
     }

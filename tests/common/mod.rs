@@ -386,3 +386,113 @@ pub async fn stored_at(base: &str) -> Vec<Value> {
         out.extend(items);
     }
 }
+
+/// Opens `/v1/stream?{query}` with an optional bearer token, subprotocol
+/// offer and `Origin`; returns the socket and the handshake response.
+pub async fn connect_stream_with(
+    addr: std::net::SocketAddr,
+    query: &str,
+    token: Option<&str>,
+    protocol: Option<&str>,
+    origin: Option<&str>,
+) -> Result<
+    (
+        Ws,
+        tokio_tungstenite::tungstenite::handshake::client::Response,
+    ),
+    tokio_tungstenite::tungstenite::Error,
+> {
+    let mut req = format!("ws://{addr}/v1/stream?{query}")
+        .into_client_request()
+        .unwrap();
+    let h = req.headers_mut();
+    if let Some(t) = token {
+        h.insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    if let Some(p) = protocol {
+        h.insert("sec-websocket-protocol", p.parse().unwrap());
+    }
+    if let Some(o) = origin {
+        h.insert("origin", o.parse().unwrap());
+    }
+    tokio_tungstenite::connect_async(req).await
+}
+
+impl TestDaemon {
+    /// A JSON subscriber on `/v1/stream?{query}` with a subscriber token.
+    pub async fn subscriber(&self, query: &str) -> Ws {
+        let token = self.token(Role::Subscriber, "web");
+        connect_stream_with(self.addr(), query, Some(&token), None, None)
+            .await
+            .expect("subscriber connects")
+            .0
+    }
+}
+
+/// Next subscriber message: JSON text or MessagePack binary, as JSON.
+pub async fn recv_msg(ws: &mut Ws) -> Value {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("a message within 20s")
+            .expect("socket open")
+            .expect("no socket error");
+        match msg {
+            Message::Text(t) => return serde_json::from_str(&t).expect("text frames are JSON"),
+            Message::Binary(b) => {
+                return rmp_serde::from_slice(&b).expect("binary frames are MessagePack")
+            }
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected message {other:?}"),
+        }
+    }
+}
+
+/// Sends a JSON op as a text frame.
+pub async fn send_op(ws: &mut Ws, op: &Value) {
+    ws.send(Message::Text(op.to_string().into())).await.unwrap();
+}
+
+/// Reads `readings` frames until `n` items arrived; any other message fails.
+pub async fn recv_items(ws: &mut Ws, n: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let m = recv_msg(ws).await;
+        assert_eq!(m["type"], "readings", "{m}");
+        out.extend(m["items"].as_array().unwrap().iter().cloned());
+    }
+    assert_eq!(out.len(), n, "more items than expected");
+    out
+}
+
+/// The ids of JSON items.
+pub fn ids_of(items: &[Value]) -> Vec<u64> {
+    items.iter().map(|i| i["id"].as_u64().unwrap()).collect()
+}
+
+/// Sends `batches` acked batches of `n` readings on `sensor` from an
+/// already connected device, starting at `first_seq`; returns the next seq.
+pub async fn publish_acked(
+    ws: &mut Ws,
+    first_seq: u64,
+    batches: u64,
+    sensor: &str,
+    n: usize,
+) -> u64 {
+    for seq in first_seq..first_seq + batches {
+        send(ws, &batch(Some(seq), sensor, n)).await;
+        let ack = recv_frame(ws).await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+    }
+    first_seq + batches
+}
+
+/// This process's resident set size in KiB (Linux).
+pub fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/self/status")
+}

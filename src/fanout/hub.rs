@@ -1,0 +1,395 @@
+//! The hub: routes each durable (or relayed) reading to the subscribers
+//! whose filters match it, without looking at subscribers that cannot.
+//!
+//! Every topic has exactly two levels (`<device>/<sensor>`), so every filter
+//! reduces to one of four patterns over that pair — exact `d/s`, device-wide
+//! `d/*`, sensor-wide `*/s`, or everything `*/*` — or to "matches nothing"
+//! (see [`Pattern::of`]). The index keeps subscribers in four maps keyed by
+//! those literals, so routing a reading is four hash look-ups whatever the
+//! number of subscribers, and the cost of a commit grows with the deliveries
+//! it makes, not with the subscribers it skips.
+//!
+//! Runs on the writer thread ([`CommitListener`]): it never awaits and never
+//! waits for a subscriber (each subscriber has its own bounded
+//! [`SubscriberQueue`]). Subscriptions change under a short write lock.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use super::devices::DeviceBook;
+use super::filter::{Level, TopicFilter};
+use super::queue::SubscriberQueue;
+use super::wire::Item;
+use crate::config::SlowPolicy;
+use crate::protocol::Reading;
+use crate::store::CommitListener;
+
+type SubId = u64;
+
+/// What a filter means over two-level topics: `None` is a wildcard level.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Pattern {
+    Pair(Option<Arc<str>>, Option<Arc<str>>),
+    /// Can never match a `<device>/<sensor>` topic (e.g. `a`, `a/b/c`).
+    Never,
+}
+
+impl Pattern {
+    pub fn of(f: &TopicFilter) -> Pattern {
+        let lit = |l: &Level| match l {
+            Level::Literal(s) => Some(Arc::<str>::from(s.as_str())),
+            _ => None,
+        };
+        match f.levels() {
+            [Level::Rest] => Pattern::Pair(None, None),
+            [a, Level::Rest] => Pattern::Pair(lit(a), None),
+            // `a/b/#` also matches its parent `a/b` in MQTT.
+            [a, b] | [a, b, Level::Rest] if !matches!(b, Level::Rest) => {
+                Pattern::Pair(lit(a), lit(b))
+            }
+            _ => Pattern::Never,
+        }
+    }
+}
+
+/// Subscribers under one index key, with how many of each one's filters
+/// reduce to that key (so unsubscribing one of two keeps the other).
+type Subs = HashMap<SubId, (Arc<SubscriberQueue>, u32)>;
+
+#[derive(Default)]
+struct Index {
+    exact: HashMap<Arc<str>, HashMap<Arc<str>, Subs>>,
+    by_device: HashMap<Arc<str>, Subs>,
+    by_sensor: HashMap<Arc<str>, Subs>,
+    all: Subs,
+}
+
+impl Index {
+    fn slot(&mut self, p: &Pattern) -> Option<&mut Subs> {
+        match p {
+            Pattern::Never => None,
+            Pattern::Pair(Some(d), Some(s)) => Some(
+                self.exact
+                    .entry(d.clone())
+                    .or_default()
+                    .entry(s.clone())
+                    .or_default(),
+            ),
+            Pattern::Pair(Some(d), None) => Some(self.by_device.entry(d.clone()).or_default()),
+            Pattern::Pair(None, Some(s)) => Some(self.by_sensor.entry(s.clone()).or_default()),
+            Pattern::Pair(None, None) => Some(&mut self.all),
+        }
+    }
+
+    /// Drops empty maps so the index stays as small as the live subscriptions.
+    fn tidy(&mut self, p: &Pattern) {
+        match p {
+            Pattern::Pair(Some(d), Some(s)) => {
+                if let Some(m) = self.exact.get_mut(d) {
+                    if m.get(s).is_some_and(|x| x.is_empty()) {
+                        m.remove(s);
+                    }
+                    if m.is_empty() {
+                        self.exact.remove(d);
+                    }
+                }
+            }
+            Pattern::Pair(Some(d), None) if self.by_device.get(d).is_some_and(|x| x.is_empty()) => {
+                self.by_device.remove(d);
+            }
+            Pattern::Pair(None, Some(s)) if self.by_sensor.get(s).is_some_and(|x| x.is_empty()) => {
+                self.by_sensor.remove(s);
+            }
+            _ => {}
+        }
+    }
+
+    /// Calls `f` for every subscriber entry matching `device/sensor` (a
+    /// subscriber with several matching filters is seen more than once).
+    fn for_each_match(
+        &self,
+        device: &str,
+        sensor: &str,
+        mut f: impl FnMut(SubId, &Arc<SubscriberQueue>),
+    ) {
+        let mut visit = |subs: Option<&Subs>| {
+            for (id, (q, _)) in subs.into_iter().flatten() {
+                f(*id, q);
+            }
+        };
+        visit(self.exact.get(device).and_then(|m| m.get(sensor)));
+        visit(self.by_device.get(device));
+        visit(self.by_sensor.get(sensor));
+        visit(Some(&self.all));
+    }
+}
+
+/// The fan-out hub, one per daemon.
+pub struct Hub {
+    index: RwLock<Index>,
+    next_id: AtomicU64,
+    /// Highest stored id whose commit has been fully routed.
+    announced: AtomicU64,
+    subscribers: AtomicU64,
+    queue_capacity: usize,
+    policy: SlowPolicy,
+    devices: DeviceBook,
+}
+
+impl Hub {
+    pub fn new(queue_capacity: usize, policy: SlowPolicy) -> Arc<Hub> {
+        Arc::new(Hub {
+            index: RwLock::new(Index::default()),
+            next_id: AtomicU64::new(1),
+            announced: AtomicU64::new(0),
+            subscribers: AtomicU64::new(0),
+            queue_capacity,
+            policy,
+            devices: DeviceBook::default(),
+        })
+    }
+
+    /// A new subscriber with no filters yet; dropping it unsubscribes all.
+    pub fn subscriber(self: &Arc<Self>) -> Subscriber {
+        let n = self.subscribers.fetch_add(1, Ordering::Relaxed) + 1;
+        metrics::gauge!("sensorgate_subscribers").set(n as f64);
+        Subscriber {
+            hub: self.clone(),
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            queue: Arc::new(SubscriberQueue::new(self.queue_capacity, self.policy)),
+            patterns: Vec::new(),
+        }
+    }
+
+    pub fn subscriber_count(&self) -> u64 {
+        self.subscribers.load(Ordering::Relaxed)
+    }
+
+    /// The highest stored id whose commit has been routed to every queue.
+    /// Any live item with a smaller id is already queued.
+    pub fn announced(&self) -> u64 {
+        self.announced.load(Ordering::Acquire)
+    }
+
+    pub fn devices(&self) -> &DeviceBook {
+        &self.devices
+    }
+
+    /// Routes durable readings (one commit, in id order) to subscribers.
+    pub fn publish(&self, readings: &[Reading]) {
+        self.devices.observe(readings);
+        let items = readings
+            .iter()
+            .map(|r| Arc::new(Item::new(r.clone(), None)));
+        self.route(items);
+        if let Some(last) = readings.last() {
+            self.announced.fetch_max(last.id, Ordering::AcqRel);
+        }
+    }
+
+    /// Delivers readings relayed from another instance (`mqtt.relay`,
+    /// SPEC §10) to matching live subscribers: not stored, not replayed,
+    /// fields kept as the origin sent them, plus `"origin": origin`. Never
+    /// blocks; call it from the bridge's task as messages arrive.
+    pub fn publish_relayed(&self, origin: &str, readings: Vec<Reading>) {
+        let origin: Arc<str> = origin.into();
+        self.route(
+            readings
+                .into_iter()
+                .map(|r| Arc::new(Item::new(r, Some(origin.clone())))),
+        );
+    }
+
+    fn route(&self, items: impl Iterator<Item = Arc<Item>>) {
+        // Per commit: each matched subscriber's items, so each queue is
+        // locked once per commit rather than once per reading.
+        let mut batches: HashMap<SubId, (Arc<SubscriberQueue>, Vec<Arc<Item>>)> = HashMap::new();
+        // Pushing under the read lock means that once a subscription change
+        // (write lock) returns, no routing decided before it is in flight.
+        let index = self.index.read().expect("hub index lock");
+        let mut deliveries = 0u64;
+        for item in items {
+            let r = &item.reading;
+            index.for_each_match(&r.device, &r.sensor, |id, q| {
+                let (_, list) = batches.entry(id).or_insert_with(|| (q.clone(), Vec::new()));
+                // A subscriber matched through two filters gets it once.
+                if !list.last().is_some_and(|l| Arc::ptr_eq(l, &item)) {
+                    list.push(item.clone());
+                    deliveries += 1;
+                }
+            });
+        }
+        for (_, (q, list)) in batches {
+            q.push(list.into_iter());
+        }
+        drop(index);
+        if deliveries > 0 {
+            metrics::counter!("sensorgate_fanout_deliveries_total").increment(deliveries);
+        }
+    }
+}
+
+impl CommitListener for Hub {
+    fn on_commit(&self, readings: &Arc<[Reading]>) {
+        self.publish(readings);
+    }
+}
+
+/// One connection's registration with the hub.
+pub struct Subscriber {
+    hub: Arc<Hub>,
+    id: SubId,
+    queue: Arc<SubscriberQueue>,
+    /// Every pattern this subscriber holds in the index (with repeats).
+    patterns: Vec<Pattern>,
+}
+
+impl Subscriber {
+    pub fn queue(&self) -> &Arc<SubscriberQueue> {
+        &self.queue
+    }
+
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// Starts live delivery for `filters`. Readings routed after this
+    /// returns are queued; ones routed before are not.
+    pub fn add(&mut self, filters: &[TopicFilter]) {
+        let mut index = self.hub.index.write().expect("hub index lock");
+        for f in filters {
+            let p = Pattern::of(f);
+            if let Some(slot) = index.slot(&p) {
+                slot.entry(self.id)
+                    .or_insert_with(|| (self.queue.clone(), 0))
+                    .1 += 1;
+                self.patterns.push(p);
+            }
+        }
+    }
+
+    /// Stops live delivery for `filters` (each must have been added).
+    /// Items already queued for them stay queued.
+    pub fn remove(&mut self, filters: &[TopicFilter]) {
+        let mut index = self.hub.index.write().expect("hub index lock");
+        for f in filters {
+            let p = Pattern::of(f);
+            let Some(pos) = self.patterns.iter().position(|x| *x == p) else {
+                continue;
+            };
+            self.patterns.swap_remove(pos);
+            Self::unindex(&mut index, self.id, &p);
+        }
+    }
+
+    fn unindex(index: &mut Index, id: SubId, p: &Pattern) {
+        if let Some(slot) = index.slot(p) {
+            if let Some(e) = slot.get_mut(&id) {
+                e.1 -= 1;
+                if e.1 == 0 {
+                    slot.remove(&id);
+                }
+            }
+        }
+        index.tidy(p);
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let mut index = self.hub.index.write().expect("hub index lock");
+        for p in std::mem::take(&mut self.patterns) {
+            Self::unindex(&mut index, self.id, &p);
+        }
+        drop(index);
+        let n = self.hub.subscribers.fetch_sub(1, Ordering::Relaxed) - 1;
+        metrics::gauge!("sensorgate_subscribers").set(n as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Value;
+
+    fn reading(id: u64, d: &str, s: &str) -> Reading {
+        Reading {
+            id,
+            device: d.into(),
+            sensor: s.into(),
+            ts: 0,
+            value: Value::Int(id as i64),
+            unit: None,
+            received: 0,
+        }
+    }
+
+    fn f(s: &str) -> TopicFilter {
+        TopicFilter::parse(s).unwrap()
+    }
+
+    fn ids(sub: &Subscriber) -> Vec<u64> {
+        sub.queue()
+            .take(1000)
+            .items
+            .iter()
+            .map(|i| i.id())
+            .collect()
+    }
+
+    #[test]
+    fn patterns_agree_with_filter_matching() {
+        let topics = [("d1", "temp"), ("d1", "hum"), ("d2", "temp")];
+        for s in [
+            "d1/temp",
+            "+/temp",
+            "d1/+",
+            "d1/#",
+            "#",
+            "+/+",
+            "+/#",
+            "d1/temp/#",
+            "+",
+            "d1",
+            "d1/temp/x",
+            "a/b/c/#",
+            "+/+/#",
+        ] {
+            let filter = f(s);
+            let p = Pattern::of(&filter);
+            for (d, sn) in topics {
+                let by_pattern = match &p {
+                    Pattern::Never => false,
+                    Pattern::Pair(a, b) => {
+                        a.as_deref().is_none_or(|a| a == d) && b.as_deref().is_none_or(|b| b == sn)
+                    }
+                };
+                assert_eq!(by_pattern, filter.matches(d, sn), "{s} vs {d}/{sn}");
+            }
+        }
+    }
+
+    #[test]
+    fn routes_only_to_matching_subscribers_once_each() {
+        let hub = Hub::new(100, SlowPolicy::DropOldest);
+        let mut a = hub.subscriber();
+        a.add(&[f("d1/#"), f("+/temp")]);
+        let mut b = hub.subscriber();
+        b.add(&[f("d2/hum")]);
+        hub.publish(&[
+            reading(1, "d1", "temp"),
+            reading(2, "d2", "temp"),
+            reading(3, "d2", "hum"),
+        ]);
+        assert_eq!(ids(&a), vec![1, 2]);
+        assert_eq!(ids(&b), vec![3]);
+        a.remove(&[f("+/temp")]);
+        hub.publish(&[reading(4, "d2", "temp"), reading(5, "d1", "x")]);
+        assert_eq!(ids(&a), vec![5]);
+        drop(a);
+        drop(b);
+        let idx = hub.index.read().unwrap();
+        assert!(idx.exact.is_empty() && idx.by_device.is_empty() && idx.all.is_empty());
+    }
+}

@@ -1,0 +1,446 @@
+//! One subscriber connection on `/v1/stream` (SPEC §4), after the upgrade.
+//!
+//! The loop owns the connection's subscriptions and its replay seams; the
+//! hub only fills its bounded queue. Ops are answered in order; a replay
+//! (`since`) runs inline, so live readings queue up behind it and go out
+//! after it. The seam: filters are registered with the hub *before* the
+//! store's newest id `L` is read, the store is replayed up to `L`, and
+//! queued live readings with `id <= L` that the replay covered are dropped.
+//! Every reading with `id > L` comes live (its commit was announced after
+//! the registration), every reading `<= L` was durable before the replay
+//! read: no gap, no duplicate.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use super::hub::{Hub, Subscriber};
+use super::queue::SubscriberQueue;
+use super::wire::{decode_op, readings_frame, Encoding, ErrorCode, Frame, Item, Notice, Op};
+use super::TopicFilter;
+use crate::config::Config;
+use crate::store::Store;
+
+/// Readings per `readings` frame (live and replay).
+pub const FRAME_ITEMS: usize = 500;
+/// Readings read from the store per replay page.
+const REPLAY_PAGE: usize = 2000;
+/// Frames sent per wake-up before the loop looks at the socket again.
+const FRAMES_PER_TURN: usize = 8;
+/// Filters one connection may hold, so the index stays bounded per socket.
+pub const MAX_FILTERS: usize = 256;
+/// How long a closing handshake may take to leave a stuck socket.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+mod close {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const LAGGED: u16 = 4008;
+}
+
+/// What the handshake decided.
+pub struct Params {
+    pub encoding: Encoding,
+    /// The token's `topics` claim (`None`: anything).
+    pub allowed: Option<Vec<TopicFilter>>,
+    /// `topic=` values of the URL (raw).
+    pub topics: Vec<String>,
+    /// `since=` of the URL (raw).
+    pub since: Option<String>,
+}
+
+#[derive(Debug)]
+enum End {
+    Shutdown,
+    Lagged,
+    Idle,
+    Gone,
+}
+
+/// Live readings with `id <= floor` matching `filters` but not `prior`
+/// were (or would have been) replayed: drop them from the live queue.
+struct Seam {
+    floor: u64,
+    filters: Arc<Vec<TopicFilter>>,
+    prior: Arc<Vec<TopicFilter>>,
+}
+
+struct Session {
+    socket: WebSocket,
+    enc: Encoding,
+    sub: Subscriber,
+    queue: Arc<SubscriberQueue>,
+    store: Arc<Store>,
+    allowed: Option<Vec<TopicFilter>>,
+    filters: Vec<TopicFilter>,
+    seams: Vec<Seam>,
+    shutdown: CancellationToken,
+    overflowed: CancellationToken,
+}
+
+/// Serves the connection until it ends; every ending but a vanished peer
+/// sends a close frame (1001 shutdown, 4008 too slow, 1000 idle).
+pub async fn run(
+    socket: WebSocket,
+    hub: Arc<Hub>,
+    store: Arc<Store>,
+    config: Arc<Config>,
+    shutdown: CancellationToken,
+    params: Params,
+) {
+    let sub = hub.subscriber();
+    let queue = sub.queue().clone();
+    let overflowed = queue.overflowed().clone();
+    let mut s = Session {
+        socket,
+        enc: params.encoding,
+        sub,
+        queue,
+        store,
+        allowed: params.allowed,
+        filters: Vec::new(),
+        seams: Vec::new(),
+        shutdown,
+        overflowed,
+    };
+    let end = s.serve(&config, params.topics, params.since).await;
+    tracing::debug!(?end, "subscriber connection ended");
+    let (code, reason) = match end {
+        End::Shutdown => (close::GOING_AWAY, "server shutting down"),
+        End::Lagged => (close::LAGGED, "subscriber too slow"),
+        End::Idle => (close::NORMAL, "idle timeout"),
+        End::Gone => return,
+    };
+    if matches!(end, End::Lagged) {
+        // Free the queue's share of memory now; only the socket remains.
+        drop(s.sub);
+    }
+    let frame = Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }));
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, s.socket.send(frame)).await;
+}
+
+impl Session {
+    async fn serve(&mut self, config: &Config, topics: Vec<String>, since: Option<String>) -> End {
+        if let Err(end) = self.initial(topics, since).await {
+            return end;
+        }
+        let (ping_every, idle_after) = (config.server.ping_interval, config.server.idle_timeout);
+        let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut last_activity = Instant::now();
+        let shutdown = self.shutdown.clone();
+        let overflowed = self.overflowed.clone();
+        let queue = self.queue.clone();
+        loop {
+            let idle_deadline = last_activity + idle_after;
+            let step = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => Err(End::Shutdown),
+                _ = overflowed.cancelled() => Err(End::Lagged),
+                msg = self.socket.recv() => {
+                    last_activity = Instant::now();
+                    match msg {
+                        None | Some(Err(_)) => Err(End::Gone),
+                        Some(Ok(msg)) => self.on_message(msg).await,
+                    }
+                }
+                _ = queue.notified() => self.flush_queue(false).await,
+                _ = ping.tick() => self.send_msg(Message::Ping(Default::default())).await,
+                _ = tokio::time::sleep_until(idle_deadline) => Err(End::Idle),
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    /// `topic=`/`since=` from the URL, answered like a subscribe op.
+    async fn initial(&mut self, topics: Vec<String>, since: Option<String>) -> Result<(), End> {
+        let since = match since.as_deref() {
+            None | Some("") => None,
+            Some(s) => match s.parse::<u64>() {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    let detail = format!("since: not a non-negative integer: {s:?}");
+                    return self
+                        .notice(&Notice::error(ErrorCode::Invalid, detail))
+                        .await;
+                }
+            },
+        };
+        if topics.is_empty() {
+            if since.is_some() {
+                let detail = "since= needs at least one topic=";
+                return self
+                    .notice(&Notice::error(ErrorCode::Invalid, detail))
+                    .await;
+            }
+            return Ok(());
+        }
+        self.subscribe(topics, since).await
+    }
+
+    async fn on_message(&mut self, msg: Message) -> Result<(), End> {
+        let op = match &msg {
+            Message::Text(t) => decode_op(Some(t.as_str()), None),
+            Message::Binary(b) => decode_op(None, Some(b)),
+            Message::Close(_) => return Err(End::Gone),
+            Message::Ping(_) | Message::Pong(_) => return Ok(()),
+        };
+        match op {
+            Ok(Op::Subscribe { topics, since }) => self.subscribe(topics, since).await,
+            Ok(Op::Unsubscribe { topics }) => self.unsubscribe(topics).await,
+            Err(detail) => {
+                self.notice(&Notice::error(ErrorCode::Invalid, detail))
+                    .await
+            }
+        }
+    }
+
+    /// Parses and authorizes filters; the error is the notice to send.
+    fn check_filters(&self, topics: &[String]) -> Result<Vec<TopicFilter>, Notice> {
+        if topics.is_empty() {
+            return Err(Notice::error(
+                ErrorCode::Invalid,
+                "topics must not be empty",
+            ));
+        }
+        let mut out = Vec::with_capacity(topics.len());
+        for t in topics {
+            let f = TopicFilter::parse(t)
+                .map_err(|e| Notice::error(ErrorCode::Invalid, e.to_string()))?;
+            if let Some(allowed) = &self.allowed {
+                if !allowed.iter().any(|a| a.covers(&f)) {
+                    return Err(Notice::error(
+                        ErrorCode::Forbidden,
+                        format!("topic {f} is outside this token's topics"),
+                    ));
+                }
+            }
+            if !out.contains(&f) {
+                out.push(f);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn subscribe(&mut self, topics: Vec<String>, since: Option<u64>) -> Result<(), End> {
+        let requested = match self.check_filters(&topics) {
+            Ok(f) => f,
+            Err(notice) => return self.notice(&notice).await,
+        };
+        let new: Vec<TopicFilter> = requested
+            .iter()
+            .filter(|f| !self.filters.contains(f))
+            .cloned()
+            .collect();
+        if self.filters.len() + new.len() > MAX_FILTERS {
+            let detail = format!("at most {MAX_FILTERS} topic filters per connection");
+            return self
+                .notice(&Notice::error(ErrorCode::Invalid, detail))
+                .await;
+        }
+        let prior = Arc::new(self.filters.clone());
+        // Register first, then read the seam: see the module docs.
+        self.sub.add(&new);
+        self.filters.extend(new.iter().cloned());
+        let last_id = self.store.last_id();
+        let new = Arc::new(new);
+        if !new.is_empty() {
+            self.seams.push(Seam {
+                floor: last_id,
+                filters: new.clone(),
+                prior: prior.clone(),
+            });
+        }
+        let topics = requested.iter().map(ToString::to_string).collect();
+        self.notice(&Notice::Subscribed { topics, last_id }).await?;
+        if let Some(since) = since {
+            self.replay(since, last_id, new, prior).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends stored readings with `since < id <= upto` matching `filters`
+    /// and not `prior` (those were flowing live already).
+    async fn replay(
+        &mut self,
+        since: u64,
+        upto: u64,
+        filters: Arc<Vec<TopicFilter>>,
+        prior: Arc<Vec<TopicFilter>>,
+    ) -> Result<(), End> {
+        let store = self.store.clone();
+        let oldest = self.blocking(move || store.oldest_id()).await?;
+        let truncated = match oldest {
+            Some(oldest) => (since.saturating_add(1) < oldest).then_some(oldest),
+            // Nothing retained although ids were handed out past `since`.
+            None => (since < upto).then_some(upto + 1),
+        };
+        if let Some(oldest_id) = truncated {
+            self.notice(&Notice::Truncated { oldest_id }).await?;
+        }
+        let mut cursor = since;
+        while cursor < upto && !filters.is_empty() {
+            let (store, f, p) = (self.store.clone(), filters.clone(), prior.clone());
+            let page = self
+                .blocking(move || {
+                    store.read_since(cursor, REPLAY_PAGE, |r| {
+                        r.id <= upto
+                            && f.iter().any(|x| x.matches(&r.device, &r.sensor))
+                            && !p.iter().any(|x| x.matches(&r.device, &r.sensor))
+                    })
+                })
+                .await?;
+            let full = page.len() == REPLAY_PAGE;
+            let Some(last) = page.last() else { break };
+            cursor = last.id;
+            let items: Vec<Arc<Item>> = page
+                .into_iter()
+                .map(|r| Arc::new(Item::new(r, None)))
+                .collect();
+            for chunk in items.chunks(FRAME_ITEMS) {
+                self.send(readings_frame(self.enc, chunk)).await?;
+            }
+            if !full {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    async fn unsubscribe(&mut self, topics: Vec<String>) -> Result<(), End> {
+        let mut removed = Vec::new();
+        for t in &topics {
+            match TopicFilter::parse(t) {
+                Ok(f) => {
+                    if let Some(pos) = self.filters.iter().position(|x| *x == f) {
+                        removed.push(self.filters.remove(pos));
+                    }
+                }
+                Err(e) => {
+                    let notice = Notice::error(ErrorCode::Invalid, e.to_string());
+                    return self.notice(&notice).await;
+                }
+            }
+        }
+        if topics.is_empty() {
+            let notice = Notice::error(ErrorCode::Invalid, "topics must not be empty");
+            return self.notice(&notice).await;
+        }
+        self.sub.remove(&removed);
+        // Whatever was routed before the removal is queued now; send it,
+        // minus what no remaining filter wants, before acknowledging.
+        self.flush_queue(true).await?;
+        let topics = removed.iter().map(ToString::to_string).collect();
+        self.notice(&Notice::Unsubscribed { topics }).await
+    }
+
+    /// Sends queued live readings. `recheck` drains the whole queue and
+    /// drops items no current filter matches (after an unsubscribe);
+    /// otherwise at most [`FRAMES_PER_TURN`] frames go out per call.
+    async fn flush_queue(&mut self, recheck: bool) -> Result<(), End> {
+        let announced = self.sub.hub().announced();
+        let mut frames = 0;
+        loop {
+            if !recheck && frames == FRAMES_PER_TURN {
+                // Come back after looking at the socket and the timers.
+                self.queue.wake();
+                return Ok(());
+            }
+            let taken = self.queue.take(FRAME_ITEMS);
+            if taken.dropped > 0 {
+                metrics::counter!("sensorgate_subscriber_lagged_notices_total").increment(1);
+                self.notice(&Notice::Lagged {
+                    dropped: taken.dropped,
+                })
+                .await?;
+            }
+            if taken.items.is_empty() {
+                break;
+            }
+            let items: Vec<Arc<Item>> = taken
+                .items
+                .into_iter()
+                .filter(|i| self.wanted(i, recheck))
+                .collect();
+            if !items.is_empty() {
+                self.send(readings_frame(self.enc, &items)).await?;
+                frames += 1;
+            }
+        }
+        // The queue was empty after every commit up to `announced` had been
+        // routed: no live item at or below a seam under it can come any more.
+        self.seams.retain(|s| s.floor > announced);
+        Ok(())
+    }
+
+    fn wanted(&self, item: &Item, recheck: bool) -> bool {
+        let r = &item.reading;
+        if recheck && !self.filters.iter().any(|f| f.matches(&r.device, &r.sensor)) {
+            return false;
+        }
+        if item.is_relayed() {
+            return true; // another instance's ids: no seam applies
+        }
+        !self.seams.iter().any(|s| {
+            r.id <= s.floor
+                && s.filters.iter().any(|f| f.matches(&r.device, &r.sensor))
+                && !s.prior.iter().any(|f| f.matches(&r.device, &r.sensor))
+        })
+    }
+
+    fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
+    ) -> impl std::future::Future<Output = Result<T, End>> + Send + 'static {
+        let shutdown = self.shutdown.clone();
+        async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => Err(End::Shutdown),
+                r = tokio::task::spawn_blocking(f) => match r {
+                    Ok(Ok(v)) => Ok(v),
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "subscriber replay: store read failed");
+                        Err(End::Gone)
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "subscriber replay task failed");
+                        Err(End::Gone)
+                    }
+                },
+            }
+        }
+    }
+
+    async fn notice(&mut self, n: &Notice) -> Result<(), End> {
+        self.send(n.encode(self.enc)).await
+    }
+
+    async fn send(&mut self, frame: Frame) -> Result<(), End> {
+        let msg = match frame {
+            Frame::Text(t) => Message::Text(t.into()),
+            Frame::Binary(b) => Message::Binary(b),
+        };
+        self.send_msg(msg).await
+    }
+
+    /// Sends one message, giving up at shutdown or when the queue overflows
+    /// under `disconnect` (a peer that does not read never holds us). The
+    /// sink's send is cancel-safe per message: a frame is queued whole or
+    /// not at all.
+    async fn send_msg(&mut self, msg: Message) -> Result<(), End> {
+        tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled() => Err(End::Shutdown),
+            _ = self.overflowed.cancelled() => Err(End::Lagged),
+            r = self.socket.send(msg) => r.map_err(|_| End::Gone),
+        }
+    }
+}
