@@ -1,0 +1,115 @@
+//! Opening WebSocket connections to the daemon: one resolved target for the
+//! whole run, a TCP connection per device (bound to a spread of 127.0.0.x
+//! source addresses when one loopback address would run out of ephemeral
+//! ports), then the handshake with the bearer token. Knows nothing of frames.
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use anyhow::{bail, Context};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::Uri;
+use tokio_tungstenite::WebSocketStream;
+
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// Connections per loopback source address: well under the ~28k ephemeral
+/// ports Linux hands out per (source, destination) pair.
+pub const PER_SOURCE_ADDR: usize = 20_000;
+
+/// Where to connect, resolved once.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub url: String,
+    pub addr: SocketAddr,
+    /// Bind connection `i` to 127.0.0.(1 + i / PER_SOURCE_ADDR).
+    pub spread_sources: bool,
+}
+
+impl Target {
+    pub async fn resolve(url: &str, connections: usize) -> anyhow::Result<Target> {
+        let uri: Uri = url.parse().with_context(|| format!("bad URL {url:?}"))?;
+        match uri.scheme_str() {
+            Some("ws") => {}
+            Some("wss") => bail!("{url}: wss:// is not supported by device-sim; use ws://"),
+            _ => bail!("{url}: the URL must start with ws://"),
+        }
+        let host = uri.host().context("the URL has no host")?;
+        let port = uri.port_u16().unwrap_or(80);
+        let addr = tokio::net::lookup_host((host, port))
+            .await
+            .with_context(|| format!("resolving {host}"))?
+            .next()
+            .with_context(|| format!("{host} resolves to no address"))?;
+        Ok(Target {
+            url: url.to_string(),
+            addr,
+            spread_sources: host == "127.0.0.1" && connections > PER_SOURCE_ADDR,
+        })
+    }
+}
+
+/// Why a connection attempt failed, and whether trying again can help.
+#[derive(Debug)]
+pub struct ConnectError {
+    pub permanent: bool,
+    pub detail: String,
+}
+
+/// Connects connection number `index` with `token` (empty: no token).
+pub async fn connect(target: &Target, index: usize, token: &str) -> Result<Ws, ConnectError> {
+    let transient = |detail: String| ConnectError {
+        permanent: false,
+        detail,
+    };
+    let stream = if target.spread_sources {
+        let last = (1 + index / PER_SOURCE_ADDR).min(254) as u8;
+        let socket = TcpSocket::new_v4().map_err(|e| transient(e.to_string()))?;
+        socket
+            .bind(SocketAddr::new(Ipv4Addr::new(127, 0, 0, last).into(), 0))
+            .map_err(|e| transient(format!("bind 127.0.0.{last}: {e}")))?;
+        socket.connect(target.addr).await
+    } else {
+        TcpStream::connect(target.addr).await
+    }
+    .map_err(|e| transient(format!("connect {}: {e}", target.addr)))?;
+    let _ = stream.set_nodelay(true);
+    let mut req = target
+        .url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| ConnectError {
+            permanent: true,
+            detail: e.to_string(),
+        })?;
+    // An empty token sends no header (public subscribers).
+    if !token.is_empty() {
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {token}")
+                .parse()
+                .map_err(|_| ConnectError {
+                    permanent: true,
+                    detail: "the token is not a valid header value".into(),
+                })?,
+        );
+    }
+    match tokio_tungstenite::client_async(req, stream).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let status = resp.status().as_u16();
+            let body = resp
+                .body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            Err(ConnectError {
+                // A bad token or a wrong role will not get better; a 429 or a
+                // 5xx might.
+                permanent: matches!(status, 400 | 401 | 403 | 404),
+                detail: format!("HTTP {status} {body}"),
+            })
+        }
+        Err(e) => Err(transient(e.to_string())),
+    }
+}

@@ -1,0 +1,153 @@
+//! Realistic sensor values for a simulated device: each sensor has a level
+//! that drifts slowly around its base, small measurement noise on top, and
+//! an occasional step (a door opened, a pump started). Pure: the caller hands
+//! in the random generator and the timestamp, so nothing here does I/O.
+
+use rand::Rng;
+use serde::Serialize;
+
+/// One reading as the device sends it (SPEC §2; `device` comes from the
+/// token, never from the payload).
+#[derive(Debug, Clone, Serialize)]
+pub struct ReadingOut {
+    pub sensor: String,
+    pub ts: i64,
+    pub value: f64,
+    pub unit: &'static str,
+}
+
+/// A batch frame (`{"seq":N,"readings":[...]}`).
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    pub readings: &'a [ReadingOut],
+}
+
+/// The model of one sensor.
+#[derive(Debug, Clone)]
+struct SensorModel {
+    name: String,
+    unit: &'static str,
+    base: f64,
+    level: f64,
+    /// Standard deviation of the random walk per sample.
+    drift: f64,
+    /// Standard deviation of the measurement noise.
+    noise: f64,
+    /// Size of an occasional step, up or down.
+    step: f64,
+}
+
+/// Chance per sample that a sensor's level jumps by its `step`.
+const STEP_PROBABILITY: f64 = 0.002;
+
+/// How strongly the level is pulled back towards its base per sample, so a
+/// long run does not wander off to absurd values.
+const MEAN_REVERSION: f64 = 0.01;
+
+/// The sensors of one device, sampled round-robin.
+#[derive(Debug, Clone)]
+pub struct Sensors {
+    models: Vec<SensorModel>,
+    next: usize,
+}
+
+impl Sensors {
+    /// `n` sensors: the first four are the usual suspects (temperature,
+    /// humidity, pressure, CO2), the rest generic voltages.
+    pub fn new(n: usize, rng: &mut impl Rng) -> Sensors {
+        let kinds: [(&str, &'static str, f64, f64, f64, f64); 4] = [
+            ("temp", "C", 21.0, 0.02, 0.05, 2.0),
+            ("humidity", "%", 45.0, 0.05, 0.3, 5.0),
+            ("pressure", "hPa", 1013.0, 0.05, 0.2, 3.0),
+            ("co2", "ppm", 420.0, 0.5, 3.0, 80.0),
+        ];
+        let models = (0..n.max(1))
+            .map(|i| {
+                let (name, unit, base, drift, noise, step) = match kinds.get(i) {
+                    Some(&(name, unit, base, drift, noise, step)) => {
+                        (name.to_string(), unit, base, drift, noise, step)
+                    }
+                    None => (format!("aux{i}"), "V", 3.3, 0.002, 0.01, 0.2),
+                };
+                // Each device's sensors sit a little apart.
+                let base = base * rng.gen_range(0.95..1.05);
+                SensorModel {
+                    name,
+                    unit,
+                    base,
+                    level: base,
+                    drift,
+                    noise,
+                    step,
+                }
+            })
+            .collect();
+        Sensors { models, next: 0 }
+    }
+
+    /// The next reading, from the next sensor in turn.
+    pub fn sample(&mut self, ts: i64, rng: &mut impl Rng) -> ReadingOut {
+        let count = self.models.len();
+        let m = &mut self.models[self.next];
+        self.next = (self.next + 1) % count;
+        m.level += gaussian(rng) * m.drift + (m.base - m.level) * MEAN_REVERSION;
+        if rng.gen_bool(STEP_PROBABILITY) {
+            m.level += if rng.gen_bool(0.5) { m.step } else { -m.step };
+        }
+        let value = m.level + gaussian(rng) * m.noise;
+        ReadingOut {
+            sensor: m.name.clone(),
+            ts,
+            value: (value * 100.0).round() / 100.0,
+            unit: m.unit,
+        }
+    }
+}
+
+/// An approximately standard-normal sample (Irwin–Hall with 4 uniforms):
+/// good enough for noise, and needs no extra crate.
+fn gaussian(rng: &mut impl Rng) -> f64 {
+    let s: f64 = (0..4).map(|_| rng.gen::<f64>()).sum();
+    (s - 2.0) * (3.0f64).sqrt()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn values_stay_near_their_base_and_round_robin_sensors() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut s = Sensors::new(5, &mut rng);
+        let names: Vec<String> = (0..5).map(|i| s.sample(i, &mut rng).sensor).collect();
+        assert_eq!(names, ["temp", "humidity", "pressure", "co2", "aux4"]);
+        for _ in 0..10_000 {
+            let r = s.sample(0, &mut rng);
+            assert!(r.value.is_finite());
+            if r.sensor == "temp" {
+                assert!((0.0..45.0).contains(&r.value), "{}", r.value);
+            }
+        }
+    }
+
+    #[test]
+    fn batches_encode_as_named_maps() {
+        let readings = [ReadingOut {
+            sensor: "temp".into(),
+            ts: 1,
+            value: 21.5,
+            unit: "C",
+        }];
+        let bytes = rmp_serde::to_vec_named(&BatchOut {
+            seq: Some(3),
+            readings: &readings,
+        })
+        .unwrap();
+        let batch = sensorgate::protocol::decode_batch(&bytes, 10).unwrap();
+        assert_eq!(batch.seq, Some(3));
+        assert_eq!(batch.readings[0].sensor, "temp");
+    }
+}
