@@ -65,7 +65,9 @@ async fn close_store(store: Arc<Store>) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     if Arc::strong_count(&store) > 1 {
-        tracing::warn!("store still referenced at shutdown; it closes when the last reference goes");
+        tracing::warn!(
+            "store still referenced at shutdown; it closes when the last reference goes"
+        );
     }
     let _ = tokio::task::spawn_blocking(move || drop(store)).await;
 }
