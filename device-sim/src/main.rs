@@ -151,6 +151,26 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .await
         .context("--url")?;
     let stats = Arc::new(Stats::default());
+    let auth = args.secret.as_deref().map(Authenticator::new);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let subscriber = args.subscribe.clone().map(|url| {
+        let token = auth
+            .as_ref()
+            .map(|a| a.mint(Role::Subscriber, "device-sim", None, None))
+            .unwrap_or_default();
+        let prefix = args.device_prefix.clone();
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            subscriber::run(&url, &token, &prefix, stats, ready_tx, stop_rx).await
+        })
+    });
+    if subscriber.is_some() {
+        // Devices start once the subscription stands (or it failed: then
+        // the sender is dropped), so the first readings are measured too.
+        let _ = tokio::time::timeout(Duration::from_secs(10), ready_rx).await;
+    }
     let start = Instant::now();
     let plan = Arc::new(Plan {
         target,
@@ -165,18 +185,6 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         drain_end: start + args.duration + args.drain,
         duration: args.duration,
         start,
-    });
-    let auth = args.secret.as_deref().map(Authenticator::new);
-
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let subscriber = args.subscribe.clone().map(|url| {
-        let token = auth
-            .as_ref()
-            .map(|a| a.mint(Role::Subscriber, "device-sim", None, None))
-            .unwrap_or_default();
-        let prefix = args.device_prefix.clone();
-        let stats = stats.clone();
-        tokio::spawn(async move { subscriber::run(&url, &token, &prefix, stats, stop_rx).await })
     });
 
     let mut devices = JoinSet::new();
@@ -210,8 +218,16 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let mut sub_error = None;
     if let Some(s) = subscriber {
-        // Let the last readings reach the subscriber.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Let the last readings reach the subscriber: every acked reading
+        // is fanned out, so wait (bounded) until it has seen as many.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline
+            && stats.subscriber_readings.load(Relaxed) + stats.subscriber_lagged.load(Relaxed)
+                < stats.acked_readings.load(Relaxed)
+            && !s.is_finished()
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let _ = stop_tx.send(true);
         match s.await {
             Ok(Err(e)) => sub_error = Some(format!("{e:#}")),

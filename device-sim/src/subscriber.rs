@@ -8,20 +8,22 @@ use std::sync::Arc;
 use anyhow::Context;
 use futures_util::StreamExt;
 use serde_json::Value;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::conn::{self, Target};
 use crate::device::unix_ms;
 use crate::stats::Stats;
 
-/// Connects to `url` (a `/v1/stream` URL) and records latencies until `stop`
-/// turns true. Returns an error only when it could not connect at all.
+/// Connects to `url` (a `/v1/stream` URL), says so on `ready` once the
+/// server has confirmed the subscription (so devices start only when no
+/// reading can be missed), and records latencies until `stop` turns true.
 pub async fn run(
     url: &str,
     token: &str,
     prefix: &str,
     stats: Arc<Stats>,
+    ready: oneshot::Sender<()>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let sep = if url.contains('?') { '&' } else { '?' };
@@ -31,11 +33,18 @@ pub async fn run(
         .await
         .map_err(|e| anyhow::anyhow!(e.detail))
         .with_context(|| format!("subscribing at {url}"))?;
+    let mut ready = Some(ready);
     loop {
         tokio::select! {
             _ = stop.changed() => return Ok(()),
             msg = ws.next() => match msg {
-                Some(Ok(Message::Text(t))) => on_frame(t.as_str(), prefix, &stats),
+                Some(Ok(Message::Text(t))) => {
+                    if on_frame(t.as_str(), prefix, &stats) == Some("subscribed") {
+                        if let Some(r) = ready.take() {
+                            let _ = r.send(());
+                        }
+                    }
+                }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => anyhow::bail!("subscriber connection failed: {e}"),
                 None => anyhow::bail!("the server closed the subscriber connection"),
@@ -44,11 +53,16 @@ pub async fn run(
     }
 }
 
-fn on_frame(text: &str, prefix: &str, stats: &Stats) {
-    let Ok(frame) = serde_json::from_str::<Value>(text) else {
-        return;
+/// Books one frame; returns its type.
+fn on_frame(text: &str, prefix: &str, stats: &Stats) -> Option<&'static str> {
+    let frame = serde_json::from_str::<Value>(text).ok()?;
+    let kind = match frame["type"].as_str()? {
+        "subscribed" => "subscribed",
+        "readings" => "readings",
+        "lagged" => "lagged",
+        _ => "other",
     };
-    match frame["type"].as_str() {
+    match Some(kind) {
         Some("readings") => {
             let now = unix_ms();
             for item in frame["items"].as_array().into_iter().flatten() {
@@ -69,6 +83,7 @@ fn on_frame(text: &str, prefix: &str, stats: &Stats) {
         }
         _ => {}
     }
+    Some(kind)
 }
 
 #[cfg(test)]

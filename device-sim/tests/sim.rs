@@ -1,0 +1,404 @@
+//! device-sim against the real daemon: sensorgate started in-process on
+//! 127.0.0.1:0 with a temp store (as the daemon's own tests do), the built
+//! `device-sim` binary run with `--json`, and its report checked against what
+//! the daemon actually stored.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sensorgate::auth::{Authenticator, Role};
+use sensorgate::config::Config;
+use sensorgate::Daemon;
+use serde_json::Value;
+
+const SECRET: &str = "sim-test-secret";
+
+struct TestDaemon {
+    daemon: Option<Daemon>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestDaemon {
+    async fn start(tweak: impl FnOnce(&mut Config)) -> TestDaemon {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Config::with_secret(SECRET);
+        c.server.listen = "127.0.0.1:0".parse().unwrap();
+        c.storage.path = dir.path().join("store");
+        c.limits.readings_per_sec = 1_000_000;
+        c.limits.burst = 1_000_000;
+        c.limits.handshakes_per_ip = 10_000;
+        tweak(&mut c);
+        let daemon = Daemon::start(Arc::new(c)).await.expect("daemon starts");
+        TestDaemon {
+            daemon: Some(daemon),
+            _dir: dir,
+        }
+    }
+
+    fn base(&self) -> String {
+        self.daemon.as_ref().unwrap().local_addr().to_string()
+    }
+
+    fn ingest(&self) -> String {
+        format!("ws://{}/v1/ingest", self.base())
+    }
+
+    /// How many readings `GET /v1/readings` holds (following `next`).
+    async fn stored_count(&self) -> usize {
+        let token = Authenticator::new(SECRET).mint(Role::Subscriber, "tests", None, None);
+        let client = reqwest::Client::new();
+        let mut since = 0u64;
+        let mut count = 0;
+        loop {
+            let body: Value = client
+                .get(format!("http://{}/v1/readings", self.base()))
+                .query(&[("since", since.to_string()), ("limit", "10000".into())])
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let items = body["items"].as_array().unwrap();
+            if items.is_empty() {
+                return count;
+            }
+            count += items.len();
+            since = body["next"].as_u64().unwrap();
+        }
+    }
+
+    async fn healthz(&self) -> u16 {
+        reqwest::get(format!("http://{}/healthz", self.base()))
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    async fn stop(&mut self) {
+        if let Some(d) = self.daemon.take() {
+            d.shutdown().await;
+        }
+    }
+}
+
+struct Run {
+    code: i32,
+    report: Value,
+    stderr: String,
+}
+
+/// Runs the device-sim binary with `args`; parses the `--json` report.
+async fn sim(args: &[&str]) -> Run {
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_device-sim"))
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("device-sim finishes within 60s")
+    .expect("device-sim runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let report = serde_json::from_str(stdout.trim()).unwrap_or(Value::Null);
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        report,
+        stderr,
+    }
+}
+
+fn assert_nothing_lost(run: &Run) {
+    let r = &run.report;
+    assert_eq!(run.code, 0, "exit code; stderr: {}\n{r}", run.stderr);
+    assert_eq!(r["lost_batches"], 0, "{r}");
+    assert_eq!(r["sent_readings"], r["acked_readings"], "{r}");
+    for k in ["p50", "p99", "p999", "max"] {
+        assert!(r["latency_us"][k].as_u64().is_some(), "{r}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steady_run_acks_exactly_what_the_daemon_stored() {
+    let mut d = TestDaemon::start(|_| {}).await;
+    let url = d.ingest();
+    let run = sim(&[
+        "--url",
+        &url,
+        "--secret",
+        SECRET,
+        "--devices",
+        "4",
+        "--rate",
+        "200",
+        "--batch",
+        "10",
+        "--duration",
+        "2s",
+        "--json",
+    ])
+    .await;
+    assert_nothing_lost(&run);
+    let acked = run.report["acked_readings"].as_u64().unwrap();
+    assert!(acked >= 4 * 200, "{}", run.report);
+    assert_eq!(d.stored_count().await as u64, acked, "{}", run.report);
+    assert_eq!(run.report["rejected"], serde_json::json!({}));
+    assert!(run.report["readings_per_sec"].as_f64().unwrap() > 0.0);
+    assert!(run.report["duration_s"].as_f64().unwrap() >= 2.0);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_run_continues_from_the_welcome_last_seq() {
+    let mut d = TestDaemon::start(|_| {}).await;
+    let url = d.ingest();
+    let args = [
+        "--url",
+        &url,
+        "--secret",
+        SECRET,
+        "--devices",
+        "2",
+        "--rate",
+        "100",
+        "--batch",
+        "5",
+        "--duration",
+        "1s",
+        "--json",
+        "--interval",
+        "poisson",
+    ];
+    let first = sim(&args).await;
+    assert_nothing_lost(&first);
+    let second = sim(&args).await;
+    assert_nothing_lost(&second);
+    let total = first.report["acked_readings"].as_u64().unwrap()
+        + second.report["acked_readings"].as_u64().unwrap();
+    assert_eq!(d.stored_count().await as u64, total);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flood_is_rate_limited_and_every_batch_is_still_acked() {
+    let mut d = TestDaemon::start(|c| {
+        c.limits.readings_per_sec = 500;
+        c.limits.burst = 500;
+    })
+    .await;
+    let url = d.ingest();
+    let run = sim(&[
+        "--url",
+        &url,
+        "--secret",
+        SECRET,
+        "--devices",
+        "2",
+        "--batch",
+        "50",
+        "--duration",
+        "2s",
+        "--scenario",
+        "flood",
+        "--json",
+    ])
+    .await;
+    assert_nothing_lost(&run);
+    let r = &run.report;
+    assert!(r["rejected"]["rate_limited"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["unsent_readings"], 0, "{r}");
+    // About 500/s per device (plus the burst): the retries were honoured.
+    let acked = r["acked_readings"].as_u64().unwrap();
+    assert!(acked >= 2 * 500, "{r}");
+    assert_eq!(d.stored_count().await as u64, acked, "{r}");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_reconnects_and_loses_nothing() {
+    let mut d = TestDaemon::start(|_| {}).await;
+    let url = d.ingest();
+    let run = sim(&[
+        "--url",
+        &url,
+        "--secret",
+        SECRET,
+        "--devices",
+        "6",
+        "--rate",
+        "300",
+        "--batch",
+        "10",
+        "--duration",
+        "2s",
+        "--scenario",
+        "churn",
+        "--json",
+    ])
+    .await;
+    assert_nothing_lost(&run);
+    assert!(
+        run.report["reconnects"].as_u64().unwrap() > 0,
+        "{}",
+        run.report
+    );
+    assert_eq!(
+        d.stored_count().await as u64,
+        run.report["acked_readings"].as_u64().unwrap()
+    );
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_is_rejected_and_the_daemon_keeps_serving() {
+    let mut d = TestDaemon::start(|_| {}).await;
+    let url = d.ingest();
+    let run = sim(&[
+        "--url",
+        &url,
+        "--secret",
+        SECRET,
+        "--devices",
+        "3",
+        "--rate",
+        "100",
+        "--batch",
+        "5",
+        "--duration",
+        "2s",
+        "--scenario",
+        "garbage",
+        "--json",
+    ])
+    .await;
+    assert_nothing_lost(&run);
+    let r = &run.report;
+    assert!(r["rejected"]["invalid"].as_u64().unwrap() > 0, "{r}");
+    assert!(
+        r["rejected"]["unsupported_frame"].as_u64().unwrap() > 0,
+        "{r}"
+    );
+    assert_eq!(r["reconnects"], 0, "no 1008 close: {r}");
+    assert_eq!(d.healthz().await, 200);
+    // The garbage stored nothing: only the good batches are there.
+    assert_eq!(
+        d.stored_count().await as u64,
+        r["acked_readings"].as_u64().unwrap()
+    );
+    let good = sim(&[
+        "--url",
+        &url,
+        "--secret",
+        SECRET,
+        "--devices",
+        "1",
+        "--rate",
+        "50",
+        "--duration",
+        "1s",
+        "--device-prefix",
+        "good-",
+        "--json",
+    ])
+    .await;
+    assert_nothing_lost(&good);
+    assert!(good.report["acked_readings"].as_u64().unwrap() > 0);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriber_latency_is_reported_with_subscribe() {
+    let mut d = TestDaemon::start(|_| {}).await;
+    let url = d.ingest();
+    let stream = format!("ws://{}/v1/stream", d.base());
+    let run = sim(&[
+        "--url",
+        &url,
+        "--secret",
+        SECRET,
+        "--devices",
+        "2",
+        "--rate",
+        "100",
+        "--batch",
+        "5",
+        "--duration",
+        "1s",
+        "--subscribe",
+        &stream,
+        "--json",
+    ])
+    .await;
+    assert_nothing_lost(&run);
+    let r = &run.report;
+    assert_eq!(r["latency_source"], "subscriber", "{r}");
+    assert!(r["subscriber"].get("error").is_none(), "{r}");
+    assert_eq!(r["subscriber"]["readings"], r["acked_readings"], "{r}");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_cannot_connect_exits_non_zero() {
+    let mut d = TestDaemon::start(|_| {}).await;
+    let url = d.ingest();
+    let run = sim(&[
+        "--url",
+        &url,
+        "--secret",
+        "not-the-secret",
+        "--devices",
+        "2",
+        "--duration",
+        "1s",
+        "--json",
+    ])
+    .await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("401"), "{}", run.stderr);
+    assert_eq!(run.report["devices_connected"], 0);
+    d.stop().await;
+
+    // Nothing listening at all.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("ws://127.0.0.1:{port}/v1/ingest");
+    let run = sim(&[
+        "--url",
+        &url,
+        "--secret",
+        SECRET,
+        "--duration",
+        "300ms",
+        "--drain",
+        "300ms",
+    ])
+    .await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+}
+
+#[tokio::test]
+async fn one_token_for_many_devices_is_a_usage_error() {
+    let run = sim(&[
+        "--url",
+        "ws://127.0.0.1:1/v1/ingest",
+        "--token",
+        "t",
+        "--devices",
+        "3",
+    ])
+    .await;
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("one connection per device"),
+        "{}",
+        run.stderr
+    );
+}
