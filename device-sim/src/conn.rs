@@ -49,6 +49,11 @@ impl Target {
     }
 }
 
+/// The loopback source address for connection `index` when spreading.
+pub fn source_addr(index: usize) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, (1 + index / PER_SOURCE_ADDR).min(254) as u8)
+}
+
 /// Why a connection attempt failed, and whether trying again can help.
 #[derive(Debug)]
 pub struct ConnectError {
@@ -63,11 +68,11 @@ pub async fn connect(target: &Target, index: usize, token: &str) -> Result<Ws, C
         detail,
     };
     let stream = if target.spread_sources {
-        let last = (1 + index / PER_SOURCE_ADDR).min(254) as u8;
+        let source = source_addr(index);
         let socket = TcpSocket::new_v4().map_err(|e| transient(e.to_string()))?;
         socket
-            .bind(SocketAddr::new(Ipv4Addr::new(127, 0, 0, last).into(), 0))
-            .map_err(|e| transient(format!("bind 127.0.0.{last}: {e}")))?;
+            .bind(SocketAddr::new(source.into(), 0))
+            .map_err(|e| transient(format!("bind {source}: {e}")))?;
         socket.connect(target.addr).await
     } else {
         TcpStream::connect(target.addr).await
@@ -111,5 +116,29 @@ pub async fn connect(target: &Target, index: usize, token: &str) -> Result<Ws, C
             })
         }
         Err(e) => Err(transient(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_spread_over_loopback_addresses_by_twenty_thousand() {
+        assert_eq!(source_addr(0), Ipv4Addr::new(127, 0, 0, 1));
+        assert_eq!(source_addr(19_999), Ipv4Addr::new(127, 0, 0, 1));
+        assert_eq!(source_addr(20_000), Ipv4Addr::new(127, 0, 0, 2));
+        assert_eq!(source_addr(usize::MAX / 2), Ipv4Addr::new(127, 0, 0, 254));
+    }
+
+    #[tokio::test]
+    async fn only_big_fleets_on_127_0_0_1_spread() {
+        let url = "ws://127.0.0.1:8750/v1/ingest";
+        assert!(!Target::resolve(url, 20_000).await.unwrap().spread_sources);
+        assert!(Target::resolve(url, 20_001).await.unwrap().spread_sources);
+        let other = "ws://localhost:8750/v1/ingest";
+        assert!(!Target::resolve(other, 50_000).await.unwrap().spread_sources);
+        assert!(Target::resolve("wss://127.0.0.1/", 1).await.is_err());
+        assert!(Target::resolve("http://127.0.0.1/", 1).await.is_err());
     }
 }

@@ -15,6 +15,7 @@ const SECRET: &str = "sim-test-secret";
 
 struct TestDaemon {
     daemon: Option<Daemon>,
+    config: Config,
     _dir: tempfile::TempDir,
 }
 
@@ -28,15 +29,29 @@ impl TestDaemon {
         c.limits.burst = 1_000_000;
         c.limits.handshakes_per_ip = 10_000;
         tweak(&mut c);
-        let daemon = Daemon::start(Arc::new(c)).await.expect("daemon starts");
+        let daemon = Daemon::start(Arc::new(c.clone()))
+            .await
+            .expect("daemon starts");
+        // A restart must come back on the same port.
+        c.server.listen = daemon.local_addr();
         TestDaemon {
             daemon: Some(daemon),
+            config: c,
             _dir: dir,
         }
     }
 
+    /// Starts the daemon again on the same port and store.
+    async fn restart(&mut self) {
+        self.stop().await;
+        let daemon = Daemon::start(Arc::new(self.config.clone()))
+            .await
+            .expect("daemon restarts");
+        self.daemon = Some(daemon);
+    }
+
     fn base(&self) -> String {
-        self.daemon.as_ref().unwrap().local_addr().to_string()
+        self.config.server.listen.to_string()
     }
 
     fn ingest(&self) -> String {
@@ -181,6 +196,44 @@ async fn a_second_run_continues_from_the_welcome_last_seq() {
     let total = first.report["acked_readings"].as_u64().unwrap()
         + second.report["acked_readings"].as_u64().unwrap();
     assert_eq!(d.stored_count().await as u64, total);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_restart_mid_run_loses_nothing() {
+    let mut d = TestDaemon::start(|_| {}).await;
+    let url = d.ingest();
+    let run = tokio::spawn(async move {
+        sim(&[
+            "--url",
+            &url,
+            "--secret",
+            SECRET,
+            "--devices",
+            "4",
+            "--rate",
+            "200",
+            "--batch",
+            "10",
+            "--duration",
+            "3s",
+            "--drain",
+            "10s",
+            "--json",
+        ])
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    d.restart().await;
+    let run = run.await.unwrap();
+    assert_nothing_lost(&run);
+    let r = &run.report;
+    assert!(r["reconnects"].as_u64().unwrap() >= 4, "{r}");
+    assert_eq!(
+        d.stored_count().await as u64,
+        r["acked_readings"].as_u64().unwrap(),
+        "{r}"
+    );
     d.stop().await;
 }
 
