@@ -150,6 +150,10 @@ async fn broker_outage_backlog_arrives_in_id_order_after_restart() {
     assert!(m["last_error"].is_string(), "{m}");
 
     broker.run().await;
+    wait_mqtt(&d, "drained", |m| {
+        m["backlog"] == 0 && m["connected"] == true
+    })
+    .await;
     let msgs = sub
         .collect(300, Duration::from_secs(20), Duration::from_millis(300))
         .await;
