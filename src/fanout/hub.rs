@@ -371,6 +371,25 @@ mod tests {
     }
 
     #[test]
+    fn relayed_readings_go_live_with_their_origin() {
+        let hub = Hub::new(100, SlowPolicy::DropOldest);
+        let mut a = hub.subscriber();
+        a.add(&[f("+/temp")]);
+        hub.publish_relayed(
+            "sensorgate-b-8750",
+            vec![reading(900, "d9", "temp"), reading(901, "d9", "x")],
+        );
+        let taken = a.queue().take(10);
+        assert_eq!(taken.items.len(), 1);
+        assert_eq!(taken.items[0].origin.as_deref(), Some("sensorgate-b-8750"));
+        assert_eq!(hub.announced(), 0, "relayed ids are not this instance's");
+        assert!(
+            hub.devices().list(&[]).is_empty(),
+            "relayed readings are not stored here"
+        );
+    }
+
+    #[test]
     fn routes_only_to_matching_subscribers_once_each() {
         let hub = Hub::new(100, SlowPolicy::DropOldest);
         let mut a = hub.subscriber();
