@@ -141,7 +141,12 @@ pub fn garbage(kind: usize, ts: i64, max_readings: usize) -> (Message, &'static 
         3 => (frame("bad sensor/name!", ts, vec![1.0]), "invalid"),
         4 => (frame("temp", ts, vec![f64::NAN]), "invalid"),
         5 => (frame("label", ts, vec!["x".repeat(300)]), "invalid"),
-        _ => (frame("temp", ts, vec![1.0; max_readings + 1]), "invalid"),
+        // Capped: a welcome without `max_readings_per_frame` must not make
+        // us build an absurd frame.
+        _ => (
+            frame("temp", ts, vec![1.0; max_readings.min(10_000) + 1]),
+            "invalid",
+        ),
     }
 }
 

@@ -237,6 +237,140 @@ async fn a_daemon_restart_mid_run_loses_nothing() {
     d.stop().await;
 }
 
+/// The `sensorgate` binary next to ours, when the workspace built it
+/// (`cargo test --workspace` does; `cargo test -p device-sim` may not).
+fn sensorgate_bin() -> Option<std::path::PathBuf> {
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_device-sim")).with_file_name("sensorgate");
+    bin.exists().then_some(bin)
+}
+
+/// A `sensorgate run` child process, SIGKILLed when dropped.
+struct Child(tokio::process::Child);
+
+impl Child {
+    async fn start(bin: &std::path::Path, config: &std::path::Path, base: &str) -> Child {
+        let mut cmd = tokio::process::Command::new(bin);
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("SENSORGATE__") {
+                cmd.env_remove(k);
+            }
+        }
+        let child = cmd
+            .args(["run", "--config"])
+            .arg(config)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("sensorgate starts");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let up = reqwest::get(format!("http://{base}/healthz"))
+                .await
+                .is_ok_and(|r| r.status() == 200);
+            if up {
+                return Child(child);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no /healthz within 30s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn sigkill(&mut self) {
+        self.0.kill().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_sigkill_mid_run_loses_no_acked_reading() {
+    let Some(bin) = sensorgate_bin() else {
+        eprintln!("skipped: no sensorgate binary beside device-sim (run cargo test --workspace)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("127.0.0.1:{port}");
+    let config = dir.path().join("sensorgate.toml");
+    let toml = format!(
+        r#"[server]
+listen = "{base}"
+[auth]
+jwt_secret = "{SECRET}"
+[limits]
+readings_per_sec = 1000000
+burst = 1000000
+handshakes_per_ip = 10000
+[storage]
+path = "{store}"
+[log]
+level = "warn"
+"#,
+        store = dir.path().join("store").display()
+    );
+    std::fs::write(&config, toml).unwrap();
+    let mut child = Child::start(&bin, &config, &base).await;
+    let url = format!("ws://{base}/v1/ingest");
+    let run = tokio::spawn(async move {
+        sim(&[
+            "--url",
+            &url,
+            "--secret",
+            SECRET,
+            "--devices",
+            "4",
+            "--rate",
+            "200",
+            "--batch",
+            "10",
+            "--duration",
+            "3s",
+            "--drain",
+            "15s",
+            "--json",
+        ])
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    child.sigkill().await;
+    let _child = Child::start(&bin, &config, &base).await;
+    let run = run.await.unwrap();
+    assert_nothing_lost(&run);
+    let r = &run.report;
+    assert!(r["reconnects"].as_u64().unwrap() >= 4, "{r}");
+    // Every reading the simulator counted as acked is stored, and none
+    // twice: exactly-once storage across the resends.
+    let token = Authenticator::new(SECRET).mint(Role::Subscriber, "tests", None, None);
+    let client = reqwest::Client::new();
+    let (mut since, mut stored) = (0u64, 0u64);
+    loop {
+        let body: Value = client
+            .get(format!("http://{base}/v1/readings"))
+            .query(&[("since", since.to_string()), ("limit", "10000".into())])
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let items = body["items"].as_array().unwrap();
+        if items.is_empty() {
+            break;
+        }
+        stored += items.len() as u64;
+        since = body["next"].as_u64().unwrap();
+    }
+    assert_eq!(stored, r["acked_readings"].as_u64().unwrap(), "{r}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flood_is_rate_limited_and_every_batch_is_still_acked() {
     let mut d = TestDaemon::start(|c| {
