@@ -54,6 +54,40 @@ pub fn source_addr(index: usize) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, (1 + index / PER_SOURCE_ADDR).min(254) as u8)
 }
 
+/// Raises the open-files soft limit towards `want` (at most to the hard
+/// limit): a fleet needs one descriptor per connection. Returns the limit
+/// now in force.
+#[cfg(unix)]
+#[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux, not everywhere
+pub fn raise_fd_limit(want: u64) -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return u64::MAX;
+        }
+        let want = want as libc::rlim_t;
+        if lim.rlim_cur < want {
+            let raised = libc::rlimit {
+                rlim_cur: want.min(lim.rlim_max),
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
+        }
+    }
+    lim.rlim_cur as u64
+}
+
+#[cfg(not(unix))]
+pub fn raise_fd_limit(_want: u64) -> u64 {
+    u64::MAX
+}
+
 /// Why a connection attempt failed, and whether trying again can help.
 #[derive(Debug)]
 pub struct ConnectError {

@@ -66,6 +66,8 @@ struct ServerFrame {
     detail: Option<String>,
     retry_after_ms: Option<u64>,
     expected: Option<u64>,
+    #[serde(default)]
+    duplicate: bool,
 }
 
 /// A batch kept until the server confirms it stored.
@@ -163,41 +165,39 @@ impl Device {
                 break;
             }
             let welcomes = self.welcomes;
-            let pause = match timeout(
-                CONNECT_TIMEOUT,
-                conn::connect(&p.target, self.index, &self.token),
-            )
-            .await
-            {
-                Ok(Ok(ws)) => match self.session(ws).await {
-                    Outcome::Done => break,
-                    Outcome::HungUp => Scenario::churn_pause(&mut self.rng),
-                    Outcome::Dropped if self.welcomes > welcomes => {
-                        attempt = 0;
-                        scenario::backoff(0, &mut self.rng)
-                    }
-                    Outcome::Dropped => {
+            // The run's end bounds a hanging attempt too.
+            let limit = CONNECT_TIMEOUT.min(p.drain_end.saturating_duration_since(now));
+            let pause =
+                match timeout(limit, conn::connect(&p.target, self.index, &self.token)).await {
+                    Ok(Ok(ws)) => match self.session(ws).await {
+                        Outcome::Done => break,
+                        Outcome::HungUp => Scenario::churn_pause(&mut self.rng),
+                        Outcome::Dropped if self.welcomes > welcomes => {
+                            attempt = 0;
+                            scenario::backoff(0, &mut self.rng)
+                        }
+                        Outcome::Dropped => {
+                            attempt += 1;
+                            scenario::backoff(attempt, &mut self.rng)
+                        }
+                    },
+                    Ok(Err(e)) => {
+                        Stats::add(&self.stats.connect_failures, 1);
+                        *self.stats.last_error.lock().unwrap() = Some(e.detail);
+                        if e.permanent {
+                            break;
+                        }
                         attempt += 1;
                         scenario::backoff(attempt, &mut self.rng)
                     }
-                },
-                Ok(Err(e)) => {
-                    Stats::add(&self.stats.connect_failures, 1);
-                    *self.stats.last_error.lock().unwrap() = Some(e.detail);
-                    if e.permanent {
-                        break;
+                    Err(_) => {
+                        Stats::add(&self.stats.connect_failures, 1);
+                        *self.stats.last_error.lock().unwrap() =
+                            Some(format!("no handshake within {limit:?}"));
+                        attempt += 1;
+                        scenario::backoff(attempt, &mut self.rng)
                     }
-                    attempt += 1;
-                    scenario::backoff(attempt, &mut self.rng)
-                }
-                Err(_) => {
-                    Stats::add(&self.stats.connect_failures, 1);
-                    *self.stats.last_error.lock().unwrap() =
-                        Some(format!("no welcome within {CONNECT_TIMEOUT:?}"));
-                    attempt += 1;
-                    scenario::backoff(attempt, &mut self.rng)
-                }
-            };
+                };
             sleep_until((Instant::now() + pause).min(p.drain_end)).await;
         }
         for k in &self.kept {
@@ -213,7 +213,12 @@ impl Device {
     /// One connection, from the welcome until it drops, we hang up, or the
     /// run is over.
     async fn session(&mut self, mut ws: Ws) -> Outcome {
-        let welcome = match timeout(CONNECT_TIMEOUT, next_frame(&mut ws)).await {
+        let limit = CONNECT_TIMEOUT.min(
+            self.plan
+                .drain_end
+                .saturating_duration_since(Instant::now()),
+        );
+        let welcome = match timeout(limit, next_frame(&mut ws)).await {
             Ok(Some(f)) if f.kind == "welcome" => f,
             _ => return Outcome::Dropped,
         };
@@ -383,6 +388,9 @@ impl Device {
         match f.kind.as_str() {
             // A duplicate ack means "already stored": as good as an ack.
             "ack" => {
+                if f.duplicate {
+                    Stats::add(&self.stats.duplicate_acks, 1);
+                }
                 if let Some(seq) = f.seq {
                     self.confirm_through(seq, Some(Instant::now()));
                 }

@@ -150,6 +150,16 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let target = Target::resolve(&args.url, args.devices)
         .await
         .context("--url")?;
+    // One descriptor per connection, plus the subscriber and some slack.
+    let need = args.devices as u64 + 64;
+    let have = conn::raise_fd_limit(need);
+    if have < need {
+        eprintln!(
+            "device-sim: the open-files limit is {have}, below the ~{need} that {} connections \
+             need; some devices will fail to connect (raise `ulimit -n`)",
+            args.devices
+        );
+    }
     let stats = Arc::new(Stats::default());
     let auth = args.secret.as_deref().map(Authenticator::new);
 

@@ -22,6 +22,8 @@ pub struct Stats {
     /// or covered by a welcome's `last_seq` / an `out_of_order`'s `expected`.
     pub acked_readings: AtomicU64,
     pub acked_batches: AtomicU64,
+    /// Acks marked `duplicate` (a resend of something already stored).
+    pub duplicate_acks: AtomicU64,
     /// Sent at least once, never confirmed by the end of the drain.
     pub lost_batches: AtomicU64,
     pub lost_readings: AtomicU64,
@@ -117,6 +119,7 @@ impl Stats {
             "resent_batches": self.resent_batches.load(Relaxed),
             "acked_readings": acked,
             "acked_batches": self.acked_batches.load(Relaxed),
+            "duplicate_acks": self.duplicate_acks.load(Relaxed),
             "lost_batches": self.lost_batches.load(Relaxed),
             "lost_readings": self.lost_readings.load(Relaxed),
             "unsent_readings": self.unsent_readings.load(Relaxed),
@@ -166,6 +169,7 @@ pub fn table(r: &Value) -> String {
         "acked_readings",
         "readings_per_sec",
         "resent_batches",
+        "duplicate_acks",
         "lost_batches",
         "lost_readings",
         "unsent_readings",
