@@ -53,6 +53,20 @@ async fn wait_mqtt(d: &TestDaemon, what: &str, ok: impl Fn(&Value) -> bool) -> V
     }
 }
 
+/// Restarts a stopped broker so that the test subscriber is subscribed again
+/// before the bridge can reconnect. The bridge's backoff (capped at
+/// `OUTAGE_BACKOFF` in these tests) has grown past a second after this long
+/// down, while the subscriber retries every 50 ms; the test then does not
+/// depend on the broker restoring the subscriber's session from disk.
+async fn restart_broker_for(broker: &mut Mosquitto, sub: &mut Subscriber, subacks: u32) {
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    broker.run().await;
+    sub.wait_subscribed(subacks).await;
+}
+
+/// Cap of the bridge's reconnect backoff in the outage tests.
+const OUTAGE_BACKOFF: Duration = Duration::from_secs(4);
+
 /// Sends `batches` acked batches of `per_batch` readings from `device`.
 async fn send_acked(d: &TestDaemon, device: &str, batches: u64, per_batch: usize) {
     let (mut ws, welcome) = d.device(device).await;
@@ -139,7 +153,11 @@ async fn msgpack_payload_when_configured() {
 async fn broker_outage_backlog_arrives_in_id_order_after_restart() {
     let mut broker = Mosquitto::start().await;
     let mut sub = Subscriber::connect(broker.port, &client_id("sub"), "sg/#").await;
-    let d = TestDaemon::start_with(|c| bridged(c, &broker)).await;
+    let d = TestDaemon::start_with(|c| {
+        bridged(c, &broker);
+        c.mqtt.max_backoff = OUTAGE_BACKOFF;
+    })
+    .await;
     wait_mqtt(&d, "connected", |m| m["connected"] == true).await;
 
     broker.stop().await;
@@ -149,7 +167,7 @@ async fn broker_outage_backlog_arrives_in_id_order_after_restart() {
     let m = wait_mqtt(&d, "backlog of 300", |m| m["backlog"] == 300).await;
     assert!(m["last_error"].is_string(), "{m}");
 
-    broker.run().await;
+    restart_broker_for(&mut broker, &mut sub, 2).await;
     wait_mqtt(&d, "drained", |m| {
         m["backlog"] == 0 && m["connected"] == true
     })
@@ -170,7 +188,11 @@ async fn outbox_survives_a_daemon_restart() {
     let mut sub = Subscriber::connect(broker.port, &client_id("sub"), "sg/#").await;
     broker.stop().await;
 
-    let mut a = TestDaemon::start_with(|c| bridged(c, &broker)).await;
+    let mut a = TestDaemon::start_with(|c| {
+        bridged(c, &broker);
+        c.mqtt.max_backoff = OUTAGE_BACKOFF;
+    })
+    .await;
     send_acked(&a, "d1", 4, 50).await;
     wait_mqtt(&a, "backlog of 200", |m| m["backlog"] == 200).await;
     let stored = ids(&a.stored("#").await);
@@ -179,7 +201,7 @@ async fn outbox_survives_a_daemon_restart() {
     let TestDaemon { dir, config, .. } = a;
     let b = TestDaemon::start_in(dir, (*config).clone()).await;
     wait_mqtt(&b, "backlog kept", |m| m["backlog"] == 200).await;
-    broker.run().await;
+    restart_broker_for(&mut broker, &mut sub, 2).await;
     let msgs = sub
         .collect(200, Duration::from_secs(20), Duration::from_millis(300))
         .await;
@@ -196,6 +218,7 @@ async fn backlog_over_max_drops_the_oldest_and_counts_them() {
     let d = TestDaemon::start_with(|c| {
         bridged(c, &broker);
         c.mqtt.max_backlog = 50;
+        c.mqtt.max_backoff = OUTAGE_BACKOFF;
     })
     .await;
     send_acked(&d, "d1", 4, 50).await;
@@ -212,7 +235,7 @@ async fn backlog_over_max_drops_the_oldest_and_counts_them() {
         "{metrics}"
     );
 
-    broker.run().await;
+    restart_broker_for(&mut broker, &mut sub, 2).await;
     let msgs = sub
         .collect(50, Duration::from_secs(20), Duration::from_millis(500))
         .await;
