@@ -407,6 +407,37 @@ async fn flood_is_rate_limited_and_every_batch_is_still_acked() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ramp_connects_every_device_and_loses_nothing() {
+    let mut d = TestDaemon::start(|_| {}).await;
+    let url = d.ingest();
+    let run = sim(&[
+        "--url",
+        &url,
+        "--secret",
+        SECRET,
+        "--devices",
+        "5",
+        "--rate",
+        "100",
+        "--batch",
+        "5",
+        "--duration",
+        "2s",
+        "--scenario",
+        "ramp",
+        "--json",
+    ])
+    .await;
+    assert_nothing_lost(&run);
+    assert_eq!(run.report["devices_connected"], 5, "{}", run.report);
+    assert_eq!(
+        d.stored_count().await as u64,
+        run.report["acked_readings"].as_u64().unwrap()
+    );
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn churn_reconnects_and_loses_nothing() {
     let mut d = TestDaemon::start(|_| {}).await;
     let url = d.ingest();
