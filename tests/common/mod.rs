@@ -104,32 +104,7 @@ impl TestDaemon {
 
     /// Stored readings via `GET /v1/readings` (all of them, following `next`).
     pub async fn stored(&self, topic: &str) -> Vec<Value> {
-        let token = self.token(Role::Subscriber, "tests");
-        let client = reqwest::Client::new();
-        let mut since = 0u64;
-        let mut out = Vec::new();
-        loop {
-            let body: Value = client
-                .get(self.http("/v1/readings"))
-                .query(&[
-                    ("topic", topic),
-                    ("since", &since.to_string()),
-                    ("limit", "10000"),
-                ])
-                .bearer_auth(&token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let items = body["items"].as_array().unwrap().clone();
-            if items.is_empty() {
-                return out;
-            }
-            since = body["next"].as_u64().unwrap();
-            out.extend(items);
-        }
+        stored_matching(&self.addr().to_string(), topic).await
     }
 
     pub async fn stop(&mut self) {
@@ -363,6 +338,12 @@ pub async fn connect_device(base: &str, sub: &str) -> Ws {
 
 /// Every stored reading of the daemon at `host:port`, via `/v1/readings`.
 pub async fn stored_at(base: &str) -> Vec<Value> {
+    stored_matching(base, "#").await
+}
+
+/// Every stored reading matching `topic` on the daemon at `base`
+/// (`host:port`), page by page through `GET /v1/readings`.
+pub async fn stored_matching(base: &str, topic: &str) -> Vec<Value> {
     let token = Authenticator::new(SECRET).mint(Role::Subscriber, "tests", None, None);
     let client = reqwest::Client::new();
     let mut since = 0u64;
@@ -370,7 +351,11 @@ pub async fn stored_at(base: &str) -> Vec<Value> {
     loop {
         let body: Value = client
             .get(format!("http://{base}/v1/readings"))
-            .query(&[("since", since.to_string()), ("limit", "10000".into())])
+            .query(&[
+                ("topic", topic.to_string()),
+                ("since", since.to_string()),
+                ("limit", "10000".into()),
+            ])
             .bearer_auth(&token)
             .send()
             .await
