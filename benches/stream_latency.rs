@@ -158,7 +158,7 @@ async fn run(subs: usize, devices: usize, rate: u64, batch: usize, duration: Dur
         lagged += l;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let h = hist.lock().unwrap();
+    let h = hist.lock().unwrap().clone();
     println!(
         "stream_latency subscribers={subs} devices={devices} rate={rate}/s/device batch={batch}: \
          offered {} readings/s, {delivered} deliveries ({:.0}/s), lagged {lagged}, \
