@@ -1,0 +1,123 @@
+//! Micro-benchmarks of the ingest hot paths: decoding and validating a
+//! device frame, topic-filter matching, encoding a reading for subscribers
+//! (JSON and MessagePack), and one durable group commit to sled.
+//!
+//! `cargo bench --bench hot_paths`
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use sensorgate::config::SyncMode;
+use sensorgate::fanout::TopicFilter;
+use sensorgate::protocol::{decode_batch, Reading, Value};
+use sensorgate::store::{self, IngestBatch, Store, WriteRequest};
+use serde_json::json;
+
+fn frame(n: usize) -> Vec<u8> {
+    let readings: Vec<_> = (0..n)
+        .map(|i| json!({"sensor": format!("s{}", i % 8), "ts": 1_763_800_000_000_i64 + i as i64, "value": i as f64 * 0.25, "unit": "C"}))
+        .collect();
+    rmp_serde::to_vec_named(&json!({"seq": 42, "readings": readings})).unwrap()
+}
+
+fn reading(i: u64) -> Reading {
+    Reading {
+        id: i,
+        device: Arc::from("boiler-7"),
+        sensor: "temp".into(),
+        ts: 1_763_800_000_000,
+        value: Value::Float(21.5),
+        unit: Some("C".into()),
+        received: 1_763_800_000_100,
+    }
+}
+
+fn decode(c: &mut Criterion) {
+    let mut g = c.benchmark_group("decode_batch");
+    for n in [10usize, 100, 500] {
+        let f = frame(n);
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(n), &f, |b, f| {
+            b.iter(|| decode_batch(f, 500).unwrap())
+        });
+    }
+    g.finish();
+}
+
+fn topic_matching(c: &mut Criterion) {
+    let filters: Vec<TopicFilter> = ["boiler-7/temp", "+/temp", "boiler-7/#", "#", "other/+"]
+        .iter()
+        .map(|f| TopicFilter::parse(f).unwrap())
+        .collect();
+    c.bench_function("topic_filter_matches_x5", |b| {
+        b.iter(|| {
+            filters
+                .iter()
+                .filter(|f| f.matches("boiler-7", "temp"))
+                .count()
+        })
+    });
+}
+
+fn encoding(c: &mut Criterion) {
+    let r = reading(1201);
+    let mut g = c.benchmark_group("encode_reading");
+    g.bench_function("json", |b| b.iter(|| serde_json::to_vec(&r).unwrap()));
+    g.bench_function("msgpack", |b| {
+        b.iter(|| rmp_serde::to_vec_named(&r).unwrap())
+    });
+    g.finish();
+}
+
+/// One group commit of `n` readings (one batch), applied and flushed.
+fn group_commit(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("store")).unwrap();
+    let (writer, _thread) = rt.block_on(async {
+        store::writer::spawn(
+            store,
+            SyncMode::Batch,
+            Duration::from_millis(50),
+            16,
+            Vec::new(),
+        )
+    });
+    let mut g = c.benchmark_group("group_commit");
+    g.sample_size(20);
+    for n in [500usize, 5000] {
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, &n| {
+            b.iter_batched(
+                || {
+                    let one = decode_batch(&frame(500), 500).unwrap().readings;
+                    let mut all = Vec::with_capacity(n);
+                    while all.len() < n {
+                        all.extend(one.iter().cloned());
+                    }
+                    all
+                },
+                |readings| {
+                    rt.block_on(async {
+                        let (tx, rx) = tokio::sync::oneshot::channel();
+                        let req = WriteRequest::Batch(IngestBatch {
+                            device: Arc::from("bench"),
+                            seq: None,
+                            readings,
+                            received: 1_763_800_000_000,
+                            reply: Some(tx),
+                        });
+                        writer.sender().send(req).await.unwrap();
+                        rx.await.unwrap()
+                    })
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, decode, topic_matching, encoding, group_commit);
+criterion_main!(benches);
