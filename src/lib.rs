@@ -108,13 +108,14 @@ impl Daemon {
             source,
         })?;
 
-        // The MQTT bridge (off unless `mqtt.url`): the writer wakes it after
-        // each commit; it drains after the writer at shutdown.
-        let bridge = bridge::Bridge::start(&config.mqtt, store.clone()).await?;
-        let mut listeners: Vec<Arc<dyn store::CommitListener>> = Vec::new();
-        listeners.extend(bridge.as_ref().map(|b| b.listener()));
         // The fan-out hub: routes each commit to `/v1/stream` subscribers.
         let hub = fanout::Hub::new(config.fanout.subscriber_queue, config.fanout.slow_policy);
+        // The MQTT bridge (off unless `mqtt.url`): the writer wakes it after
+        // each commit; it drains after the writer at shutdown. With
+        // `mqtt.relay` it hands other instances' readings to the hub.
+        let bridge = bridge::Bridge::start(&config.mqtt, store.clone(), hub.clone()).await?;
+        let mut listeners: Vec<Arc<dyn store::CommitListener>> = Vec::new();
+        listeners.extend(bridge.as_ref().map(|b| b.listener()));
         let (seed_hub, seed_store) = (hub.clone(), store.clone());
         if let Ok(Err(e)) =
             tokio::task::spawn_blocking(move || seed_hub.seed_devices(&seed_store)).await

@@ -271,3 +271,221 @@ async fn readyz_mqtt_is_null_when_the_bridge_is_off() {
     assert_eq!(status, 200);
     assert!(body["mqtt"].is_null(), "{body}");
 }
+
+// ---- Relay (`mqtt.relay`): several instances sharing one broker ----
+
+fn relaying(c: &mut Config, broker: &Mosquitto) {
+    bridged(c, broker);
+    c.mqtt.relay = true;
+}
+
+/// Next `/v1/stream` message within `within`, or `None`.
+async fn recv_within(ws: &mut Ws, within: Duration) -> Option<Value> {
+    tokio::time::timeout(within, recv_msg(ws)).await.ok()
+}
+
+/// Asserts that no `readings` arrive on `ws` for `ms` milliseconds.
+async fn assert_no_more_items(ws: &mut Ws, ms: u64, who: &str) {
+    let deadline = Instant::now() + Duration::from_millis(ms);
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        if let Some(m) = recv_within(ws, left).await {
+            assert_ne!(m["type"], "readings", "{who}: unexpected extra items: {m}");
+        }
+    }
+}
+
+/// A subscriber on `query` that has been told it is subscribed.
+async fn stream_subscriber(d: &TestDaemon, query: &str) -> Ws {
+    let mut ws = d.subscriber(query).await;
+    let m = recv_msg(&mut ws).await;
+    assert_eq!(m["type"], "subscribed", "{m}");
+    ws
+}
+
+/// Probes go every 100 ms, at most this many (15 s), until one is relayed.
+const PROBES: u64 = 150;
+
+/// Whether an item arrived on `ws` within 100 ms (after a probe): then the
+/// relay subscription the probe travelled through is active at the broker.
+async fn probe_relayed(ws: &mut Ws, what: &str, n: u64) -> bool {
+    match recv_within(ws, Duration::from_millis(100)).await {
+        Some(m) => {
+            assert_eq!(m["type"], "readings", "{m}");
+            true
+        }
+        None => {
+            assert!(n < PROBES, "{what}: nothing relayed after {n} probes");
+            false
+        }
+    }
+}
+
+/// The item as stored by its origin: the relayed item without `origin`.
+fn without_origin(item: &Value) -> Value {
+    let mut v = item.clone();
+    v.as_object_mut().unwrap().remove("origin");
+    v
+}
+
+#[tokio::test]
+async fn relay_delivers_other_instances_readings_live_once_without_echo() {
+    const N: usize = 120;
+    let broker = Mosquitto::start().await;
+    let a = TestDaemon::start_with(|c| relaying(c, &broker)).await;
+    let b = TestDaemon::start_with(|c| relaying(c, &broker)).await;
+    let (a_id, b_id) = (
+        a.config.mqtt.client_id.clone(),
+        b.config.mqtt.client_id.clone(),
+    );
+    assert_ne!(a_id, b_id);
+    wait_mqtt(&a, "a connected", |m| m["connected"] == true).await;
+    wait_mqtt(&b, "b connected", |m| m["connected"] == true).await;
+
+    // The subscribers under test, registered before anything is published.
+    let mut on_a = stream_subscriber(&a, "topic=d1/%23").await;
+    let mut on_b = stream_subscriber(&b, "topic=d1/%23").await;
+
+    // Wait until each instance's relay subscription is active at the
+    // broker, with probe devices the subscribers above do not match.
+    for (from, to, device) in [(&a, &b, "warm-a"), (&b, &a, "warm-b")] {
+        let mut watch = stream_subscriber(to, &format!("topic={device}/%23")).await;
+        let (mut dev, _) = from.device(device).await;
+        for seq in 1..=PROBES {
+            publish_acked(&mut dev, seq, 1, "t", 1).await;
+            if probe_relayed(&mut watch, device, seq).await {
+                break;
+            }
+        }
+    }
+
+    // A device on A publishes N readings.
+    let (mut d1, _) = a.device("d1").await;
+    publish_acked(&mut d1, 1, 6, "temp", N / 6).await;
+    let stored = a.stored("d1/#").await;
+    assert_eq!(stored.len(), N);
+
+    // A's own subscriber: each once, without `origin` (not echoed back
+    // through the broker).
+    let got_a = recv_items(&mut on_a, N).await;
+    assert_eq!(got_a, stored, "A's subscriber sees A's stored items");
+    assert!(got_a.iter().all(|i| i.get("origin").is_none()));
+
+    // B's subscriber: each once, in order, with the origin's fields plus
+    // `origin` = A's client id.
+    let got_b = recv_items(&mut on_b, N).await;
+    for (item, want) in got_b.iter().zip(&stored) {
+        assert_eq!(item["origin"], a_id.as_str(), "{item}");
+        assert_eq!(&without_origin(item), want);
+    }
+    assert_eq!(ids_of(&got_b), ids(&stored));
+
+    // Nothing more: no duplicate on B, no echo on A.
+    assert_no_more_items(&mut on_a, 1000, "A").await;
+    assert_no_more_items(&mut on_b, 300, "B").await;
+    // Relayed readings are live only: B stored none of them.
+    assert!(b.stored("d1/#").await.is_empty());
+}
+
+/// A bare MQTT client publishing at QoS 1 to `broker`.
+async fn mqtt_publisher(broker: &Mosquitto) -> (rumqttc::AsyncClient, tokio::task::JoinHandle<()>) {
+    let o = rumqttc::MqttOptions::new(client_id("pub"), "127.0.0.1", broker.port);
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(o, 64);
+    let task = tokio::spawn(async move {
+        for _ in 0..10_000 {
+            if eventloop.poll().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    (client, task)
+}
+
+fn relayed_payload(device: &str, id: u64, origin: Option<&str>) -> Vec<u8> {
+    let mut v = serde_json::json!({"id": id, "device": device, "sensor": "temp",
+        "ts": 1_763_800_000_000_i64, "value": 1.5, "received": 1_763_800_000_100_i64});
+    if let Some(o) = origin {
+        v["origin"] = o.into();
+    }
+    rmp_serde::to_vec_named(&v).unwrap()
+}
+
+#[tokio::test]
+async fn relay_drops_malformed_messages_and_counts_them() {
+    use rumqttc::QoS;
+    let broker = Mosquitto::start().await;
+    let b = TestDaemon::start_with(|c| {
+        relaying(c, &broker);
+        c.mqtt.payload = Payload::Msgpack;
+    })
+    .await;
+    wait_mqtt(&b, "connected", |m| m["connected"] == true).await;
+    let mut ws = stream_subscriber(&b, "topic=%23").await;
+    let (publisher, task) = mqtt_publisher(&broker).await;
+    let publish = |topic: String, payload: Vec<u8>| {
+        let publisher = publisher.clone();
+        async move {
+            publisher
+                .publish(topic, QoS::AtLeastOnce, false, payload)
+                .await
+                .unwrap();
+        }
+    };
+
+    for n in 1..=PROBES {
+        let probe = relayed_payload("probe", n, Some("other"));
+        publish(format!("{PREFIX}/probe/temp"), probe).await;
+        if probe_relayed(&mut ws, "probe", n).await {
+            break;
+        }
+    }
+    // Drain late probes.
+    while recv_within(&mut ws, Duration::from_millis(300))
+        .await
+        .is_some()
+    {}
+
+    let own = b.config.mqtt.client_id.clone();
+    let bad: Vec<(String, Vec<u8>)> = vec![
+        ("sg/d9/temp".into(), b"{\"not\":\"msgpack\"}".to_vec()),
+        ("sg/d9/temp".into(), vec![0xc1, 0xff]),
+        ("sg/d9/temp".into(), Vec::new()),
+        ("sg/d9/temp".into(), relayed_payload("d9", 1, None)),
+        ("sg/d9/hum".into(), relayed_payload("d9", 2, Some("other"))),
+        ("sg/d9/temp".into(), relayed_payload("d9", 3, Some(&own))),
+    ];
+    for (topic, payload) in bad {
+        publish(topic, payload).await;
+    }
+    // Then a good one, which arrives after all the above were handled.
+    publish("sg/d9/temp".into(), relayed_payload("d9", 4, Some("other"))).await;
+    let m = recv_within(&mut ws, Duration::from_secs(10))
+        .await
+        .expect("the good message is relayed");
+    assert_eq!(m["type"], "readings", "{m}");
+    let items = m["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{m}");
+    assert_eq!(items[0]["id"], 4);
+    assert_eq!(items[0]["origin"], "other");
+    assert_no_more_items(&mut ws, 300, "B").await;
+
+    let metrics = reqwest::get(b.http("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for reason in ["malformed", "topic", "no_origin"] {
+        let line = metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("sensorgate_mqtt_relay_rejected_total")
+                    && l.contains(&format!("reason=\"{reason}\""))
+            })
+            .unwrap_or_else(|| panic!("no {reason} series: {metrics}"));
+        let n: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(n >= 1.0, "{line}");
+    }
+    // The daemon is still fine.
+    wait_mqtt(&b, "connected", |m| m["connected"] == true).await;
+    task.abort();
+}

@@ -19,6 +19,11 @@
 //! in the store, bounded by `mqtt.max_backlog` (past it the oldest are
 //! skipped and counted in `sensorgate_mqtt_dropped_total`).
 //!
+//! Relay (`mqtt.relay`, SPEC §6): the connection subscribes to
+//! `<prefix>/#` on every ConnAck and hands each incoming message to
+//! [`relay_handler`], which delivers other instances' readings to the
+//! fan-out hub, live only, and skips our own by their `origin`.
+//!
 //! Never: holds readings in memory beyond one read batch plus the window,
 //! or calls sled from async code except through `spawn_blocking`.
 
@@ -37,11 +42,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{MqttConfig, Payload};
+use crate::fanout::Hub;
 use crate::protocol::Reading;
 use crate::store::{CommitListener, Store};
 
 pub use connection::backoff;
-use connection::{ConnEvent, Gate};
+use connection::{ConnEvent, Gate, OnPublish};
 use outbox::Outbox;
 
 /// Readings handed to the MQTT client and not yet acknowledged, at most.
@@ -55,6 +61,11 @@ pub const PERSIST_EVERY: Duration = Duration::from_millis(200);
 /// Connection events waiting for the outbox: a few windows' worth; when full
 /// the connection task waits, which only delays acks, never the writer.
 const EVENT_QUEUE: usize = 4 * WINDOW;
+
+/// The relay's subscription QoS (see docs/mqtt.md): at most once, since
+/// relayed readings are live only and a clean session drops undelivered
+/// messages at a reconnect anyway.
+const RELAY_QOS: QoS = QoS::AtMostOnce;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
@@ -145,7 +156,12 @@ pub struct Bridge {
 impl Bridge {
     /// Starts the bridge when `mqtt.url` is set; `None` when it is off.
     /// Must run inside the tokio runtime.
-    pub async fn start(cfg: &MqttConfig, store: Arc<Store>) -> Result<Option<Bridge>, BridgeError> {
+    /// With `mqtt.relay`, readings other instances publish go to `hub`.
+    pub async fn start(
+        cfg: &MqttConfig,
+        store: Arc<Store>,
+        hub: Arc<Hub>,
+    ) -> Result<Option<Bridge>, BridgeError> {
         let Some(broker) = cfg.broker() else {
             return Ok(None);
         };
@@ -181,6 +197,7 @@ impl Bridge {
         } else {
             QoS::AtLeastOnce
         };
+        let relay = cfg.relay.then(|| relay_handler(cfg, hub));
         let conn = tokio::spawn(connection::run(
             eventloop,
             client.clone(),
@@ -188,8 +205,10 @@ impl Bridge {
             events_tx,
             status.clone(),
             cfg.max_backoff,
-            None,
-            None,
+            relay
+                .as_ref()
+                .map(|_| (format!("{}/#", cfg.topic_prefix), RELAY_QOS)),
+            relay,
             conn_stop.clone(),
         ));
         let wake = Arc::new(Wake(Notify::new()));
@@ -246,6 +265,44 @@ impl Bridge {
             tracing::error!("mqtt bridge did not stop in time");
         }
     }
+}
+
+/// The relay (`mqtt.relay`): what the connection task does with each
+/// message on `<prefix>/#`. Another instance's reading goes to `hub` as a
+/// live item with its origin; our own messages are skipped by their
+/// `origin`; anything else is counted in
+/// `sensorgate_mqtt_relay_rejected_total` and dropped. Runs on the
+/// connection task and never blocks it: decoding plus
+/// [`Hub::publish_relayed`], which only pushes to bounded queues.
+fn relay_handler(cfg: &MqttConfig, hub: Arc<Hub>) -> OnPublish {
+    let (format, prefix, own) = (cfg.payload, cfg.topic_prefix.clone(), cfg.client_id.clone());
+    // The recorder is installed on first use; make sure it is before the
+    // zero registration below.
+    let _ = crate::telemetry::metrics_handle();
+    for reason in [
+        payload::Rejected::Malformed,
+        payload::Rejected::Topic,
+        payload::Rejected::NoOrigin,
+    ] {
+        // Registered at zero so the series shows in `/metrics` from the start.
+        metrics::counter!("sensorgate_mqtt_relay_rejected_total", "reason" => reason.as_str())
+            .increment(0);
+    }
+    Box::new(move |p| {
+        match payload::relayed(format, &prefix, &own, &p.topic, &p.payload) {
+            Ok(Some(r)) => {
+                let origin = r.origin.unwrap_or_default();
+                hub.publish_relayed(&origin, vec![r.reading]);
+                metrics::counter!("sensorgate_mqtt_relayed_total").increment(1);
+            }
+            Ok(None) => {} // our own
+            Err(reason) => {
+                metrics::counter!("sensorgate_mqtt_relay_rejected_total", "reason" => reason.as_str())
+                    .increment(1);
+                tracing::debug!(topic = %p.topic, reason = reason.as_str(), "mqtt relay: message dropped");
+            }
+        }
+    })
 }
 
 /// The outbox driver (one task).
