@@ -175,6 +175,14 @@ impl Daemon {
         let done = tokio::spawn(async move {
             let served = match tls {
                 None => {
+                    use axum::serve::ListenerExt;
+                    // Acks and subscriber frames are small writes that must
+                    // leave at once: with Nagle on, a frame written while the
+                    // previous one is unacknowledged waits for the peer's
+                    // delayed ACK (~40 ms on Linux).
+                    let listener = listener.tap_io(|tcp| {
+                        let _ = tcp.set_nodelay(true);
+                    });
                     axum::serve(listener, app)
                         .with_graceful_shutdown(stop.clone().cancelled_owned())
                         .await

@@ -109,6 +109,8 @@ async fn accept_loop(
                 continue;
             }
         };
+        // No Nagle: see the plain listener in `Daemon::start`.
+        let _ = stream.set_nodelay(true);
         let (acceptor, tx) = (acceptor.clone(), tx.clone());
         tokio::spawn(async move {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
