@@ -14,13 +14,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
 use rand::rngs::StdRng;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 
 use crate::conn::{self, Target, Ws};
 use crate::scenario::{self, Interval, Scenario};
+use crate::sendlog::{self, SendLog};
 use crate::stats::Stats;
 use crate::values::{BatchOut, Sensors};
 
@@ -35,7 +36,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_RETRY: Duration = Duration::from_millis(100);
 
 /// What every device of the run shares.
-#[derive(Debug)]
 pub struct Plan {
     pub target: Target,
     /// Readings per second per device.
@@ -52,6 +52,10 @@ pub struct Plan {
     pub drain_end: Instant,
     pub duration: Duration,
     pub start: Instant,
+    /// With subscribers: where first sends are booked for their latency.
+    pub send_log: Option<Arc<SendLog>>,
+    /// Every device samples at the same instants (no random phase).
+    pub aligned: bool,
 }
 
 /// A server → device frame; every field but `type` is optional.
@@ -75,6 +79,8 @@ struct Kept {
     seq: u64,
     frame: Bytes,
     readings: u64,
+    /// The readings' `ts` (one per batch).
+    ts: i64,
     /// Last time it went on the wire; `None` while never sent.
     sent_at: Option<Instant>,
 }
@@ -157,7 +163,7 @@ impl Device {
     pub async fn run(mut self) {
         let p = self.plan.clone();
         sleep_until(p.start + p.scenario.start_delay(self.index, p.devices, p.duration)).await;
-        self.next_sample = Instant::now();
+        self.next_sample = Instant::now() + self.phase();
         let mut attempt = 0u32;
         loop {
             let now = Instant::now();
@@ -321,6 +327,20 @@ impl Device {
         }
     }
 
+    /// Where in its first interval this device starts sampling. Real
+    /// fleets are not phase-locked, so by default each device starts at a
+    /// random point of its first interval (at most a quarter of the run, so
+    /// short runs still send); `--aligned` makes every device sample at the
+    /// same instants, the burstiest case.
+    fn phase(&mut self) -> Duration {
+        let p = &self.plan;
+        if p.aligned || p.scenario == Scenario::Flood {
+            return Duration::ZERO;
+        }
+        let mean = Duration::from_secs_f64(p.batch.min(self.max_readings) as f64 / p.rate);
+        mean.min(p.duration / 4).mul_f64(self.rng.gen::<f64>())
+    }
+
     fn push_batch(&mut self, n: usize) {
         let ts = unix_ms();
         let readings: Vec<_> = (0..n)
@@ -337,6 +357,7 @@ impl Device {
             seq,
             frame: frame.into(),
             readings: n as u64,
+            ts,
             sent_at: None,
         });
         if self.plan.scenario == Scenario::Garbage {
@@ -370,6 +391,9 @@ impl Device {
                 .map_err(|_| ())?;
             k.sent_at = Some(now);
             if first {
+                if let Some(log) = &self.plan.send_log {
+                    log.sent(self.index, k.ts, sendlog::unix_us());
+                }
                 Stats::add(&self.stats.sent_batches, 1);
                 Stats::add(&self.stats.sent_readings, k.readings);
             } else {

@@ -8,6 +8,7 @@
 mod conn;
 mod device;
 mod scenario;
+mod sendlog;
 mod stats;
 mod subscriber;
 mod values;
@@ -27,6 +28,7 @@ use tokio::time::Instant;
 use crate::conn::Target;
 use crate::device::{Device, Plan};
 use crate::scenario::{Interval, Scenario};
+use crate::sendlog::SendLog;
 use crate::stats::{RunMeta, Stats};
 
 /// Simulated devices streaming readings into sensorgate.
@@ -62,6 +64,10 @@ struct Args {
     /// latency (token minted from --secret; none with --token).
     #[arg(long)]
     subscribe: Option<String>,
+    /// With --subscribe: how many subscriber connections (each receives
+    /// every reading; deliveries are counted over all of them).
+    #[arg(long, default_value_t = 1)]
+    subscribers: usize,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
@@ -77,6 +83,11 @@ struct Args {
     /// Load shape.
     #[arg(long, value_enum, default_value = "steady")]
     scenario: Scenario,
+    /// Start every device's schedule at the same instant (lock-step
+    /// bursts, the worst case) instead of at a random point of its first
+    /// interval.
+    #[arg(long)]
+    aligned: bool,
     /// Most unacked batches in flight per device.
     #[arg(long, default_value_t = 8)]
     window: usize,
@@ -105,6 +116,9 @@ impl Args {
         }
         if self.batch == 0 {
             problems.push("--batch must be at least 1".into());
+        }
+        if self.subscribe.is_some() && self.subscribers == 0 {
+            problems.push("--subscribers must be at least 1 with --subscribe".into());
         }
         if self.window == 0 {
             problems.push("--window must be at least 1".into());
@@ -150,8 +164,13 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let target = Target::resolve(&args.url, args.devices)
         .await
         .context("--url")?;
-    // One descriptor per connection, plus the subscriber and some slack.
-    let need = args.devices as u64 + 64;
+    // One descriptor per connection, plus the subscribers and some slack.
+    let subscribers = if args.subscribe.is_some() {
+        args.subscribers
+    } else {
+        0
+    };
+    let need = (args.devices + subscribers) as u64 + 64;
     let have = conn::raise_fd_limit(need);
     if have < need {
         eprintln!(
@@ -164,22 +183,35 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let auth = args.secret.as_deref().map(Authenticator::new);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let subscriber = args.subscribe.clone().map(|url| {
+    let send_log = args
+        .subscribe
+        .is_some()
+        .then(|| Arc::new(SendLog::new(&args.device_prefix, args.devices)));
+    let mut subscriber_tasks = JoinSet::new();
+    if let (Some(url), Some(log)) = (&args.subscribe, &send_log) {
         let token = auth
             .as_ref()
             .map(|a| a.mint(Role::Subscriber, "device-sim", None, None))
             .unwrap_or_default();
-        let prefix = args.device_prefix.clone();
-        let stats = stats.clone();
-        tokio::spawn(async move {
-            subscriber::run(&url, &token, &prefix, stats, ready_tx, stop_rx).await
-        })
-    });
-    if subscriber.is_some() {
-        // Devices start once the subscription stands (or it failed: then
-        // the sender is dropped), so the first readings are measured too.
-        let _ = tokio::time::timeout(Duration::from_secs(10), ready_rx).await;
+        let mut ready = Vec::with_capacity(subscribers);
+        for _ in 0..subscribers {
+            let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+            ready.push(ready_rx);
+            let (url, token, log, stats, stop) = (
+                url.clone(),
+                token.clone(),
+                log.clone(),
+                stats.clone(),
+                stop_rx.clone(),
+            );
+            subscriber_tasks.spawn(async move {
+                subscriber::run(&url, &token, log, stats, ready_tx, stop).await
+            });
+        }
+        // Devices start once every subscription stands (or failed: then
+        // its sender is dropped), so the first readings are measured too.
+        let all_ready = futures_util::future::join_all(ready);
+        let _ = tokio::time::timeout(Duration::from_secs(30), all_ready).await;
     }
     let start = Instant::now();
     let plan = Arc::new(Plan {
@@ -195,6 +227,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         drain_end: start + args.duration + args.drain,
         duration: args.duration,
         start,
+        send_log,
+        aligned: args.aligned,
     });
 
     let mut devices = JoinSet::new();
@@ -227,22 +261,26 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!();
     }
     let mut sub_error = None;
-    if let Some(s) = subscriber {
-        // Let the last readings reach the subscriber: every acked reading
-        // is fanned out, so wait (bounded) until it has seen as many.
+    if subscribers > 0 {
+        // Let the last readings reach the subscribers: every acked reading
+        // is fanned out to each, so wait (bounded) until they have seen as
+        // many.
+        let want = stats.acked_readings.load(Relaxed) * subscribers as u64;
         let deadline = Instant::now() + Duration::from_secs(2);
         while Instant::now() < deadline
             && stats.subscriber_readings.load(Relaxed) + stats.subscriber_lagged.load(Relaxed)
-                < stats.acked_readings.load(Relaxed)
-            && !s.is_finished()
+                < want
+            && subscriber_tasks.len() == subscribers
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
+            // A subscriber that ended early is an error: reap it below.
+            if let Some(done) = subscriber_tasks.try_join_next() {
+                record_subscriber_end(done, &mut sub_error);
+            }
         }
         let _ = stop_tx.send(true);
-        match s.await {
-            Ok(Err(e)) => sub_error = Some(format!("{e:#}")),
-            Err(e) => sub_error = Some(e.to_string()),
-            Ok(Ok(())) => {}
+        while let Some(done) = subscriber_tasks.join_next().await {
+            record_subscriber_end(done, &mut sub_error);
         }
     }
 
@@ -250,6 +288,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         devices: args.devices,
         scenario: args.scenario.name(),
         subscribed: args.subscribe.is_some(),
+        subscribers,
     };
     let mut report = stats.report(&meta, elapsed);
     if let Some(e) = &sub_error {
@@ -282,4 +321,17 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Keeps the first subscriber failure for the report.
+fn record_subscriber_end(
+    done: Result<anyhow::Result<()>, tokio::task::JoinError>,
+    first_error: &mut Option<String>,
+) {
+    let err = match done {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => format!("{e:#}"),
+        Err(e) => e.to_string(),
+    };
+    first_error.get_or_insert(err);
 }

@@ -45,11 +45,14 @@ pub struct Stats {
     sub_latency: Mutex<Option<Histogram<u64>>>,
 }
 
+/// An empty latency histogram: 1 µs to an hour, 3 significant digits.
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static bounds are valid")
+}
+
 fn record(h: &Mutex<Option<Histogram<u64>>>, us: u64) {
     let mut h = h.lock().unwrap();
-    let h = h.get_or_insert_with(|| {
-        Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static bounds are valid")
-    });
+    let h = h.get_or_insert_with(latency_histogram);
     h.saturating_record(us.max(1));
 }
 
@@ -88,8 +91,14 @@ impl Stats {
         record(&self.ack_latency, d.as_micros() as u64);
     }
 
-    pub fn subscriber_latency_us(&self, us: u64) {
-        record(&self.sub_latency, us);
+    /// Folds one subscriber connection's latencies into the run's.
+    pub fn merge_subscriber_latency(&self, local: &Histogram<u64>) {
+        if local.is_empty() {
+            return;
+        }
+        let mut h = self.sub_latency.lock().unwrap();
+        // Same bounds on both sides, so adding cannot fail.
+        let _ = h.get_or_insert_with(latency_histogram).add(local);
     }
 
     /// One line for the live progress display.
@@ -136,9 +145,12 @@ impl Stats {
         });
         if meta.subscribed {
             let sub = summary(&self.sub_latency);
+            let deliveries = self.subscriber_readings.load(Relaxed);
             v["latency_us"] = sub.clone();
             v["subscriber"] = json!({
-                "readings": self.subscriber_readings.load(Relaxed),
+                "connections": meta.subscribers,
+                "readings": deliveries,
+                "deliveries_per_sec": ((deliveries as f64 / secs) * 10.0).round() / 10.0,
                 "lagged": self.subscriber_lagged.load(Relaxed),
                 "latency_us": sub,
             });
@@ -152,6 +164,8 @@ pub struct RunMeta {
     pub devices: usize,
     pub scenario: &'static str,
     pub subscribed: bool,
+    /// Subscriber connections (0 without `--subscribe`).
+    pub subscribers: usize,
 }
 
 /// The human summary table for stdout.
@@ -209,8 +223,11 @@ pub fn table(r: &Value) -> String {
         line(&mut out, "sub latency us", lat(&sub["latency_us"]));
         line(
             &mut out,
-            "sub readings",
-            format!("{} (lagged {})", sub["readings"], sub["lagged"]),
+            "sub deliveries",
+            format!(
+                "{} over {} connections, {}/s (lagged {})",
+                sub["readings"], sub["connections"], sub["deliveries_per_sec"], sub["lagged"]
+            ),
         );
     }
     out
@@ -231,6 +248,7 @@ mod tests {
             devices: 1,
             scenario: "steady",
             subscribed: false,
+            subscribers: 0,
         };
         let r = s.report(&meta, Duration::from_secs(2));
         assert_eq!(r["sent_readings"], 10);

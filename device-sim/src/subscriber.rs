@@ -1,27 +1,122 @@
-//! The `--subscribe` side: one subscriber connection (JSON frames, topic
-//! `#`) that measures device-to-subscriber latency as "now minus the
-//! reading's `ts`" for readings of this run's devices (the simulator sets
-//! `ts` to the send time, so both clocks are this machine's).
+//! The `--subscribe` side: `--subscribers` connections (JSON frames, topic
+//! `#`), each counting the readings of this run's devices it receives
+//! (deliveries) and measuring device-to-subscriber latency: receive time
+//! minus the batch's first send, looked up in the [`SendLog`] (µs), or minus
+//! the reading's `ts` (ms) when the batch is no longer there. Both clocks are
+//! this machine's.
+//!
+//! Frames are parsed into borrowed, typed structs that skip the fields not
+//! needed, and each connection keeps its own histogram (merged into the
+//! shared one a few times a second), so a hundred subscribers are not
+//! throttled by the measuring itself.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use futures_util::StreamExt;
-use serde_json::Value;
+use hdrhistogram::Histogram;
+use serde::Deserialize;
 use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::conn::{self, Target};
-use crate::device::unix_ms;
-use crate::stats::Stats;
+use crate::sendlog::{self, SendLog};
+use crate::stats::{self, Stats};
+
+/// How often a connection folds its latencies into the shared histogram.
+const MERGE_EVERY: Duration = Duration::from_millis(250);
+
+/// A server message, reduced to what is measured. Device ids and `type`
+/// never need JSON escapes (SPEC §2 names), so they borrow from the frame.
+#[derive(Deserialize)]
+struct Frame<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(default, borrow)]
+    items: Vec<Item<'a>>,
+    #[serde(default)]
+    dropped: u64,
+}
+
+#[derive(Deserialize)]
+struct Item<'a> {
+    device: &'a str,
+    ts: i64,
+}
+
+/// One subscriber connection's measurements.
+struct Meter {
+    log: Arc<SendLog>,
+    stats: Arc<Stats>,
+    latency: Histogram<u64>,
+    last_merge: Instant,
+}
+
+impl Meter {
+    fn new(log: Arc<SendLog>, stats: Arc<Stats>) -> Meter {
+        Meter {
+            log,
+            stats,
+            latency: stats::latency_histogram(),
+            last_merge: Instant::now(),
+        }
+    }
+
+    /// Books one frame received at `now_us`; returns its type.
+    fn on_frame<'f>(&mut self, text: &'f str, now_us: u64) -> Option<&'f str> {
+        let frame: Frame<'f> = serde_json::from_str(text).ok()?;
+        match frame.kind {
+            "readings" => {
+                let mut ours = 0;
+                // Readings of one batch arrive together and share device
+                // and ts: look their send time up once.
+                let mut cached: Option<(&str, i64, u64)> = None;
+                for item in &frame.items {
+                    let sent = match cached {
+                        Some((d, ts, sent)) if d == item.device && ts == item.ts => sent,
+                        _ => {
+                            let Some(index) = self.log.index_of(item.device) else {
+                                continue;
+                            };
+                            let sent = self
+                                .log
+                                .first_send(index, item.ts)
+                                .unwrap_or((item.ts.max(0) as u64) * 1000);
+                            cached = Some((item.device, item.ts, sent));
+                            sent
+                        }
+                    };
+                    ours += 1;
+                    self.latency
+                        .saturating_record(now_us.saturating_sub(sent).max(1));
+                }
+                Stats::add(&self.stats.subscriber_readings, ours);
+            }
+            "lagged" => Stats::add(&self.stats.subscriber_lagged, frame.dropped),
+            _ => {}
+        }
+        if self.last_merge.elapsed() >= MERGE_EVERY {
+            self.merge();
+        }
+        Some(frame.kind)
+    }
+
+    fn merge(&mut self) {
+        self.stats.merge_subscriber_latency(&self.latency);
+        self.latency.reset();
+        self.last_merge = Instant::now();
+    }
+}
 
 /// Connects to `url` (a `/v1/stream` URL), says so on `ready` once the
 /// server has confirmed the subscription (so devices start only when no
-/// reading can be missed), and records latencies until `stop` turns true.
+/// reading can be missed), and measures until `stop` turns true.
 pub async fn run(
     url: &str,
     token: &str,
-    prefix: &str,
+    log: Arc<SendLog>,
     stats: Arc<Stats>,
     ready: oneshot::Sender<()>,
     mut stop: watch::Receiver<bool>,
@@ -33,57 +128,27 @@ pub async fn run(
         .await
         .map_err(|e| anyhow::anyhow!(e.detail))
         .with_context(|| format!("subscribing at {url}"))?;
+    let mut meter = Meter::new(log, stats);
     let mut ready = Some(ready);
-    loop {
+    let result = loop {
         tokio::select! {
-            _ = stop.changed() => return Ok(()),
+            _ = stop.changed() => break Ok(()),
             msg = ws.next() => match msg {
                 Some(Ok(Message::Text(t))) => {
-                    if on_frame(t.as_str(), prefix, &stats) == Some("subscribed") {
+                    if meter.on_frame(t.as_str(), sendlog::unix_us()) == Some("subscribed") {
                         if let Some(r) = ready.take() {
                             let _ = r.send(());
                         }
                     }
                 }
                 Some(Ok(_)) => {}
-                Some(Err(e)) => anyhow::bail!("subscriber connection failed: {e}"),
-                None => anyhow::bail!("the server closed the subscriber connection"),
+                Some(Err(e)) => break Err(anyhow::anyhow!("subscriber connection failed: {e}")),
+                None => break Err(anyhow::anyhow!("the server closed the subscriber connection")),
             },
         }
-    }
-}
-
-/// Books one frame; returns its type.
-fn on_frame(text: &str, prefix: &str, stats: &Stats) -> Option<&'static str> {
-    let frame = serde_json::from_str::<Value>(text).ok()?;
-    let kind = match frame["type"].as_str()? {
-        "subscribed" => "subscribed",
-        "readings" => "readings",
-        "lagged" => "lagged",
-        _ => "other",
     };
-    match Some(kind) {
-        Some("readings") => {
-            let now = unix_ms();
-            for item in frame["items"].as_array().into_iter().flatten() {
-                let ours = item["device"]
-                    .as_str()
-                    .is_some_and(|d| d.starts_with(prefix));
-                if let (true, Some(ts)) = (ours, item["ts"].as_i64()) {
-                    Stats::add(&stats.subscriber_readings, 1);
-                    stats.subscriber_latency_us((now - ts).max(0) as u64 * 1000);
-                }
-            }
-        }
-        Some("lagged") => {
-            Stats::add(
-                &stats.subscriber_lagged,
-                frame["dropped"].as_u64().unwrap_or(0),
-            );
-        }
-        _ => {}
-    }
-    Some(kind)
+    meter.merge();
+    result
 }
 
 #[cfg(test)]
@@ -92,23 +157,41 @@ mod tests {
     use std::sync::atomic::Ordering::Relaxed;
 
     #[test]
-    fn only_this_runs_devices_are_measured() {
-        let stats = Stats::default();
-        let ts = unix_ms() - 5;
+    fn only_this_runs_devices_are_measured_from_their_first_send() {
+        let stats = Arc::new(Stats::default());
+        let log = Arc::new(SendLog::new("sim-", 2));
+        let now = sendlog::unix_us();
+        let ts = (now / 1000) as i64 - 20;
+        // sim-1's batch is in the log (sent 2 ms before now); sim-2's is
+        // not, so it is measured from its ts (about 20 ms).
+        log.sent(0, ts, now - 2_000);
         let frame = serde_json::json!({"type": "readings", "items": [
             {"id": 1, "device": "sim-1", "sensor": "temp", "ts": ts, "value": 1.0, "received": ts},
-            {"id": 2, "device": "other", "sensor": "temp", "ts": ts, "value": 1.0, "received": ts},
+            {"id": 2, "device": "sim-1", "sensor": "hum", "ts": ts, "value": "x", "unit": "%", "received": ts},
+            {"id": 3, "device": "other", "sensor": "temp", "ts": ts, "value": 1.0, "received": ts},
+            {"id": 4, "device": "sim-2", "sensor": "temp", "ts": ts, "value": true, "received": ts},
         ]});
-        on_frame(&frame.to_string(), "sim-", &stats);
-        on_frame(r#"{"type":"lagged","dropped":3}"#, "sim-", &stats);
-        assert_eq!(stats.subscriber_readings.load(Relaxed), 1);
+        let mut meter = Meter::new(log, stats.clone());
+        assert_eq!(meter.on_frame(&frame.to_string(), now), Some("readings"));
+        assert_eq!(
+            meter.on_frame(r#"{"type":"lagged","dropped":3}"#, now),
+            Some("lagged")
+        );
+        assert_eq!(meter.on_frame("not json", now), None);
+        meter.merge();
+        assert_eq!(stats.subscriber_readings.load(Relaxed), 3);
         assert_eq!(stats.subscriber_lagged.load(Relaxed), 3);
         let meta = crate::stats::RunMeta {
             devices: 1,
             scenario: "steady",
             subscribed: true,
+            subscribers: 1,
         };
-        let r = stats.report(&meta, std::time::Duration::from_secs(1));
-        assert!(r["latency_us"]["p50"].as_u64().unwrap() >= 5000, "{r}");
+        let r = stats.report(&meta, Duration::from_secs(1));
+        let lat = &r["subscriber"]["latency_us"];
+        assert_eq!(lat["count"], 3, "{r}");
+        let p50 = lat["p50"].as_u64().unwrap();
+        assert!((1_990..=2_010).contains(&p50), "µs from the send log: {r}");
+        assert!(lat["max"].as_u64().unwrap() >= 19_000, "ms from ts: {r}");
     }
 }

@@ -530,7 +530,7 @@ async fn garbage_is_rejected_and_the_daemon_keeps_serving() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn subscriber_latency_is_reported_with_subscribe() {
+async fn every_subscriber_connection_gets_every_reading_and_latency_is_reported() {
     let mut d = TestDaemon::start(|_| {}).await;
     let url = d.ingest();
     let stream = format!("ws://{}/v1/stream", d.base());
@@ -549,14 +549,22 @@ async fn subscriber_latency_is_reported_with_subscribe() {
         "1s",
         "--subscribe",
         &stream,
+        "--subscribers",
+        "3",
         "--json",
     ])
     .await;
     assert_nothing_lost(&run);
     let r = &run.report;
+    let acked = r["acked_readings"].as_u64().unwrap();
+    assert!(acked > 0, "{r}");
     assert_eq!(r["latency_source"], "subscriber", "{r}");
     assert!(r["subscriber"].get("error").is_none(), "{r}");
-    assert_eq!(r["subscriber"]["readings"], r["acked_readings"], "{r}");
+    assert_eq!(r["subscriber"]["connections"], 3, "{r}");
+    // Three connections, each with every acked reading exactly once.
+    assert_eq!(r["subscriber"]["readings"], acked * 3, "{r}");
+    assert_eq!(r["subscriber"]["lagged"], 0, "{r}");
+    assert_eq!(r["subscriber"]["latency_us"]["count"], acked * 3, "{r}");
     d.stop().await;
 }
 
