@@ -6,7 +6,11 @@
 #   benches/load.sh [DEVICES] [RATE] [BATCH] [SECONDS] [IDLE_CONNS]
 #
 # Defaults: 50 devices, 2000 readings/s per device, batches of 50, 10 s per
-# phase, 5000 idle connections. Needs jq, python3 (free ports), getconf and
+# phase, 10000 idle connections. Phases: no subscriber, then 1, 10 and 100
+# subscriber connections (all on `#`, so each gets every reading; override
+# with SUBS="1 10"), then half the rate with 1 subscriber. Devices start at
+# random points of their first interval on both sides (ALIGNED=1 for
+# lock-step bursts). Needs jq, python3 (free ports), getconf and
 # /usr/sbin/mosquitto.
 set -euo pipefail
 
@@ -14,7 +18,11 @@ DEVICES=${1:-50}
 RATE=${2:-2000}
 BATCH=${3:-50}
 SECS=${4:-10}
-IDLE=${5:-5000}
+IDLE=${5:-10000}
+SUBS=${SUBS:-1 10 100}
+ALIGN=()
+PHASES="random phases"
+if [ "${ALIGNED:-0}" = 1 ]; then ALIGN=(--aligned); PHASES="aligned phases"; fi
 HALF_RATE=$((RATE / 2))
 SECRET=load-bench-secret
 MOSQUITTO=/usr/sbin/mosquitto
@@ -111,7 +119,7 @@ run_sim() { # name, rate, extra args...
     t0=$(cpu_ticks "$SG_PID")
     timeout $((SECS + 60)) "$SIM" --url "ws://127.0.0.1:$SG_PORT/v1/ingest" --devices "$DEVICES" \
         --rate "$rate" --batch "$BATCH" --duration "${SECS}s" --drain 5s --secret "$SECRET" \
-        --json "$@" >"$TMP/$name.json" 2>"$TMP/$name.err" || log "device-sim $name exited with $? (see report)"
+        "${ALIGN[@]}" --json "$@" >"$TMP/$name.json" 2>"$TMP/$name.err" || log "device-sim $name exited with $? (see report)"
     t1=$(cpu_ticks "$SG_PID")
     echo $((t1 - t0)) >"$TMP/$name.cpu"
     status_kib "$SG_PID" VmHWM >"$TMP/$name.hwm"
@@ -120,8 +128,10 @@ run_sim() { # name, rate, extra args...
 log "sensorgate: ingest, $DEVICES devices x $RATE/s, batch $BATCH, ${SECS}s"
 start_sensorgate
 run_sim sg_ingest "$RATE"
-log "sensorgate: same load + 1 subscriber"
-run_sim sg_sub "$RATE" --subscribe "ws://127.0.0.1:$SG_PORT/v1/stream"
+for n in $SUBS; do
+    log "sensorgate: same load + $n subscriber(s)"
+    run_sim "sg_sub$n" "$RATE" --subscribe "ws://127.0.0.1:$SG_PORT/v1/stream" --subscribers "$n"
+done
 log "sensorgate: half load ($HALF_RATE/s per device) + 1 subscriber"
 run_sim sg_half "$HALF_RATE" --subscribe "ws://127.0.0.1:$SG_PORT/v1/stream"
 stop_pid "$SG_PID"
@@ -160,7 +170,7 @@ run_peer() { # name, rate, extra args...
     reset_hwm "$MQ_PID"
     t0=$(cpu_ticks "$MQ_PID")
     timeout $((SECS + 60)) "$PEER" --port "$MQ_PORT" --devices "$DEVICES" --rate "$rate" \
-        --batch "$BATCH" --duration "$SECS" --drain 5 "$@" >"$TMP/$name.json" 2>"$TMP/$name.err" ||
+        --batch "$BATCH" --duration "$SECS" --drain 5 "${ALIGN[@]}" "$@" >"$TMP/$name.json" 2>"$TMP/$name.err" ||
         log "mqtt_peer $name exited with $?"
     t1=$(cpu_ticks "$MQ_PID")
     echo $((t1 - t0)) >"$TMP/$name.cpu"
@@ -170,8 +180,10 @@ run_peer() { # name, rate, extra args...
 log "mosquitto: publish, $DEVICES publishers x $RATE/s, QoS 1, ${SECS}s"
 start_mosquitto
 run_peer mq_ingest "$RATE"
-log "mosquitto: same load + 1 subscriber"
-run_peer mq_sub "$RATE" --subscribe
+for n in $SUBS; do
+    log "mosquitto: same load + $n subscriber(s)"
+    run_peer "mq_sub$n" "$RATE" --subscribe --subscribers "$n"
+done
 log "mosquitto: half load + 1 subscriber"
 run_peer mq_half "$HALF_RATE" --subscribe
 stop_pid "$MQ_PID"
@@ -203,28 +215,32 @@ ms() { awk -v u="$1" 'BEGIN { if (u == "nan") print "nan"; else printf "%.1f", u
 
 SG_ACK=$(j sg_ingest .readings_per_sec)
 MQ_ACK=$(j mq_ingest .acked_per_sec)
-SG_DUR=$(j sg_sub .duration_s)
-SG_DELIV=$(awk -v n="$(j sg_sub .subscriber.readings)" -v d="$SG_DUR" 'BEGIN { if (d > 0) printf "%.1f", n / d; else print "nan" }')
-MQ_DELIV=$(j mq_sub .deliveries_per_sec)
 
 rows=()
 row() { rows+=("$1|$2|$3|$4"); } # label, sensorgate, mosquitto, higher-is-better(1/0)
 row "acked readings/s (no subscriber)" "$SG_ACK" "$MQ_ACK" 1
-row "acked readings/s (1 subscriber)" "$(j sg_sub .readings_per_sec)" "$(j mq_sub .acked_per_sec)" 1
-row "deliveries/s (1 subscriber)" "$SG_DELIV" "$MQ_DELIV" 1
-row "p50 latency ms, full load" "$(ms "$(j sg_sub .subscriber.latency_us.p50)")" "$(ms "$(j mq_sub .latency_us.p50)")" 0
-row "p99 latency ms, full load" "$(ms "$(j sg_sub .subscriber.latency_us.p99)")" "$(ms "$(j mq_sub .latency_us.p99)")" 0
-row "p999 latency ms, full load" "$(ms "$(j sg_sub .subscriber.latency_us.p999)")" "$(ms "$(j mq_sub .latency_us.p999)")" 0
-row "p50 latency ms, half load" "$(ms "$(j sg_half .subscriber.latency_us.p50)")" "$(ms "$(j mq_half .latency_us.p50)")" 0
-row "p99 latency ms, half load" "$(ms "$(j sg_half .subscriber.latency_us.p99)")" "$(ms "$(j mq_half .latency_us.p99)")" 0
-row "p999 latency ms, half load" "$(ms "$(j sg_half .subscriber.latency_us.p999)")" "$(ms "$(j mq_half .latency_us.p999)")" 0
+for n in $SUBS; do
+    row "acked readings/s ($n subscribers)" "$(j "sg_sub$n" .readings_per_sec)" "$(j "mq_sub$n" .acked_per_sec)" 1
+    row "deliveries/s ($n subscribers)" "$(j "sg_sub$n" .subscriber.deliveries_per_sec)" "$(j "mq_sub$n" .deliveries_per_sec)" 1
+    row "readings dropped to slow subscribers ($n)" "$(j "sg_sub$n" .subscriber.lagged)" "$(awk -v p="$(j "mq_sub$n" .published)" -v d="$(j "mq_sub$n" .deliveries)" -v n="$n" 'BEGIN { x = p * n - d; print (x > 0 ? x : 0) }')" 0
+    for q in p50 p99 p999; do
+        row "$q latency ms, full load, $n subscribers" "$(ms "$(j "sg_sub$n" .subscriber.latency_us.$q)")" "$(ms "$(j "mq_sub$n" .latency_us.$q)")" 0
+    done
+done
+for q in p50 p99 p999; do
+    row "$q latency ms, half load, 1 subscriber" "$(ms "$(j sg_half .subscriber.latency_us.$q)")" "$(ms "$(j mq_half .latency_us.$q)")" 0
+done
 row "server CPU s per 1M readings (no sub)" "$(cpu_per_m sg_ingest "$(j sg_ingest .acked_readings)")" "$(cpu_per_m mq_ingest "$(j mq_ingest .acked)")" 0
-row "server CPU s per 1M readings (1 sub)" "$(cpu_per_m sg_sub "$(j sg_sub .acked_readings)")" "$(cpu_per_m mq_sub "$(j mq_sub .acked)")" 0
-row "server peak RSS MiB (full load, 1 sub)" "$(awk -v k="$(cat "$TMP/sg_sub.hwm")" 'BEGIN{printf "%.1f", k/1024}')" "$(awk -v k="$(cat "$TMP/mq_sub.hwm")" 'BEGIN{printf "%.1f", k/1024}')" 0
+for n in $SUBS; do
+    row "server CPU s per 1M readings ($n subscribers)" "$(cpu_per_m "sg_sub$n" "$(j "sg_sub$n" .acked_readings)")" "$(cpu_per_m "mq_sub$n" "$(j "mq_sub$n" .acked)")" 0
+done
+for n in $SUBS; do
+    row "server peak RSS MiB (full load, $n subscribers)" "$(awk -v k="$(cat "$TMP/sg_sub$n.hwm")" 'BEGIN{printf "%.1f", k/1024}')" "$(awk -v k="$(cat "$TMP/mq_sub$n.hwm")" 'BEGIN{printf "%.1f", k/1024}')" 0
+done
 row "KiB per idle connection ($IDLE)" "$SG_IDLE" "$MQ_IDLE" 0
 
 echo
-echo "Workload: $DEVICES devices/publishers x $RATE readings/s (half load: $HALF_RATE), batch $BATCH, ${SECS}s per phase, 1 subscriber; CLK_TCK=$TCK"
+echo "Workload: $DEVICES devices/publishers x $RATE readings/s (half load: $HALF_RATE), batch $BATCH, ${SECS}s per phase, subscribers: $SUBS; $PHASES; CLK_TCK=$TCK"
 echo "sensorgate: device-sim over WebSocket, storage.sync=batch. Mosquitto $($MOSQUITTO -h 2>&1 | head -1 | awk '{print $3}'): mqtt_peer, QoS 1, persistence true."
 echo
 echo "| figure | sensorgate | Mosquitto | sensorgate/Mosquitto | better |"
@@ -239,7 +255,12 @@ for r in "${rows[@]}"; do
 done
 echo
 echo "Raw reports:"
-for n in sg_ingest sg_sub sg_half mq_ingest mq_sub mq_half mq_idle; do
+names=(sg_ingest)
+for n in $SUBS; do names+=("sg_sub$n"); done
+names+=(sg_half mq_ingest)
+for n in $SUBS; do names+=("mq_sub$n"); done
+names+=(mq_half mq_idle)
+for n in "${names[@]}"; do
     printf '%s: ' "$n"
     jq -c 'del(.rejected) | del(.ack_latency_us)' "$TMP/$n.json" 2>/dev/null || echo "(none)"
 done

@@ -3,16 +3,18 @@
 //! Publishers: one MQTT connection per device, each publishing JSON readings
 //! of about the size a sensorgate subscriber receives, at QoS 1, `--batch`
 //! readings every `batch / rate` seconds (the same schedule as device-sim).
-//! With `--subscribe`, one subscriber on `sensorgate/#` (QoS 1) counts
-//! deliveries and records now − send time (µs, carried in the payload) in an
-//! HDR histogram. Prints one JSON line.
+//! Each publisher starts at a random point of its first interval (as
+//! device-sim does; `--aligned` for lock-step). With `--subscribe`,
+//! `--subscribers N` (default 1) subscribers on `sensorgate/#` (QoS 1) count
+//! deliveries and record now − send time (µs, carried in the payload) in an
+//! HDR histogram each, merged at the end. Prints one JSON line.
 //!
 //! With `--idle N`: opens N connections that stay silent, prints
 //! `{"idle_connected":N}` once all have their CONNACK, holds them for
 //! `--duration` seconds and exits (the script reads the broker's RSS).
 //!
 //!   cargo bench --bench mqtt_peer -- --port P --devices 50 --rate 2000 \
-//!       --batch 50 --duration 10 [--subscribe] [--drain 5]
+//!       --batch 50 --duration 10 [--subscribe [--subscribers 10]] [--drain 5]
 //!   cargo bench --bench mqtt_peer -- --port P --idle 5000 --duration 5
 //!
 //! Every loop is bounded by the deadline; only 127.0.0.1 is contacted.
@@ -33,6 +35,8 @@ struct Args {
     duration: f64,
     drain: f64,
     subscribe: bool,
+    subscribers: usize,
+    aligned: bool,
     idle: usize,
 }
 
@@ -45,6 +49,8 @@ fn parse_args() -> Args {
         duration: 10.0,
         drain: 5.0,
         subscribe: false,
+        subscribers: 1,
+        aligned: false,
         idle: 0,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
@@ -59,8 +65,14 @@ fn parse_args() -> Args {
             "--duration" => a.duration = val(i).parse().expect("--duration"),
             "--drain" => a.drain = val(i).parse().expect("--drain"),
             "--idle" => a.idle = val(i).parse().expect("--idle"),
+            "--subscribers" => a.subscribers = val(i).parse().expect("--subscribers"),
             "--subscribe" => {
                 a.subscribe = true;
+                i += 1;
+                continue;
+            }
+            "--aligned" => {
+                a.aligned = true;
                 i += 1;
                 continue;
             }
@@ -73,7 +85,7 @@ fn parse_args() -> Args {
         i += 2;
     }
     assert!(
-        a.rate > 0.0 && a.batch > 0 && a.duration > 0.0,
+        a.rate > 0.0 && a.batch > 0 && a.duration > 0.0 && a.subscribers > 0,
         "bad arguments"
     );
     a
@@ -159,11 +171,21 @@ async fn load(args: &Args) {
     ));
     let mut tasks = Vec::new();
 
-    // The subscriber first, so it sees every publish.
-    if args.subscribe {
-        let (client, mut ev) = AsyncClient::new(options("peer-sub", args.port), 64);
-        let (c2, h2) = (c.clone(), hist.clone());
+    // The subscribers first, so they see every publish.
+    let subscribers = if args.subscribe { args.subscribers } else { 0 };
+    let mut subscribed = Vec::new();
+    // One histogram per subscriber (its lock is never contended), merged
+    // at the end.
+    let mut locals = Vec::new();
+    for n in 0..subscribers {
+        let (client, mut ev) = AsyncClient::new(options(&format!("peer-sub{n}"), args.port), 64);
+        let mut fresh = hist.lock().unwrap().clone();
+        fresh.reset();
+        let local = Arc::new(Mutex::new(fresh));
+        locals.push(local.clone());
+        let c2 = c.clone();
         let (sub_tx, sub_rx) = tokio::sync::oneshot::channel::<()>();
+        subscribed.push(sub_rx);
         tasks.push(tokio::spawn(async move {
             let mut sub_tx = Some(sub_tx);
             loop {
@@ -180,7 +202,7 @@ async fn load(args: &Args) {
                         let now = unix_us();
                         c2.delivered.fetch_add(1, Relaxed);
                         if let Ok(s) = serde_json::from_slice::<Sent>(&p.payload) {
-                            let mut h = h2.lock().unwrap();
+                            let mut h = local.lock().unwrap();
                             let _ = h.record(now.saturating_sub(s.sent_us).max(1));
                         }
                     }
@@ -192,9 +214,11 @@ async fn load(args: &Args) {
                 }
             }
         }));
-        tokio::time::timeout(Duration::from_secs(10), sub_rx)
+    }
+    for sub_rx in subscribed {
+        tokio::time::timeout(Duration::from_secs(30), sub_rx)
             .await
-            .expect("subscribed within 10 s")
+            .expect("subscribed within 30 s")
             .expect("subscriber task");
     }
 
@@ -222,7 +246,15 @@ async fn load(args: &Args) {
             }
         }));
         let (c2, batch) = (c.clone(), args.batch);
+        let phase = if args.aligned {
+            Duration::ZERO
+        } else {
+            interval
+                .min(Duration::from_secs_f64(args.duration / 4.0))
+                .mul_f64(rand_fraction(d))
+        };
         publishers.push(tokio::spawn(async move {
+            tokio::time::sleep(phase).await;
             let topics: Vec<String> = SENSORS
                 .iter()
                 .map(|s| format!("sensorgate/{device}/{s}"))
@@ -272,7 +304,7 @@ async fn load(args: &Args) {
     loop {
         let p = c.published.load(Relaxed);
         let acked_all = c.acked.load(Relaxed) >= p;
-        let delivered_all = !args.subscribe || c.delivered.load(Relaxed) >= p;
+        let delivered_all = c.delivered.load(Relaxed) >= p * subscribers as u64;
         if (acked_all && delivered_all) || Instant::now() >= drain_end {
             break;
         }
@@ -281,6 +313,9 @@ async fn load(args: &Args) {
     let elapsed = start.elapsed().as_secs_f64();
     for t in &tasks {
         t.abort();
+    }
+    for local in &locals {
+        let _ = hist.lock().unwrap().add(&*local.lock().unwrap());
     }
     drop(clients);
     let h = hist.lock().unwrap();
@@ -294,7 +329,7 @@ async fn load(args: &Args) {
             "devices": args.devices,
             "rate": args.rate,
             "batch": args.batch,
-            "subscribers": if args.subscribe { 1 } else { 0 },
+            "subscribers": subscribers,
             "duration_s": (elapsed * 1000.0).round() / 1000.0,
             "published": published,
             "acked": acked,
@@ -312,6 +347,13 @@ async fn load(args: &Args) {
             },
         })
     );
+}
+
+/// A fraction in [0, 1) that differs per publisher (no rand dependency
+/// needed for a phase offset): the golden-ratio sequence, seeded by time.
+fn rand_fraction(n: usize) -> f64 {
+    let seed = (unix_us() % 1000) as f64 / 1000.0;
+    (seed + n as f64 * 0.618_033_988_75).fract()
 }
 
 fn main() {
