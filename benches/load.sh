@@ -117,8 +117,8 @@ run_sim() { # name, rate, extra args...
     local t0 t1
     reset_hwm "$SG_PID"
     t0=$(cpu_ticks "$SG_PID")
-    timeout $((SECS + 60)) "$SIM" --url "ws://127.0.0.1:$SG_PORT/v1/ingest" --devices "$DEVICES" \
-        --rate "$rate" --batch "$BATCH" --duration "${SECS}s" --drain 5s --secret "$SECRET" \
+    timeout $((SECS + 90)) "$SIM" --url "ws://127.0.0.1:$SG_PORT/v1/ingest" --devices "$DEVICES" \
+        --rate "$rate" --batch "$BATCH" --duration "${SECS}s" --drain 30s --secret "$SECRET" \
         "${ALIGN[@]}" --json "$@" >"$TMP/$name.json" 2>"$TMP/$name.err" || log "device-sim $name exited with $? (see report)"
     t1=$(cpu_ticks "$SG_PID")
     echo $((t1 - t0)) >"$TMP/$name.cpu"
