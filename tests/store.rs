@@ -104,3 +104,21 @@ async fn interval_sync_acks_after_the_periodic_flush() {
     // Acked means flushed, and only flushed readings are visible.
     assert_eq!(d.stored("#").await.len(), 15);
 }
+
+#[test]
+fn a_store_held_open_is_refused_and_a_dropped_one_reopens_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    let held = Store::open(&path).unwrap();
+    // Another holder of the lock: refused (after the bounded wait), with
+    // sled's lock error rather than a hang.
+    let refused = Store::open(&path).err().expect("the lock is held");
+    assert!(refused.to_string().contains("lock"), "{refused}");
+    // Dropped and reopened in the same process, repeatedly: sled releases
+    // its lock a moment after the drop, and open waits for that.
+    drop(held);
+    for _ in 0..20 {
+        let store = Store::open(&path).unwrap();
+        drop(store);
+    }
+}

@@ -66,16 +66,41 @@ pub struct Store {
     retained_bytes: AtomicU64,
 }
 
-impl Store {
-    /// Opens (or creates) the store at `path` and recovers its counters.
-    pub fn open(path: &Path) -> Result<Arc<Store>, StoreError> {
-        let db = sled::Config::new()
+/// How long `open` waits for sled's file lock to be released.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Opens sled at `path`, waiting (bounded) for its file lock: dropping a
+/// `sled::Db` releases the lock only once sled's I/O threads have let go of
+/// the file, a moment later, so a store closed and reopened in one process
+/// (a daemon restarted in place, the tests) can briefly find it held. A lock
+/// still held after [`LOCK_WAIT`] is another live process: that error is
+/// returned as is.
+fn open_sled(path: &Path) -> Result<sled::Db, sled::Error> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        let opened = sled::Config::new()
             .path(path)
             // sled's own background flusher is off: durability points are
             // chosen by the writer (`storage.sync`), never by a timer we
             // don't control.
             .flush_every_ms(None)
-            .open()?;
+            .open();
+        match opened {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path` and recovers its counters.
+    pub fn open(path: &Path) -> Result<Arc<Store>, StoreError> {
+        let db = open_sled(path)?;
         let next_id = match db.get(NEXT_ID_KEY)? {
             Some(v) => codec::decode_u64(NEXT_ID_KEY, &v)?,
             None => 1,
