@@ -20,6 +20,9 @@ BATCH=${3:-50}
 SECS=${4:-10}
 IDLE=${5:-10000}
 SUBS=${SUBS:-1 10 100}
+# Seconds both clients wait after the load for acks (and deliveries) still
+# owed; a saturated client (100 subscribers) needs long for its own acks.
+DRAIN=${DRAIN:-30}
 ALIGN=()
 PHASES="random phases"
 if [ "${ALIGNED:-0}" = 1 ]; then ALIGN=(--aligned); PHASES="aligned phases"; fi
@@ -71,6 +74,21 @@ status_kib() { # pid, field (VmHWM, VmRSS)
 }
 reset_hwm() { echo 5 >"/proc/$1/clear_refs" 2>/dev/null || true; }
 
+# Runs one load phase (a client command) against the server SERVER_PID and
+# books the server's CPU ticks and peak RSS for the phase under NAME.
+measured() { # server pid, name, command...
+    local pid=$1 name=$2
+    shift 2
+    local t0 t1
+    reset_hwm "$pid"
+    t0=$(cpu_ticks "$pid")
+    timeout $((SECS + DRAIN + 60)) "$@" >"$TMP/$name.json" 2>"$TMP/$name.err" ||
+        log "$(basename "$1") $name exited with $? (see its report)"
+    t1=$(cpu_ticks "$pid")
+    echo $((t1 - t0)) >"$TMP/$name.cpu"
+    status_kib "$pid" VmHWM >"$TMP/$name.hwm"
+}
+
 # ---------------------------------------------------------------- build
 log "building release binaries"
 cargo build --release -p sensorgate -p device-sim >&2
@@ -114,15 +132,9 @@ stop_pid() {
 run_sim() { # name, rate, extra args...
     local name=$1 rate=$2
     shift 2
-    local t0 t1
-    reset_hwm "$SG_PID"
-    t0=$(cpu_ticks "$SG_PID")
-    timeout $((SECS + 90)) "$SIM" --url "ws://127.0.0.1:$SG_PORT/v1/ingest" --devices "$DEVICES" \
-        --rate "$rate" --batch "$BATCH" --duration "${SECS}s" --drain 30s --secret "$SECRET" \
-        "${ALIGN[@]}" --json "$@" >"$TMP/$name.json" 2>"$TMP/$name.err" || log "device-sim $name exited with $? (see report)"
-    t1=$(cpu_ticks "$SG_PID")
-    echo $((t1 - t0)) >"$TMP/$name.cpu"
-    status_kib "$SG_PID" VmHWM >"$TMP/$name.hwm"
+    measured "$SG_PID" "$name" "$SIM" --url "ws://127.0.0.1:$SG_PORT/v1/ingest" --devices "$DEVICES" \
+        --rate "$rate" --batch "$BATCH" --duration "${SECS}s" --drain "${DRAIN}s" --secret "$SECRET" \
+        "${ALIGN[@]}" --json "$@"
 }
 
 log "sensorgate: ingest, $DEVICES devices x $RATE/s, batch $BATCH, ${SECS}s"
@@ -166,15 +178,8 @@ EOF
 run_peer() { # name, rate, extra args...
     local name=$1 rate=$2
     shift 2
-    local t0 t1
-    reset_hwm "$MQ_PID"
-    t0=$(cpu_ticks "$MQ_PID")
-    timeout $((SECS + 60)) "$PEER" --port "$MQ_PORT" --devices "$DEVICES" --rate "$rate" \
-        --batch "$BATCH" --duration "$SECS" --drain 5 "${ALIGN[@]}" "$@" >"$TMP/$name.json" 2>"$TMP/$name.err" ||
-        log "mqtt_peer $name exited with $?"
-    t1=$(cpu_ticks "$MQ_PID")
-    echo $((t1 - t0)) >"$TMP/$name.cpu"
-    status_kib "$MQ_PID" VmHWM >"$TMP/$name.hwm"
+    measured "$MQ_PID" "$name" "$PEER" --port "$MQ_PORT" --devices "$DEVICES" --rate "$rate" \
+        --batch "$BATCH" --duration "$SECS" --drain "$DRAIN" "${ALIGN[@]}" "$@"
 }
 
 log "mosquitto: publish, $DEVICES publishers x $RATE/s, QoS 1, ${SECS}s"

@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use rand::rngs::StdRng;
@@ -24,6 +24,7 @@ use crate::scenario::{self, Interval, Scenario};
 use crate::sendlog::{self, SendLog};
 use crate::stats::Stats;
 use crate::values::{BatchOut, Sensors};
+use sensorgate::time::unix_ms;
 
 /// Most batches a device keeps unacked (sent or not) before it stops
 /// sampling: bounds memory while the server is unreachable.
@@ -93,13 +94,6 @@ enum Outcome {
     HungUp,
     /// The connection failed or the server closed it.
     Dropped,
-}
-
-pub fn unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 pub struct Device {
