@@ -5,7 +5,6 @@
 //! `cargo bench --bench hot_paths`
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use sensorgate::config::SyncMode;
@@ -74,16 +73,12 @@ fn encoding(c: &mut Criterion) {
 fn group_commit(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("store")).unwrap();
-    let (writer, _thread) = rt.block_on(async {
-        store::writer::spawn(
-            store,
-            SyncMode::Batch,
-            Duration::from_millis(50),
-            16,
-            Vec::new(),
-        )
-    });
+    let mut storage = sensorgate::config::Config::with_secret("bench").storage;
+    storage.path = dir.path().join("store");
+    storage.sync = SyncMode::Batch;
+    let store = Store::open(&storage.path).unwrap();
+    let (writer, _thread) =
+        rt.block_on(async { store::writer::spawn(store, &storage, 16, Vec::new()) });
     let mut g = c.benchmark_group("group_commit");
     g.sample_size(20);
     for n in [500usize, 5000] {

@@ -30,7 +30,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::ingest::{DeviceLimiter, HandshakeLimiter, Ingest, Registry};
-use crate::store::{Store, StoreError};
+use crate::store::{OpenOptions, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -39,7 +39,7 @@ pub enum StartError {
         path: String,
         source: std::io::Error,
     },
-    #[error("storage.path: opening the store: {0}")]
+    #[error("{0}")]
     Store(#[from] StoreError),
     #[error("server.listen {addr}: {source}")]
     Bind {
@@ -83,6 +83,12 @@ impl Daemon {
     /// Opens the store, binds `server.listen` and starts serving. Returns
     /// once the daemon is ready (what `/readyz` and systemd's READY=1 mean).
     pub async fn start(config: Arc<Config>) -> Result<Daemon, StartError> {
+        Self::start_with(config, OpenOptions::default()).await
+    }
+
+    /// [`Daemon::start`] with options for opening the store (the operator's
+    /// `--accept-data-loss`).
+    pub async fn start_with(config: Arc<Config>, open: OpenOptions) -> Result<Daemon, StartError> {
         // TLS files are checked first: a bad path should fail fast, before the
         // store is opened or the port taken.
         let tls = match (&config.server.tls_cert, &config.server.tls_key) {
@@ -94,7 +100,7 @@ impl Daemon {
             path: path.display().to_string(),
             source,
         })?;
-        let store = tokio::task::spawn_blocking(move || Store::open(&path))
+        let store = tokio::task::spawn_blocking(move || Store::open_with(&path, open))
             .await
             .expect("store open task")?;
         let listener = TcpListener::bind(config.server.listen)
@@ -128,8 +134,7 @@ impl Daemon {
         let tracker = TaskTracker::new();
         let (writer, writer_thread) = store::writer::spawn(
             store.clone(),
-            config.storage.sync,
-            config.storage.flush_interval,
+            &config.storage,
             config.ingest.queue_capacity,
             listeners,
         );

@@ -1,6 +1,7 @@
 //! The `sensorgate` binary: parse the command line, load the configuration,
 //! and hand over to [`sensorgate::Daemon`]. Exit codes: 0 clean, 1 runtime
-//! failure, 2 bad configuration or usage.
+//! failure, 2 bad configuration or usage, 3 a store that is damaged or
+//! behind its durable high-water mark (see `check-store`, `--accept-data-loss`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,6 +23,11 @@ struct Cli {
     /// Configuration file (default /etc/sensorgate/sensorgate.toml).
     #[arg(long, global = true)]
     config: Option<PathBuf>,
+    /// Start even though the store holds fewer readings than it once
+    /// acknowledged (damaged or rolled back); new ids continue above the
+    /// recorded high-water mark so none is reused. Look first: `check-store`.
+    #[arg(long, global = true)]
+    accept_data_loss: bool,
 }
 
 #[derive(Subcommand)]
@@ -30,6 +36,9 @@ enum Command {
     Run,
     /// Validate the configuration and print it with secrets redacted.
     CheckConfig,
+    /// Inspect the store (daemon stopped): counts, id range, gaps, per-device
+    /// last seq, high-water mark against content. Exit 0 when healthy.
+    CheckStore,
     /// Mint a JWT from the configured secret.
     Token {
         #[arg(long)]
@@ -58,8 +67,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let open = sensorgate::store::OpenOptions {
+        accept_data_loss: cli.accept_data_loss,
+    };
     match cli.command.unwrap_or(Command::Run) {
-        Command::Run => run(config),
+        Command::Run => run(config, open),
+        Command::CheckStore => check_store(&config),
         Command::CheckConfig => {
             print!("{}", config.render_redacted());
             ExitCode::SUCCESS
@@ -88,7 +101,36 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: Config) -> ExitCode {
+fn check_store(config: &Config) -> ExitCode {
+    let path = &config.storage.path;
+    if !path.join("db").exists() {
+        eprintln!(
+            "sensorgate: storage.path {}: no store there",
+            path.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    match sensorgate::store::check::check(path) {
+        Ok(report) => {
+            print!("store:           {}\n{report}", path.display());
+            if report.healthy() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("sensorgate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Exit code for a store refused at start-up: distinct from other failures
+/// so that a supervisor (or an operator's script) can tell "needs a human".
+const EXIT_STORE_REFUSED: u8 = 3;
+
+fn run(config: Config, open: sensorgate::store::OpenOptions) -> ExitCode {
     sensorgate::telemetry::init_logging(&config.log);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -98,12 +140,17 @@ fn run(config: Config) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let daemon = match sensorgate::Daemon::start(Arc::new(config)).await {
+        let daemon = match sensorgate::Daemon::start_with(Arc::new(config), open).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!("{e}");
                 eprintln!("sensorgate: {e}");
-                return ExitCode::FAILURE;
+                return match e {
+                    sensorgate::StartError::Store(s) if s.needs_operator() => {
+                        ExitCode::from(EXIT_STORE_REFUSED)
+                    }
+                    _ => ExitCode::FAILURE,
+                };
             }
         };
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);

@@ -239,6 +239,7 @@ fn from_tree(mut root: HashMap<String, Value>) -> Result<Config, ConfigError> {
     s.set("flush_interval", &mut c.storage.flush_interval, duration);
     s.set("retention", &mut c.storage.retention, duration);
     s.set("max_bytes", &mut c.storage.max_bytes, size);
+    s.set("min_free", &mut c.storage.min_free, size);
     s.finish();
 
     let mut s = problems.section(&mut root, "fanout");
@@ -1279,6 +1280,7 @@ qos = 2
             "flush_interval",
             "retention",
             "max_bytes",
+            "min_free",
             "subscriber_queue",
             "slow_policy",
             "url",

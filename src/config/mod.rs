@@ -89,6 +89,10 @@ pub struct StorageConfig {
     pub flush_interval: Duration,
     pub retention: Duration,
     pub max_bytes: u64,
+    /// Free space the filesystem of `storage.path` must keep: below it,
+    /// batches are refused (`overloaded`) before sled is asked to write, so
+    /// a full disk never reaches the store's own write path.
+    pub min_free: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,6 +181,7 @@ impl Config {
                 flush_interval: Duration::from_millis(50),
                 retention: Duration::from_secs(7 * 24 * 3600),
                 max_bytes: 10 * 1024 * 1024 * 1024,
+                min_free: 64 * 1024 * 1024,
             },
             fanout: FanoutConfig {
                 subscriber_queue: 10_000,
@@ -357,6 +362,7 @@ impl Config {
         t.duration("flush_interval", st.flush_interval);
         t.duration("retention", st.retention);
         t.string("max_bytes", &format_size(st.max_bytes));
+        t.string("min_free", &format_size(st.min_free));
 
         t.section("fanout");
         t.raw("subscriber_queue", self.fanout.subscriber_queue.to_string());

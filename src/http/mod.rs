@@ -146,14 +146,26 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    // The router only serves once the store is open and the listener is up.
-    Json(json!({
-        "status": "ready",
-        "store": {"last_id": state.store.last_id(), "retained_bytes": state.store.retained_bytes()},
+    // The router only serves once the store is open and the listener is up;
+    // a store that refuses writes (full disk, failed flush) is not ready.
+    let refusal = state.store.refusal();
+    let status = if refusal.is_some() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    let body = Json(json!({
+        "status": if refusal.is_some() { "not_ready" } else { "ready" },
+        "store": {
+            "last_id": state.store.last_id(),
+            "retained_bytes": state.store.retained_bytes(),
+            "writable": refusal.is_none(),
+            "reason": refusal,
+        },
         "devices_connected": state.ingest.registry.connected(),
         "mqtt": state.bridge.as_ref().map(|b| b.to_json(state.store.last_id())),
-    }))
-    .into_response()
+    }));
+    (status, body).into_response()
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

@@ -27,18 +27,25 @@
 //! Never: called from async code for long (sled calls block; the writer has
 //! its own thread and HTTP reads go through `spawn_blocking`).
 
+pub mod check;
 mod codec;
+pub mod durability;
+pub mod hwm;
 pub mod retention;
 pub mod writer;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
 
 use crate::protocol::Reading;
 
 pub use codec::SegmentMeta;
 pub use writer::{CommitListener, CommitOutcome, IngestBatch, WriteRequest, WriterHandle};
+
+use durability::FileSync;
+use hwm::HighWaterMark;
 
 const NEXT_ID_KEY: &[u8] = b"m/next_id";
 const BRIDGE_CURSOR_KEY: &[u8] = b"m/bridge_cursor";
@@ -52,18 +59,71 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("corrupt store entry {key}: {detail}")]
     Corrupt { key: String, detail: String },
+    /// sled failed or panicked while opening or recovering the store.
+    #[error("storage.path {path}: the store cannot be read ({detail}); inspect it with `sensorgate check-store`, restore it from a backup, or move it aside to start empty")]
+    Unreadable { path: PathBuf, detail: String },
+    /// The store holds less than it once acknowledged.
+    #[error("storage.path {path}: the store ends at id {content} but id {mark} was acknowledged ({missing} readings missing: damaged or rolled-back store); inspect with `sensorgate check-store`, restore a backup, or start with --accept-data-loss to continue above id {mark}")]
+    BehindHighWaterMark {
+        path: PathBuf,
+        content: u64,
+        mark: u64,
+        missing: u64,
+    },
+    #[error("storage.path: {0}")]
+    HighWaterMark(#[from] hwm::HwmError),
+    /// `fsync`/`fdatasync` of the store's files failed: what is on disk is
+    /// unknown, so nothing may be acknowledged.
+    #[error("syncing the store's files: {0}")]
+    Sync(std::io::Error),
+    /// The store was closed after a failure and is not reopened yet.
+    #[error("the store is closed after a failure and not reopened yet")]
+    Closed,
+}
+
+impl StoreError {
+    /// True for a store refused at start-up as damaged or rolled back: an
+    /// operator has to look before it is served again.
+    pub fn needs_operator(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Unreadable { .. }
+                | StoreError::BehindHighWaterMark { .. }
+                | StoreError::HighWaterMark(hwm::HwmError::Damaged { .. })
+        )
+    }
+}
+
+/// How to open a store.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenOptions {
+    /// Continue when the store holds less than its high-water mark; ids then
+    /// continue above the mark so none is ever handed out twice.
+    pub accept_data_loss: bool,
 }
 
 /// The opened store. Cheap to share (`Arc<Store>`); sled is internally
 /// synchronised, and only the writer thread mutates readings and seqs.
 pub struct Store {
-    db: sled::Db,
+    path: PathBuf,
+    /// `None` only while the writer reopens sled after an I/O failure (a
+    /// failed sled refuses every operation until reopened).
+    db: RwLock<Option<sled::Db>>,
+    /// What makes sled's writes power-loss safe; `None` while closed.
+    files: Mutex<Option<FileSync>>,
+    hwm: Mutex<HighWaterMark>,
     /// Newest id that is durable and visible (0 when none yet). Fan-out uses
     /// it as the seam between replay and live delivery.
     last_durable_id: AtomicU64,
     /// Bytes of segment payloads currently retained; retention compares this
     /// with `storage.max_bytes`.
     retained_bytes: AtomicU64,
+    /// Why the store refuses writes right now (`None`: it accepts them).
+    refusal: Mutex<Option<String>>,
+    /// When the flush in progress started (ms since `epoch`, 0 = none): see
+    /// [`poke_stuck_flushes`].
+    flush_started_ms: AtomicU64,
+    epoch: Instant,
 }
 
 /// How long `open` waits for sled's file lock to be released.
@@ -97,31 +157,152 @@ fn open_sled(path: &Path) -> Result<sled::Db, sled::Error> {
     }
 }
 
-impl Store {
-    /// Opens (or creates) the store at `path` and recovers its counters.
-    pub fn open(path: &Path) -> Result<Arc<Store>, StoreError> {
+/// Runs `f`, turning a panic inside sled (its deserializer panics on some
+/// damaged files) into an error message instead of a crash, without the
+/// default hook's multi-line report on stderr.
+fn without_panics<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    static HOOK: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = HOOK.lock().unwrap_or_else(|e| e.into_inner());
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(previous);
+    result.map_err(|p| {
+        let msg = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        format!("sled panicked: {}", msg.lines().next().unwrap_or(""))
+    })
+}
+
+/// What a freshly opened sled holds, as far as ids go.
+struct Recovered {
+    db: sled::Db,
+    /// Newest id the content accounts for (0 when empty).
+    last_id: u64,
+    retained_bytes: u64,
+}
+
+/// Opens sled and reads what the id bookkeeping needs, every sled failure or
+/// panic becoming [`StoreError::Unreadable`].
+fn recover(path: &Path) -> Result<Recovered, StoreError> {
+    let unreadable = |detail: String| StoreError::Unreadable {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let scanned = without_panics(|| -> Result<Recovered, StoreError> {
         let db = open_sled(path)?;
         let next_id = match db.get(NEXT_ID_KEY)? {
             Some(v) => codec::decode_u64(NEXT_ID_KEY, &v)?,
             None => 1,
         };
+        let mut last_id = next_id - 1;
         let mut bytes = 0u64;
         for entry in db.scan_prefix(INDEX_PREFIX) {
             let (k, v) = entry?;
-            bytes += SegmentMeta::decode(&k, &v)?.bytes;
+            let meta = SegmentMeta::decode(&k, &v)?;
+            bytes += meta.bytes;
+            last_id = last_id.max(meta.last_id);
         }
-        Ok(Arc::new(Store {
+        // The newest segment is what a restarted device and subscriber read
+        // first; a lost blob there is found now rather than on first use.
+        if let Some(entry) = db.scan_prefix(SEGMENT_PREFIX).next_back() {
+            let (k, v) = entry?;
+            codec::decode_segment(&k, &v)?;
+        }
+        Ok(Recovered {
             db,
-            last_durable_id: AtomicU64::new(next_id - 1),
-            retained_bytes: AtomicU64::new(bytes),
-        }))
+            last_id,
+            retained_bytes: bytes,
+        })
+    })
+    .map_err(unreadable)?;
+    scanned.map_err(|e| match e {
+        // Another live process holding the lock is not damage.
+        StoreError::Sled(sled::Error::Io(io)) if io.to_string().contains("lock") => {
+            StoreError::Sled(sled::Error::Io(io))
+        }
+        other => unreadable(other.to_string()),
+    })
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path` and recovers its counters.
+    pub fn open(path: &Path) -> Result<Arc<Store>, StoreError> {
+        Self::open_with(path, OpenOptions::default())
+    }
+
+    /// Opens (or creates) the store at `path`, checks it against its durable
+    /// high-water mark, and makes what sled recovered power-loss safe.
+    pub fn open_with(path: &Path, opts: OpenOptions) -> Result<Arc<Store>, StoreError> {
+        let mark = hwm::read(path);
+        let mark = match mark {
+            Ok(m) => m,
+            // A damaged mark tells nothing: the operator decides.
+            Err(e) if !opts.accept_data_loss => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring the damaged high-water mark (--accept-data-loss)");
+                None
+            }
+        };
+        let rec = recover(path)?;
+        let mut last_id = rec.last_id;
+        if let Some(mark) = mark.filter(|&m| m > rec.last_id) {
+            if !opts.accept_data_loss {
+                return Err(StoreError::BehindHighWaterMark {
+                    path: path.to_path_buf(),
+                    content: rec.last_id,
+                    mark,
+                    missing: mark - rec.last_id,
+                });
+            }
+            tracing::warn!(
+                content = rec.last_id,
+                mark,
+                "store is behind its high-water mark; continuing above it (--accept-data-loss)"
+            );
+            rec.db.insert(NEXT_ID_KEY, &(mark + 1).to_be_bytes()[..])?;
+            rec.db.flush()?;
+            last_id = mark;
+        }
+        let files = FileSync::open(path).map_err(StoreError::Sync)?;
+        let hwm = HighWaterMark::create_or_open(path, last_id)?;
+        let store = Arc::new(Store {
+            path: path.to_path_buf(),
+            db: RwLock::new(Some(rec.db)),
+            files: Mutex::new(Some(files)),
+            hwm: Mutex::new(hwm),
+            last_durable_id: AtomicU64::new(last_id),
+            retained_bytes: AtomicU64::new(rec.retained_bytes),
+            refusal: Mutex::new(None),
+            flush_started_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        });
+        poke_stuck_flushes(Arc::downgrade(&store));
+        Ok(store)
+    }
+
+    /// The directory of the store.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A handle on sled, or [`StoreError::Closed`] while it is being reopened.
+    fn db(&self) -> Result<sled::Db, StoreError> {
+        self.db
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(StoreError::Closed)
     }
 
     /// Highest stored batch seq of `device`, `None` when the device never sent
     /// a batch with `seq`.
     pub fn last_seq(&self, device: &str) -> Result<Option<u64>, StoreError> {
         let key = seq_key(device);
-        self.db
+        self.db()?
             .get(&key)?
             .map(|v| codec::decode_u64(&key, &v))
             .transpose()
@@ -134,7 +315,7 @@ impl Store {
 
     /// Oldest id still retained, `None` when no reading is stored.
     pub fn oldest_id(&self) -> Result<Option<u64>, StoreError> {
-        match self.db.scan_prefix(INDEX_PREFIX).next() {
+        match self.db()?.scan_prefix(INDEX_PREFIX).next() {
             Some(entry) => {
                 let (k, _) = entry?;
                 Ok(Some(codec::id_from_key(&k)?))
@@ -161,21 +342,18 @@ impl Store {
             return Ok(out);
         }
         let upper = self.last_id();
+        let db = self.db()?;
         // Start at the segment holding `since + 1`: the last one whose first
         // id is not greater than it.
         let first_wanted = since.saturating_add(1);
-        let start = match self
-            .db
+        let start = match db
             .range(segment_key(0)..=segment_key(first_wanted))
             .next_back()
         {
             Some(entry) => entry?.0,
             None => sled::IVec::from(&segment_key(0)[..]),
         };
-        for entry in self
-            .db
-            .range(start..sled::IVec::from(&segment_key(u64::MAX)[..]))
-        {
+        for entry in db.range(start..sled::IVec::from(&segment_key(u64::MAX)[..])) {
             let (k, v) = entry?;
             for r in codec::decode_segment(&k, &v)? {
                 // Readings applied but not yet flushed (interval mode) are
@@ -197,7 +375,7 @@ impl Store {
     /// The MQTT bridge's outbox cursor: every reading with a greater id is
     /// still to be published. `None` before the bridge first ran.
     pub fn bridge_cursor(&self) -> Result<Option<u64>, StoreError> {
-        self.db
+        self.db()?
             .get(BRIDGE_CURSOR_KEY)?
             .map(|v| codec::decode_u64(BRIDGE_CURSOR_KEY, &v))
             .transpose()
@@ -206,19 +384,143 @@ impl Store {
     /// Records the bridge's cursor. Not flushed here: durability comes with
     /// the next group commit or [`Store::flush`]. Blocking (sled).
     pub fn set_bridge_cursor(&self, cursor: u64) -> Result<(), StoreError> {
-        self.db
+        self.db()?
             .insert(BRIDGE_CURSOR_KEY, &cursor.to_be_bytes()[..])?;
         Ok(())
     }
 
-    /// Forces everything applied so far to disk.
+    /// Forces everything applied so far to disk, power-loss safe.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
+        self.sync_files(&self.db()?)
+    }
+
+    /// sled's flush, then [`FileSync::sync`]: after this returns, everything
+    /// applied to `db` survives a power cut.
+    fn sync_files(&self, db: &sled::Db) -> Result<(), StoreError> {
+        let started = self.epoch.elapsed().as_millis() as u64;
+        self.flush_started_ms
+            .store(started.max(1), Ordering::Release);
+        let flushed = db.flush();
+        self.flush_started_ms.store(0, Ordering::Release);
+        flushed?;
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        files
+            .as_mut()
+            .ok_or(StoreError::Closed)?
+            .sync()
+            .map_err(StoreError::Sync)
+    }
+
+    /// Makes every commit applied so far durable and records `last_id` as
+    /// the durable high-water mark. Only the writer calls this.
+    fn make_durable(&self, db: &sled::Db, last_id: u64) -> Result<(), StoreError> {
+        self.sync_files(db)?;
+        self.hwm
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set(last_id)?;
         Ok(())
     }
 
     fn mark_durable(&self, last_id: u64) {
         self.last_durable_id.fetch_max(last_id, Ordering::AcqRel);
+    }
+
+    /// Why writes are refused right now, `None` while they are accepted.
+    /// `/readyz` reports it.
+    pub fn refusal(&self) -> Option<String> {
+        self.refusal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_refusal(&self, reason: Option<String>) {
+        let mut r = self.refusal.lock().unwrap_or_else(|e| e.into_inner());
+        if *r != reason {
+            match &reason {
+                Some(why) => tracing::error!(reason = %why, "store refuses writes"),
+                None => tracing::info!("store accepts writes again"),
+            }
+            metrics::gauge!("sensorgate_store_writable").set(if reason.is_none() {
+                1.0
+            } else {
+                0.0
+            });
+            *r = reason;
+        }
+    }
+
+    /// Drops sled after an I/O failure: a failed sled refuses every later
+    /// operation, so the only way back is to open it again once every
+    /// handle is gone ([`Store::reopen`]).
+    fn close(&self) {
+        *self.files.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let db = self.db.write().unwrap_or_else(|e| e.into_inner()).take();
+        drop(db);
+    }
+
+    /// Opens sled again after [`Store::close`]. Returns the newest id the
+    /// store holds, which may be above the writer's (a commit that reached
+    /// the log although its flush reported failure).
+    fn reopen(&self) -> Result<u64, StoreError> {
+        let rec = recover(&self.path)?;
+        let mark = self.hwm.lock().unwrap_or_else(|e| e.into_inner()).get();
+        if rec.last_id < mark {
+            return Err(StoreError::BehindHighWaterMark {
+                path: self.path.clone(),
+                content: rec.last_id,
+                mark,
+                missing: mark - rec.last_id,
+            });
+        }
+        let files = FileSync::open(&self.path).map_err(StoreError::Sync)?;
+        self.retained_bytes
+            .store(rec.retained_bytes, Ordering::Relaxed);
+        *self.files.lock().unwrap_or_else(|e| e.into_inner()) = Some(files);
+        *self.db.write().unwrap_or_else(|e| e.into_inner()) = Some(rec.db);
+        Ok(rec.last_id)
+    }
+}
+
+/// How long a flush may take before [`poke_stuck_flushes`] steps in.
+const STUCK_FLUSH: Duration = Duration::from_secs(1);
+
+/// Watches for a flush that does not return. sled 0.34 has a path where a
+/// failed background log write (ENOSPC, EIO) records the error without
+/// waking the thread waiting in `flush`, which then sleeps forever (seen on a
+/// full disk). Any later `flush` call notices the recorded error and wakes
+/// every waiter, so while a flush is stuck this thread calls `flush` from a
+/// short-lived thread of its own. Ends when the store is dropped.
+fn poke_stuck_flushes(store: Weak<Store>) {
+    let spawned = std::thread::Builder::new()
+        .name("sensorgate-flush-watch".into())
+        .spawn(move || {
+            // At most one poke in flight; a poke that itself blocks is a
+            // slow disk, not a lost wake-up, and is left to finish.
+            let mut poke: Option<std::thread::JoinHandle<()>> = None;
+            loop {
+                std::thread::sleep(Duration::from_millis(250));
+                let Some(store) = store.upgrade() else { return };
+                let started = store.flush_started_ms.load(Ordering::Acquire);
+                let now = store.epoch.elapsed().as_millis() as u64;
+                let stuck =
+                    started != 0 && now.saturating_sub(started) > STUCK_FLUSH.as_millis() as u64;
+                if poke.as_ref().is_some_and(|p| !p.is_finished()) || !stuck {
+                    continue;
+                }
+                let Ok(db) = store.db() else { continue };
+                drop(store);
+                poke = std::thread::Builder::new()
+                    .name("sensorgate-flush-poke".into())
+                    .spawn(move || {
+                        let _ = db.flush();
+                    })
+                    .ok();
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "could not start the flush watch thread");
     }
 }
 

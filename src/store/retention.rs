@@ -38,7 +38,8 @@ impl Store {
         let cutoff = now_ms.saturating_sub(retention.as_millis().min(i64::MAX as u128) as i64);
         let durable = self.last_id();
         let mut pruned = Pruned::default();
-        for entry in self.db.scan_prefix(INDEX_PREFIX) {
+        let db = self.db()?;
+        for entry in db.scan_prefix(INDEX_PREFIX) {
             let (k, v) = entry?;
             let meta = SegmentMeta::decode(&k, &v)?;
             if meta.last_id > durable {
@@ -52,7 +53,7 @@ impl Store {
             let mut batch = sled::Batch::default();
             batch.remove(&segment_key(meta.first_id)[..]);
             batch.remove(&index_key(meta.first_id)[..]);
-            self.db.apply_batch(batch)?;
+            db.apply_batch(batch)?;
             self.retained_bytes.fetch_sub(meta.bytes, Ordering::Relaxed);
             pruned.segments += 1;
             pruned.bytes += meta.bytes;

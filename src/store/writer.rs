@@ -9,6 +9,20 @@
 //! could take back. While one group is being flushed, the next one gathers in
 //! the queue, which is what makes the commits grow under load.
 //!
+//! Durable means power-loss safe: sled's flush, then `fdatasync`/`fsync` of
+//! its files and directories, then the high-water mark ([`Store::make_durable`]).
+//! A group whose batches were all duplicates or probes writes nothing and
+//! costs no flush.
+//!
+//! Faults: before writing, the writer checks the free space of the store's
+//! filesystem against `storage.min_free` and refuses the group's batches
+//! (`Failed`, which devices see as `overloaded` with `retry_after_ms`) rather
+//! than let sled run into a full disk. If sled or a sync fails anyway, sled is
+//! closed, nothing of the group is acknowledged, and the writer reopens the
+//! store once space is back. Either way `/readyz` reports the refusal
+//! ([`Store::refusal`]) and the writer retries on its own every
+//! [`RECOVERY_EVERY`].
+//!
 //! Why a thread and not a task: sled calls block (the flush is an fsync);
 //! a dedicated thread keeps them off the async workers without paying a
 //! `spawn_blocking` hand-off per commit.
@@ -20,7 +34,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{codec, index_key, segment_key, seq_key, SegmentMeta, Store, StoreError, NEXT_ID_KEY};
-use crate::config::SyncMode;
+use crate::config::{StorageConfig, SyncMode};
 use crate::protocol::{Reading, ReadingIn};
 
 /// Upper bound on queued batches taken into one commit, so one commit's
@@ -32,6 +46,8 @@ const MAX_READINGS_PER_SEGMENT: usize = 8192;
 /// is simply cleared: every seq it held is already applied to sled and is
 /// read back on the next miss, so memory stays bounded for any fleet size.
 const SEQ_CACHE_MAX: usize = 200_000;
+/// How often a refusing writer checks whether it can write again.
+pub const RECOVERY_EVERY: Duration = Duration::from_secs(1);
 
 /// A validated batch on its way to storage.
 pub struct IngestBatch {
@@ -97,8 +113,7 @@ impl WriterHandle {
 /// to know everything accepted is durable.
 pub fn spawn(
     store: Arc<Store>,
-    sync: SyncMode,
-    flush_interval: Duration,
+    storage: &StorageConfig,
     queue_capacity: usize,
     listeners: Vec<Arc<dyn CommitListener>>,
 ) -> (WriterHandle, std::thread::JoinHandle<()>) {
@@ -107,16 +122,21 @@ pub fn spawn(
     // growing memory.
     let (tx, rx) = mpsc::channel(queue_capacity);
     let rt = tokio::runtime::Handle::current();
+    let next_id = store.last_id() + 1;
     let writer = Writer {
-        store: store.clone(),
-        sync,
-        flush_interval,
+        store,
+        sync: storage.sync,
+        flush_interval: storage.flush_interval,
+        min_free: storage.min_free,
         listeners,
-        next_id: store.last_id() + 1,
+        next_id,
+        durable_next_id: next_id,
         seqs: HashMap::new(),
         pending: Vec::new(),
-        poisoned: false,
+        dirty: false,
+        fault: None,
         last_flush: Instant::now(),
+        last_recovery: Instant::now(),
     };
     let join = std::thread::Builder::new()
         .name("sensorgate-writer".into())
@@ -125,24 +145,47 @@ pub fn spawn(
     (WriterHandle { tx }, join)
 }
 
+/// Why the writer refuses batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// Free space below `storage.min_free`; sled was not touched.
+    DiskFull,
+    /// sled or a sync failed; sled is closed until reopened.
+    StoreFailed,
+}
+
+impl Fault {
+    fn label(self) -> &'static str {
+        match self {
+            Fault::DiskFull => "disk_full",
+            Fault::StoreFailed => "store_failed",
+        }
+    }
+}
+
 struct Writer {
     store: Arc<Store>,
     sync: SyncMode,
     flush_interval: Duration,
+    min_free: u64,
     listeners: Vec<Arc<dyn CommitListener>>,
     /// Authoritative `last_seq` per device, loaded lazily from the store. The
-    /// writer is the only one that changes seqs, so the cache cannot go stale.
+    /// writer is the only one that changes seqs, so the cache cannot go stale;
+    /// it is cleared whenever a write fails, so it never holds a seq that is
+    /// not in the store.
     seqs: HashMap<Arc<str>, Option<u64>>,
-    /// The next id to hand out. Advanced only when a commit is applied, so a
-    /// failed write never burns ids and an applied one never reuses them.
+    /// The next id to hand out. Advanced when a commit is applied.
     next_id: u64,
+    /// `next_id` as of the last durable point: where ids restart when
+    /// commits applied since then are failed.
+    durable_next_id: u64,
     /// Interval mode: commits applied but not yet flushed.
     pending: Vec<Applied>,
+    /// Something was applied to sled since the last durable point.
+    dirty: bool,
+    fault: Option<Fault>,
     last_flush: Instant,
-    /// Set after a failed flush. What sled holds is then unknown (the fsync
-    /// lesson: a failed flush cannot be retried into success), so the writer
-    /// refuses every later batch rather than acknowledge on a broken disk.
-    poisoned: bool,
+    last_recovery: Instant,
 }
 
 /// A commit applied to sled, waiting for its flush before being announced.
@@ -155,7 +198,7 @@ impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<WriteRequest>, rt: tokio::runtime::Handle) {
         let mut buf = Vec::with_capacity(MAX_BATCHES_PER_COMMIT);
         loop {
-            let wait = self.time_until_flush();
+            let wait = self.next_wake();
             let received = rt.block_on(async {
                 match wait {
                     None => Some(rx.recv_many(&mut buf, MAX_BATCHES_PER_COMMIT).await),
@@ -166,6 +209,9 @@ impl Writer {
                     }
                 }
             });
+            if self.fault.is_some() && self.last_recovery.elapsed() >= RECOVERY_EVERY {
+                self.try_recover();
+            }
             match received {
                 Some(0) => break, // every sender gone and queue drained
                 Some(_) => {
@@ -175,7 +221,7 @@ impl Writer {
                         SyncMode::Interval => self.pending.push(applied),
                     }
                 }
-                None => {} // flush deadline reached
+                None => {} // a flush or a recovery attempt is due
             }
             if self.sync == SyncMode::Interval && self.time_until_flush() == Some(Duration::ZERO) {
                 let pending = std::mem::take(&mut self.pending);
@@ -185,6 +231,18 @@ impl Writer {
         let pending = std::mem::take(&mut self.pending);
         self.flush_and_release(pending);
         tracing::debug!("writer drained and flushed");
+    }
+
+    /// How long the writer may wait for requests before it has work of its
+    /// own: a due flush (interval mode) or a recovery attempt.
+    fn next_wake(&self) -> Option<Duration> {
+        let recovery = self
+            .fault
+            .map(|_| RECOVERY_EVERY.saturating_sub(self.last_recovery.elapsed()));
+        match (self.time_until_flush(), recovery) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Interval mode with unflushed commits: how long until the next flush is due.
@@ -226,7 +284,6 @@ impl Writer {
                 }
             };
             let outcome = match self.check_seq(&batch) {
-                _ if self.poisoned => Some(CommitOutcome::Failed),
                 Ok(outcome) => outcome,
                 Err(e) => {
                     tracing::error!(error = %e, device = %batch.device, "reading last_seq failed");
@@ -261,22 +318,28 @@ impl Writer {
             }
         }
 
-        if let Err(e) = self.write(first_id, &readings, &seq_updates) {
-            self.poisoned = true;
-            tracing::error!(error = %e, "group commit failed; batches are not acknowledged");
-            // Nothing of this group is durable: forget the seqs we assumed and
-            // fail every batch that would have been stored.
-            for device in seq_updates.keys() {
-                self.seqs.remove(device);
+        let written = match self.fault {
+            Some(fault) => Err(fault),
+            None => self.write(first_id, &readings, &seq_updates),
+        };
+        match written {
+            Ok(()) => {
+                self.next_id = next_id;
+                self.dirty |= !readings.is_empty();
             }
-            for (_, outcome) in &mut replies {
-                if matches!(outcome, CommitOutcome::Stored { .. }) {
-                    *outcome = CommitOutcome::Failed;
+            Err(fault) => {
+                // Nothing of this group is stored: forget the seqs it
+                // assumed and fail every batch that would have been stored.
+                for device in seq_updates.keys() {
+                    self.seqs.remove(device);
                 }
+                let refused = fail_stored(&mut replies, false);
+                if refused > 0 {
+                    metrics::counter!("sensorgate_store_refused_batches_total", "reason" => fault.label())
+                        .increment(refused);
+                }
+                readings.clear();
             }
-            readings.clear();
-        } else {
-            self.next_id = next_id;
         }
         Applied { replies, readings }
     }
@@ -307,12 +370,14 @@ impl Writer {
         Ok(last)
     }
 
+    /// Applies one group to sled, unless the disk is too full for it. On
+    /// failure the writer is in the returned fault.
     fn write(
-        &self,
+        &mut self,
         first_id: u64,
         readings: &[Reading],
         seq_updates: &HashMap<Arc<str>, u64>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), Fault> {
         if readings.is_empty() {
             return Ok(());
         }
@@ -335,32 +400,126 @@ impl Writer {
         }
         let next_id = first_id + readings.len() as u64;
         batch.insert(NEXT_ID_KEY, &next_id.to_be_bytes()[..]);
-        self.store.db.apply_batch(batch)?;
+        // sled's log holds the group (and may need a new segment file
+        // region) before old space is reclaimed: ask for twice its size.
+        self.check_space(2 * added_bytes)?;
+        let applied = self.store.db().and_then(|db| Ok(db.apply_batch(batch)?));
+        if let Err(e) = applied {
+            self.fail(format!("writing to the store failed: {e}"));
+            return Err(Fault::StoreFailed);
+        }
         self.store
             .retained_bytes
             .fetch_add(added_bytes, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
-    /// Flushes, then releases the outcomes and announces the readings of the
-    /// given commits, in commit order.
+    /// Refuses the write (and enters [`Fault::DiskFull`]) when the store's
+    /// filesystem would keep less than `storage.min_free` after `need` bytes.
+    fn check_space(&mut self, need: u64) -> Result<(), Fault> {
+        let free = match super::durability::free_bytes(self.store.path()) {
+            Ok(free) => free,
+            // Not knowing is no reason to refuse: sled's own error decides.
+            Err(_) => return Ok(()),
+        };
+        if free >= self.min_free.saturating_add(need) {
+            return Ok(());
+        }
+        self.fault = Some(Fault::DiskFull);
+        self.last_recovery = Instant::now();
+        self.store.set_refusal(Some(format!(
+            "disk full: {} free on the filesystem of storage.path {}, storage.min_free is {}",
+            crate::config::format_size(free),
+            self.store.path().display(),
+            crate::config::format_size(self.min_free)
+        )));
+        Err(Fault::DiskFull)
+    }
+
+    /// sled or a sync failed: what sled holds is unknown (the fsync lesson:
+    /// a failed flush cannot be retried into success), and a failed sled
+    /// refuses everything, so it is closed and reopened once possible.
+    fn fail(&mut self, reason: String) {
+        self.fault = Some(Fault::StoreFailed);
+        self.last_recovery = Instant::now();
+        self.seqs.clear();
+        self.next_id = self.durable_next_id;
+        self.dirty = false;
+        self.store.set_refusal(Some(reason));
+        metrics::counter!("sensorgate_store_failures_total").increment(1);
+        self.store.close();
+    }
+
+    /// Clears a fault when its cause is gone: space is back above
+    /// `storage.min_free`, and after a failure sled reopens cleanly.
+    fn try_recover(&mut self) {
+        self.last_recovery = Instant::now();
+        let Some(fault) = self.fault else { return };
+        let free = super::durability::free_bytes(self.store.path()).unwrap_or(u64::MAX);
+        if free < self.min_free {
+            return;
+        }
+        if fault == Fault::StoreFailed {
+            match self.store.reopen() {
+                Ok(last_id) => self.adopt_reopened(last_id),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reopening the store failed; retrying");
+                    self.store
+                        .set_refusal(Some(format!("store failed and could not be reopened: {e}")));
+                    return;
+                }
+            }
+        }
+        self.fault = None;
+        self.store.set_refusal(None);
+    }
+
+    /// After a reopen, the store may hold a group whose flush reported
+    /// failure but whose log write landed. Its batches were not acknowledged
+    /// (the devices will resend and get `duplicate` acks), but its ids are
+    /// taken: make them durable, then announce them like any commit.
+    fn adopt_reopened(&mut self, last_id: u64) {
+        if last_id >= self.durable_next_id {
+            let announced = self.store.db().and_then(|db| {
+                self.store.make_durable(&db, last_id)?;
+                self.store.mark_durable(last_id);
+                self.store
+                    .read_since(self.durable_next_id - 1, usize::MAX, |_| true)
+            });
+            match announced {
+                Ok(readings) if !readings.is_empty() => {
+                    let readings: Arc<[Reading]> = readings.into();
+                    for l in &self.listeners {
+                        l.on_commit(&readings);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not announce readings found after reopening")
+                }
+            }
+        }
+        self.next_id = self.next_id.max(last_id + 1);
+        self.durable_next_id = self.next_id;
+    }
+
+    /// Makes the given commits durable, then releases their outcomes and
+    /// announces their readings, in commit order.
     fn flush_and_release(&mut self, commits: Vec<Applied>) {
         if commits.is_empty() {
             return;
         }
-        let started = Instant::now();
-        let flushed = self.store.flush();
-        self.last_flush = Instant::now();
-        metrics::histogram!("sensorgate_store_flush_seconds")
-            .record(started.elapsed().as_secs_f64());
-        if let Err(e) = &flushed {
-            self.poisoned = true;
-            tracing::error!(error = %e, "flush failed; refusing all further batches");
-        }
+        let flushed = if self.dirty {
+            self.make_durable()
+        } else {
+            Ok(())
+        };
         for commit in commits {
+            let mut replies = commit.replies;
             let mut readings = commit.readings;
             if flushed.is_err() {
                 readings.clear();
+                fail_stored(&mut replies, true);
             }
             if let Some(last) = readings.last() {
                 self.store.mark_durable(last.id);
@@ -371,14 +530,60 @@ impl Writer {
                     l.on_commit(&readings);
                 }
             }
-            for (reply, outcome) in commit.replies {
-                let outcome = match outcome {
-                    CommitOutcome::Stored { .. } if flushed.is_err() => CommitOutcome::Failed,
-                    o => o,
-                };
+            for (reply, outcome) in replies {
                 // The connection may be gone; its device will resend.
                 let _ = reply.send(outcome);
             }
         }
     }
+
+    /// The durable point: sled's flush, the files' syncs and the high-water
+    /// mark. On failure the writer enters [`Fault::StoreFailed`].
+    fn make_durable(&mut self) -> Result<(), ()> {
+        let started = Instant::now();
+        let last_id = self.next_id - 1;
+        let synced = self
+            .store
+            .db()
+            .and_then(|db| self.store.make_durable(&db, last_id));
+        self.last_flush = Instant::now();
+        metrics::histogram!("sensorgate_store_flush_seconds")
+            .record(started.elapsed().as_secs_f64());
+        match synced {
+            Ok(()) => {
+                self.dirty = false;
+                self.durable_next_id = self.next_id;
+                Ok(())
+            }
+            Err(e) => {
+                self.fail(format!("flushing the store failed: {e}"));
+                Err(())
+            }
+        }
+    }
+}
+
+/// Turns every `Stored` outcome into `Failed`; once a flush failed, also
+/// every `LastSeq` and `Duplicate` answer, which may rest on a seq applied
+/// since the last durable point and now lost. Returns how many batches
+/// would have been stored.
+fn fail_stored(
+    replies: &mut [(oneshot::Sender<CommitOutcome>, CommitOutcome)],
+    flush_failed: bool,
+) -> u64 {
+    let mut refused = 0;
+    for (_, outcome) in replies.iter_mut() {
+        let fail = match outcome {
+            CommitOutcome::Stored { .. } => {
+                refused += 1;
+                true
+            }
+            CommitOutcome::LastSeq(_) | CommitOutcome::Duplicate => flush_failed,
+            _ => false,
+        };
+        if fail {
+            *outcome = CommitOutcome::Failed;
+        }
+    }
+    refused
 }

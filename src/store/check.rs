@@ -1,0 +1,168 @@
+//! `sensorgate check-store`: what a store holds, read without changing it,
+//! so an operator can decide what to do about a store the daemon refused.
+//!
+//! Reads every segment (it is a diagnosis, not a hot path) and reports the
+//! counts, the id range, gaps between segments, each device's `last_seq`,
+//! the durable high-water mark against the content, and the MQTT bridge's
+//! outbox cursor. sled itself has no read-only mode: opening replays its log
+//! exactly as the daemon's next start would, and this writes nothing else.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+use super::StoreError;
+use super::{
+    codec, hwm, recover, SegmentMeta, BRIDGE_CURSOR_KEY, INDEX_PREFIX, SEGMENT_PREFIX, SEQ_PREFIX,
+};
+
+/// What `check-store` found.
+#[derive(Debug)]
+pub struct Report {
+    pub segments: u64,
+    pub readings: u64,
+    pub bytes: u64,
+    /// Oldest and newest stored id.
+    pub id_range: Option<(u64, u64)>,
+    /// `(after, before)`: ids missing between two consecutive segments.
+    pub gaps: Vec<(u64, u64)>,
+    /// Segments that could not be decoded, with why.
+    pub damaged: Vec<String>,
+    /// Newest id the id bookkeeping accounts for.
+    pub content_last_id: u64,
+    /// The durable high-water mark, or why it could not be read.
+    pub high_water_mark: Result<Option<u64>, String>,
+    pub bridge_cursor: Option<u64>,
+    pub devices: BTreeMap<String, u64>,
+}
+
+impl Report {
+    /// True when nothing acknowledged is missing and everything decodes.
+    pub fn healthy(&self) -> bool {
+        self.gaps.is_empty()
+            && self.damaged.is_empty()
+            && matches!(self.high_water_mark, Ok(m) if m.unwrap_or(0) <= self.content_last_id)
+    }
+}
+
+/// Opens the store at `path` and reads all of it. Fails only when sled
+/// cannot open it at all (that error says why).
+pub fn check(path: &Path) -> Result<Report, StoreError> {
+    let high_water_mark = hwm::read(path).map_err(|e| e.to_string());
+    let rec = recover(path)?;
+    let db = rec.db;
+    let mut report = Report {
+        segments: 0,
+        readings: 0,
+        bytes: 0,
+        id_range: None,
+        gaps: Vec::new(),
+        damaged: Vec::new(),
+        content_last_id: rec.last_id,
+        high_water_mark,
+        bridge_cursor: None,
+        devices: BTreeMap::new(),
+    };
+    let mut previous_last: Option<u64> = None;
+    for entry in db.scan_prefix(INDEX_PREFIX) {
+        let (k, v) = entry?;
+        let meta = match SegmentMeta::decode(&k, &v) {
+            Ok(m) => m,
+            Err(e) => {
+                report.damaged.push(e.to_string());
+                continue;
+            }
+        };
+        if let Some(prev) = previous_last.filter(|&p| meta.first_id != p + 1) {
+            report.gaps.push((prev, meta.first_id));
+        }
+        previous_last = Some(meta.last_id);
+        report.segments += 1;
+        report.bytes += meta.bytes;
+        let first = report.id_range.map_or(meta.first_id, |(f, _)| f);
+        report.id_range = Some((first, meta.last_id));
+        let key = super::segment_key(meta.first_id);
+        match db.get(key) {
+            Ok(Some(v)) => match codec::decode_segment(&key, &v) {
+                Ok(rs) => report.readings += rs.len() as u64,
+                Err(e) => report.damaged.push(e.to_string()),
+            },
+            Ok(None) => report
+                .damaged
+                .push(format!("segment {} is indexed but missing", meta.first_id)),
+            Err(e) => report
+                .damaged
+                .push(format!("segment {}: {e}", meta.first_id)),
+        }
+    }
+    for entry in db.scan_prefix(SEQ_PREFIX) {
+        let (k, v) = entry?;
+        let device = String::from_utf8_lossy(&k[SEQ_PREFIX.len()..]).into_owned();
+        match codec::decode_u64(&k, &v) {
+            Ok(seq) => {
+                report.devices.insert(device, seq);
+            }
+            Err(e) => report.damaged.push(e.to_string()),
+        }
+    }
+    report.bridge_cursor = db
+        .get(BRIDGE_CURSOR_KEY)?
+        .and_then(|v| codec::decode_u64(BRIDGE_CURSOR_KEY, &v).ok());
+    // Segments without an index entry would be invisible to readers.
+    let indexed = report.segments;
+    let stored = db.scan_prefix(SEGMENT_PREFIX).count() as u64;
+    if stored != indexed {
+        report
+            .damaged
+            .push(format!("{stored} segments stored but {indexed} indexed"));
+    }
+    Ok(report)
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "segments:        {}", self.segments)?;
+        writeln!(f, "readings:        {}", self.readings)?;
+        writeln!(f, "bytes:           {}", self.bytes)?;
+        match self.id_range {
+            Some((lo, hi)) => writeln!(f, "id range:        {lo}..={hi}")?,
+            None => writeln!(f, "id range:        (no readings retained)")?,
+        }
+        writeln!(f, "last id:         {}", self.content_last_id)?;
+        match &self.high_water_mark {
+            Ok(Some(m)) if *m > self.content_last_id => writeln!(
+                f,
+                "high-water mark: {m} -- {} acknowledged readings are MISSING",
+                m - self.content_last_id
+            )?,
+            Ok(Some(m)) => writeln!(f, "high-water mark: {m} (ok)")?,
+            Ok(None) => writeln!(f, "high-water mark: (none recorded)")?,
+            Err(e) => writeln!(f, "high-water mark: unreadable: {e}")?,
+        }
+        match self.bridge_cursor {
+            Some(c) => writeln!(f, "bridge cursor:   {c}")?,
+            None => writeln!(f, "bridge cursor:   (bridge never ran)")?,
+        }
+        writeln!(f, "gaps:            {}", self.gaps.len())?;
+        for (after, before) in &self.gaps {
+            writeln!(f, "  ids {}..={} missing", after + 1, before - 1)?;
+        }
+        writeln!(f, "damaged:         {}", self.damaged.len())?;
+        for d in &self.damaged {
+            writeln!(f, "  {d}")?;
+        }
+        writeln!(f, "devices:         {}", self.devices.len())?;
+        for (device, seq) in &self.devices {
+            writeln!(f, "  {device}\tlast_seq {seq}")?;
+        }
+        writeln!(
+            f,
+            "verdict:         {}",
+            if self.healthy() {
+                "healthy"
+            } else {
+                "PROBLEMS FOUND"
+            }
+        )
+    }
+}
