@@ -29,7 +29,12 @@ pub fn init_logging(cfg: &LogConfig) {
     let filter = EnvFilter::try_new(&cfg.level).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // On a failed write tracing-subscriber would report through
+        // `eprintln!`, which panics when stderr is a file on a full disk:
+        // the thread that logged (the store writer, refusing batches
+        // because the disk is full) would die. A lost log line is better.
+        .log_internal_errors(false);
     let _ = match cfg.format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),

@@ -100,15 +100,17 @@ impl HighWaterMark {
             .truncate(false)
             .open(&path)
             .map_err(|source| io(&path, source))?;
+        if !existed {
+            // The name first: a record written into a file whose name a
+            // power cut can take away would protect nothing.
+            super::durability::fsync_dir(dir).map_err(|source| io(dir, source))?;
+        }
         let mut mark = HighWaterMark {
             file,
             path,
             current: u64::MAX,
         };
         mark.set(id)?;
-        if !existed {
-            super::durability::fsync_dir(dir).map_err(|source| io(dir, source))?;
-        }
         Ok(mark)
     }
 

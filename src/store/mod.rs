@@ -173,7 +173,10 @@ fn without_panics<T>(f: impl FnOnce() -> T) -> Result<T, String> {
             .map(|s| s.to_string())
             .or_else(|| p.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown panic".into());
-        format!("sled panicked: {}", msg.lines().next().unwrap_or(""))
+        format!(
+            "sled failed reading it: {}",
+            msg.lines().next().unwrap_or("")
+        )
     })
 }
 
@@ -228,6 +231,26 @@ fn recover(path: &Path) -> Result<Recovered, StoreError> {
     })
 }
 
+/// `--accept-data-loss` on a store sled cannot open at all: it is renamed to
+/// `<path>.damaged-<unix seconds>` (kept for forensics or a manual rescue)
+/// and an empty store starts in its place, above the old high-water mark.
+fn set_aside(path: &Path, why: &str) -> Result<(), StoreError> {
+    let aside = PathBuf::from(format!(
+        "{}.damaged-{}",
+        path.display(),
+        crate::time::unix_ms() / 1000
+    ));
+    tracing::warn!(store = %path.display(), moved_to = %aside.display(), reason = why,
+        "the store cannot be read; setting it aside and starting empty (--accept-data-loss)");
+    let io = |e: std::io::Error| StoreError::Unreadable {
+        path: path.to_path_buf(),
+        detail: format!("setting the damaged store aside: {e}"),
+    };
+    std::fs::rename(path, &aside).map_err(io)?;
+    std::fs::create_dir_all(path).map_err(io)?;
+    durability::fsync_dir(path.parent().unwrap_or(Path::new("/"))).map_err(io)
+}
+
 impl Store {
     /// Opens (or creates) the store at `path` and recovers its counters.
     pub fn open(path: &Path) -> Result<Arc<Store>, StoreError> {
@@ -247,7 +270,13 @@ impl Store {
                 None
             }
         };
-        let rec = recover(path)?;
+        let rec = match recover(path) {
+            Err(StoreError::Unreadable { detail, .. }) if opts.accept_data_loss => {
+                set_aside(path, &detail)?;
+                recover(path)?
+            }
+            other => other?,
+        };
         let mut last_id = rec.last_id;
         if let Some(mark) = mark.filter(|&m| m > rec.last_id) {
             if !opts.accept_data_loss {

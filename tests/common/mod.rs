@@ -238,7 +238,11 @@ level = "warn"
 
 /// The `sensorgate` binary with no `SENSORGATE__*` overrides inherited.
 pub fn sensorgate_cmd() -> std::process::Command {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sensorgate"));
+    without_overrides(std::process::Command::new(env!("CARGO_BIN_EXE_sensorgate")))
+}
+
+/// `cmd` with no `SENSORGATE__*` variable inherited from the test's environment.
+fn without_overrides(mut cmd: std::process::Command) -> std::process::Command {
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("SENSORGATE__") {
             cmd.env_remove(k);
@@ -258,12 +262,32 @@ impl ChildDaemon {
     /// Starts `sensorgate run --config <config>` (output appended to
     /// `log`) and waits until `/healthz` answers.
     pub async fn start(config: &std::path::Path, port: u16, log: &std::path::Path) -> ChildDaemon {
+        Self::start_wrapped(&[], config, port, log).await
+    }
+
+    /// [`ChildDaemon::start`] under a wrapper command (`strace ...`): runs
+    /// `wrapper... sensorgate run --config <config>`. `child` is then the
+    /// wrapper; [`ChildDaemon::daemon_pid`] finds sensorgate itself.
+    pub async fn start_wrapped(
+        wrapper: &[&str],
+        config: &std::path::Path,
+        port: u16,
+        log: &std::path::Path,
+    ) -> ChildDaemon {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .unwrap();
-        let child = sensorgate_cmd()
+        let mut cmd = match wrapper.split_first() {
+            None => sensorgate_cmd(),
+            Some((program, args)) => {
+                let mut c = without_overrides(std::process::Command::new(program));
+                c.args(args).arg(env!("CARGO_BIN_EXE_sensorgate"));
+                c
+            }
+        };
+        let child = cmd
             .args(["run", "--config"])
             .arg(config)
             .stdin(std::process::Stdio::null())
@@ -274,6 +298,22 @@ impl ChildDaemon {
         let mut d = ChildDaemon { child, port };
         d.wait_healthy(log).await;
         d
+    }
+
+    /// The pid of the sensorgate process: the child itself, or the child's
+    /// child under a wrapper.
+    pub fn daemon_pid(&self, wrapped: bool) -> u32 {
+        let pid = self.child.id();
+        if !wrapped {
+            return pid;
+        }
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .expect("reading the wrapper's children");
+        children
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("the wrapper has a child")
     }
 
     async fn wait_healthy(&mut self, log: &std::path::Path) {

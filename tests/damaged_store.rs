@@ -1,0 +1,400 @@
+//! A damaged or rolled-back store (SPEC §7) is never served silently and
+//! never a panic: the real binary refuses to start with exit code 3 and a
+//! one-line reason naming `check-store` and `--accept-data-loss`; with that
+//! flag it starts and new ids continue above the old high-water mark.
+//! `check-store` reports the damage read-only.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+/// Readings per batch: every 5th batch is 500 readings with long strings,
+/// over sled's blob threshold, so part of the store lives in `blobs/` files.
+fn readings_in(seq: u64) -> u64 {
+    if seq % 5 == 0 {
+        500
+    } else {
+        40
+    }
+}
+
+/// The newest id after batches `1..=seq` (one device, a fresh store).
+fn last_id_of(seq: u64) -> u64 {
+    (1..=seq).map(readings_in).sum()
+}
+
+fn batch_for(seq: u64) -> Value {
+    let readings: Vec<Value> = (0..readings_in(seq))
+        .map(|i| {
+            let ts = (seq * 1000 + i) as i64;
+            let value = if seq % 5 == 0 {
+                json!(format!("{ts:0>250}"))
+            } else {
+                json!(ts)
+            };
+            json!({"sensor": "s", "ts": ts, "value": value})
+        })
+        .collect();
+    json!({"seq": seq, "readings": readings})
+}
+
+fn config_for(dir: &Path, port: u16) -> PathBuf {
+    let config = write_config(dir, port, "");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("[limits]\n", "[limits]\nmax_frame_bytes = \"1MiB\"\n");
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+/// Sends batches `from..=to` one by one, each acked.
+async fn send_acked(base: &str, from: u64, to: u64) {
+    let mut ws = connect_device(base, "d1").await;
+    let welcome = recv_frame(&mut ws).await;
+    assert_eq!(welcome["last_seq"], from - 1);
+    for seq in from..=to {
+        send(&mut ws, &batch_for(seq)).await;
+        let ack = recv_frame(&mut ws).await;
+        assert_eq!(
+            (ack["type"].as_str(), ack["seq"].as_u64()),
+            (Some("ack"), Some(seq))
+        );
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let ok = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+/// A killed daemon's store of 60 acked batches, and a copy of it taken
+/// after the first 30 (a rollback to offer later).
+struct Fixture {
+    dir: tempfile::TempDir,
+    store: PathBuf,
+    earlier: PathBuf,
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = config_for(dir.path(), port);
+    let log = dir.path().join("daemon.log");
+    let store = dir.path().join("store");
+    let earlier = dir.path().join("earlier");
+    let mut daemon = ChildDaemon::start(&config, port, &log).await;
+    send_acked(&daemon.base(), 1, 30).await;
+    stop(&mut daemon);
+    copy_dir(&store, &earlier);
+    let mut daemon = ChildDaemon::start(&config, port, &log).await;
+    send_acked(&daemon.base(), 31, 60).await;
+    // SIGKILL: no clean-shutdown snapshot, so the log's tail is live data
+    // and cutting it loses acknowledged readings.
+    daemon.kill();
+    Fixture {
+        dir,
+        store,
+        earlier,
+    }
+}
+
+fn stop(daemon: &mut ChildDaemon) {
+    let pid = nix::unistd::Pid::from_raw(daemon.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert_eq!(daemon.child.wait().unwrap().code(), Some(0));
+}
+
+/// A fresh copy of the fixture's store in its own dir, for one damage.
+fn scratch(f: &Fixture, name: &str) -> (PathBuf, PathBuf) {
+    let dir = f.dir.path().join(name);
+    std::fs::create_dir(&dir).unwrap();
+    copy_dir(&f.store, &dir.join("store"));
+    let config = config_for(&dir, free_port());
+    (dir, config)
+}
+
+/// Runs the binary to completion (it must not keep running).
+fn run_binary(args: &[&str], config: &Path) -> Output {
+    let mut child = sensorgate_cmd()
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..300 {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    panic!(
+        "sensorgate {args:?} still running after 30 s on {}: {}",
+        config.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// What the daemon made of a damaged store.
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    /// Exit 3 with one line naming the store and `check-store`.
+    Refused,
+    /// It started, and every acknowledged reading is there: the damage hit
+    /// nothing live (sled's log has unused and superseded regions).
+    ServedIntact,
+}
+
+/// Starts the daemon on a damaged store: it must refuse clearly or serve
+/// every acknowledged reading, never less, never a panic.
+async fn start_on_damaged(config: &Path, damage: &str) -> Outcome {
+    let port = port_of(config);
+    let mut child = sensorgate_cmd()
+        .args(["run", "--config"])
+        .arg(config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let base = format!("127.0.0.1:{port}");
+    for _ in 0..300 {
+        if child.try_wait().unwrap().is_some() {
+            let out = child.wait_with_output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let ours: Vec<&str> = stderr
+                .lines()
+                .filter(|l| l.starts_with("sensorgate: "))
+                .collect();
+            assert_eq!(out.status.code(), Some(3), "{damage}: {stderr}");
+            assert_eq!(ours.len(), 1, "{damage}: one line of reason: {stderr}");
+            assert!(
+                ours[0].contains("storage.path") && ours[0].contains("check-store"),
+                "{damage}: {}",
+                ours[0]
+            );
+            assert!(!stderr.contains("panicked"), "{damage}: {stderr}");
+            return Outcome::Refused;
+        }
+        if reqwest::get(format!("http://{base}/healthz")).await.is_ok() {
+            let stored = stored_at(&base).await;
+            let _ = child.kill();
+            let _ = child.wait();
+            let ids: Vec<u64> = stored.iter().map(|r| r["id"].as_u64().unwrap()).collect();
+            let all: Vec<u64> = (1..=last_id_of(60)).collect();
+            assert_eq!(
+                ids, all,
+                "{damage}: served with acknowledged readings missing"
+            );
+            return Outcome::ServedIntact;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = child.kill();
+    panic!("{damage}: neither refused nor serving after 30 s");
+}
+
+fn port_of(config: &Path) -> u16 {
+    std::fs::read_to_string(config)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("listen = \"127.0.0.1:"))
+        .and_then(|p| p.trim_end_matches('"').parse().ok())
+        .unwrap()
+}
+
+fn truncate(path: &Path, keep: impl FnOnce(u64) -> u64) {
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    let len = f.metadata().unwrap().len();
+    f.set_len(keep(len)).unwrap();
+}
+
+fn flip_bytes(path: &Path, at: &[f64]) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let len = bytes.len();
+    for frac in at {
+        let i = ((len as f64 * frac) as usize).min(len - 1);
+        bytes[i] ^= 0x5a;
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn blobs(store: &Path) -> Vec<PathBuf> {
+    let mut b: Vec<PathBuf> = std::fs::read_dir(store.join("blobs"))
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    b.sort();
+    b
+}
+
+/// Every damage is refused; `--accept-data-loss` then starts the daemon and
+/// its next id is above everything ever acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_and_rolled_back_stores_are_refused_clearly_and_the_flag_continues_above_the_mark()
+{
+    let f = fixture().await;
+    assert!(!blobs(&f.store).is_empty(), "the fixture has blob files");
+    type Damage = (&'static str, Box<dyn Fn(&Path)>);
+    let damages: Vec<Damage> = vec![
+        (
+            "db truncated to 0",
+            Box::new(|s: &Path| truncate(&s.join("db"), |_| 0)),
+        ),
+        (
+            "db truncated to 50%",
+            Box::new(|s: &Path| truncate(&s.join("db"), |l| l / 2)),
+        ),
+        (
+            "db truncated to 90%",
+            Box::new(|s: &Path| truncate(&s.join("db"), |l| l * 9 / 10)),
+        ),
+        (
+            "db minus 100 bytes",
+            Box::new(|s: &Path| truncate(&s.join("db"), |l| l - 100)),
+        ),
+        (
+            "db minus its last 100 bytes of data",
+            Box::new(|s: &Path| {
+                // sled's file may end in unused, zeroed log space.
+                let bytes = std::fs::read(s.join("db")).unwrap();
+                let end = bytes.iter().rposition(|&b| b != 0).unwrap() as u64 + 1;
+                truncate(&s.join("db"), |_| end - 100)
+            }),
+        ),
+        (
+            "db bytes flipped",
+            Box::new(|s: &Path| flip_bytes(&s.join("db"), &[0.3, 0.6, 0.9])),
+        ),
+        (
+            "every blob deleted",
+            Box::new(|s: &Path| {
+                blobs(s)
+                    .iter()
+                    .for_each(|b| std::fs::remove_file(b).unwrap())
+            }),
+        ),
+        (
+            "every blob flipped",
+            Box::new(|s: &Path| blobs(s).iter().for_each(|b| flip_bytes(b, &[0.5]))),
+        ),
+    ];
+    let mut refused = Vec::new();
+    for (name, damage) in &damages {
+        let (dir, config) = scratch(&f, &name.replace(' ', "_").replace('%', "pc"));
+        damage(&dir.join("store"));
+        let outcome = start_on_damaged(&config, name).await;
+        let check = run_binary(&["check-store"], &config);
+        assert_eq!(
+            check.status.code() == Some(0),
+            outcome == Outcome::ServedIntact,
+            "{name}: check-store disagrees with the daemon ({outcome:?}): {}",
+            String::from_utf8_lossy(&check.stdout)
+        );
+        if outcome == Outcome::Refused {
+            refused.push(*name);
+            continues_above_the_mark(&config, name).await;
+        }
+    }
+    eprintln!("refused: {refused:?}");
+    for must in [
+        "db truncated to 0",
+        "db minus its last 100 bytes of data",
+        "every blob deleted",
+    ] {
+        assert!(
+            refused.contains(&must),
+            "{must} was not refused: {refused:?}"
+        );
+    }
+
+    // A rollback: the whole store replaced by the copy taken at batch 30,
+    // the high-water mark left as it was.
+    let (dir, config) = scratch(&f, "rollback");
+    let store = dir.join("store");
+    let mark = std::fs::read(store.join("sensorgate.hwm")).unwrap();
+    std::fs::remove_dir_all(&store).unwrap();
+    copy_dir(&f.earlier, &store);
+    std::fs::write(store.join("sensorgate.hwm"), mark).unwrap();
+    assert_eq!(
+        start_on_damaged(&config, "rollback").await,
+        Outcome::Refused
+    );
+    let check = run_binary(&["check-store"], &config);
+    let report = String::from_utf8_lossy(&check.stdout);
+    let (mark, kept) = (last_id_of(60), last_id_of(30));
+    let missing = format!(
+        "high-water mark: {mark} -- {} acknowledged readings are MISSING",
+        mark - kept
+    );
+    assert!(report.contains(&missing), "{report}");
+    continues_above_the_mark(&config, "rollback").await;
+
+    // The undamaged store: check-store calls it healthy and counts it.
+    let (_, config) = scratch(&f, "intact");
+    let check = run_binary(&["check-store"], &config);
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert_eq!(check.status.code(), Some(0), "{report}");
+    assert!(
+        report.contains(&format!("readings:        {}", last_id_of(60))),
+        "{report}"
+    );
+    assert!(report.contains("d1\tlast_seq 60"), "{report}");
+}
+
+/// With `--accept-data-loss` the daemon starts on the damaged store and the
+/// next reading's id is above the old high-water mark.
+async fn continues_above_the_mark(config: &Path, damage: &str) {
+    let port = port_of(config);
+    let log = config.with_file_name("accept.log");
+    let mut child = sensorgate_cmd()
+        .args(["run", "--accept-data-loss", "--config"])
+        .arg(config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let base = format!("127.0.0.1:{port}");
+    let mut up = false;
+    for _ in 0..300 {
+        if reqwest::get(format!("http://{base}/healthz")).await.is_ok() {
+            up = true;
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{damage}: --accept-data-loss exited: {}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(up, "{damage}: no /healthz with --accept-data-loss");
+    let mut ws = connect_device(&base, "d9").await;
+    recv_frame(&mut ws).await;
+    send(
+        &mut ws,
+        &json!({"seq": 1, "readings": [{"sensor": "s", "ts": 1, "value": 1}]}),
+    )
+    .await;
+    assert_eq!(recv_frame(&mut ws).await["type"], "ack", "{damage}");
+    let stored = stored_matching(&base, "d9/#").await;
+    let id = stored[0]["id"].as_u64().unwrap();
+    assert!(
+        id > last_id_of(60),
+        "{damage}: new id {id} reuses an acknowledged one"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
