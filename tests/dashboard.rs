@@ -1,0 +1,644 @@
+//! The dashboard at `GET /` (SPEC §5) in a real headless Chromium driven
+//! over WebDriver (chromedriver): live devices and charts, resume across a
+//! daemon restart without gaps or duplicates, a rejected token without a
+//! reconnect loop, and no request to any other origin. The page exposes
+//! its counts as `data-` attributes, so the assertions are on numbers.
+//!
+//! Needs Debian's `chromium` and `chromium-driver` (`scripts/test`
+//! installs them). A missing browser fails these tests, it never skips them.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use fantoccini::wd::WebDriverCompatibleCommand;
+use fantoccini::{Client, ClientBuilder};
+use futures_util::{SinkExt, StreamExt};
+use sensorgate::auth::{Authenticator, Role};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// One browser at a time: Chromium is heavy on a small CI machine, and
+/// the tests' timing (reconnect backoff) should not compete for CPU.
+static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// chromedriver on a free loopback port with one headless Chromium session
+/// (fresh profile, no background traffic to Google). Killed on drop.
+struct Browser {
+    client: Client,
+    driver: Child,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        for tool in [CHROMIUM, CHROMEDRIVER] {
+            assert!(
+                Path::new(tool).exists(),
+                "{tool} is missing: install Debian's chromium and chromium-driver \
+                 (scripts/test does: apt-get install chromium chromium-driver)"
+            );
+        }
+        let port = free_port();
+        let driver = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts");
+        let profile = tempfile::tempdir().unwrap();
+        let mut caps = serde_json::Map::new();
+        caps.insert("browserName".into(), json!("chrome"));
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": CHROMIUM,
+                "args": [
+                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                    "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync",
+                    "--disable-dev-shm-usage", "--window-size=1280,900",
+                    format!("--user-data-dir={}", profile.path().display()),
+                ],
+            }),
+        );
+        // Every request the page makes, for the same-origin check.
+        caps.insert(
+            "goog:loggingPrefs".into(),
+            json!({"performance": "ALL", "browser": "ALL"}),
+        );
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let client = loop {
+            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            match ClientBuilder::new(connector)
+                .capabilities(caps.clone())
+                .connect(&url)
+                .await
+            {
+                Ok(c) => break c,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("no WebDriver session within 30 s: {e}"),
+            }
+        };
+        Browser {
+            client,
+            driver,
+            _profile: profile,
+        }
+    }
+
+    async fn attr(&self, css: &str, name: &str) -> Option<String> {
+        let script = "const e = document.querySelector(arguments[0]); \
+                      return e ? e.getAttribute(arguments[1]) : null;";
+        match self
+            .client
+            .execute(script, vec![json!(css), json!(name)])
+            .await
+        {
+            Ok(Value::String(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    async fn num(&self, css: &str, name: &str) -> u64 {
+        self.attr(css, name)
+            .await
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    async fn text(&self, css: &str) -> String {
+        let script = "const e = document.querySelector(arguments[0]); \
+                      return e ? e.textContent : '';";
+        match self.client.execute(script, vec![json!(css)]).await {
+            Ok(Value::String(s)) => s,
+            _ => String::new(),
+        }
+    }
+
+    /// Polls `check` every 100 ms until it holds; fails after `secs`
+    /// with `what` and the page's status line.
+    async fn until<F, Fut>(&self, secs: u64, what: &str, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !check().await {
+            if Instant::now() > deadline {
+                let status = self.text("#status").await;
+                let held = self.text("#held").await;
+                let logs = self.log("browser").await;
+                panic!(
+                    "{what}: not within {secs} s (status {status:?}, {held:?}, console {logs:?})"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The browser's log of `kind` ("performance": the network; "browser":
+    /// the console), entries since the last call.
+    async fn log(&self, kind: &str) -> Vec<Value> {
+        let v = self
+            .client
+            .issue_cmd(GetLog(kind.to_string()))
+            .await
+            .expect("chromedriver returns its log");
+        v.as_array().cloned().unwrap_or_default()
+    }
+
+    async fn screenshot(&self, name: &str) -> PathBuf {
+        let png = self.client.screenshot().await.expect("screenshot");
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, png).unwrap();
+        path
+    }
+
+    async fn close(mut self) {
+        let _ = self.client.clone().close().await;
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// chromedriver's `POST /session/{id}/se/log` (the legacy log endpoint it
+/// still serves in W3C mode).
+#[derive(Debug)]
+struct GetLog(String);
+
+impl WebDriverCompatibleCommand for GetLog {
+    fn endpoint(
+        &self,
+        base: &url::Url,
+        session: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base.join(&format!("session/{}/se/log", session.unwrap_or("")))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (hyper::Method, Option<String>) {
+        (
+            hyper::Method::POST,
+            Some(json!({"type": self.0}).to_string()),
+        )
+    }
+}
+
+/// A device that publishes `batches` acked batches of `per` readings on
+/// each of `sensors`, one batch every `every`, to the daemon at `base`
+/// (`host:port`). It rides out daemon restarts as a real device does:
+/// reconnect, then resume from the welcome's `last_seq`.
+async fn feed(base: String, device: &str, sensors: &[&str], batches: u64, every: Duration) {
+    let token = Authenticator::new(SECRET).mint(Role::Device, device, None, None);
+    let mut next = 1u64;
+    'connect: while next <= batches {
+        let mut req = format!("ws://{base}/v1/ingest")
+            .into_client_request()
+            .unwrap();
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let Ok((mut ws, _)) = tokio_tungstenite::connect_async(req).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let Some(welcome) = next_frame(&mut ws).await else {
+            continue;
+        };
+        next = welcome["last_seq"].as_u64().unwrap() + 1;
+        while next <= batches {
+            let frame = mp(&reading_batch(next, sensors));
+            if ws.send(Message::Binary(frame.into())).await.is_err() {
+                continue 'connect;
+            }
+            match next_frame(&mut ws).await {
+                Some(ack) if ack["type"] == "ack" => next += 1,
+                Some(other) => panic!("device {device}: {other}"),
+                None => continue 'connect,
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+}
+
+/// Batch `seq`: one reading per sensor, a wave over the seq, stamped now.
+fn reading_batch(seq: u64, sensors: &[&str]) -> Value {
+    let now = sensorgate::time::unix_ms() as i64;
+    let readings: Vec<Value> = sensors
+        .iter()
+        .enumerate()
+        .map(|(k, s)| {
+            let v = 20.0 + 5.0 * ((seq as f64) / 6.0 + k as f64).sin() + k as f64 * 10.0;
+            json!({"sensor": s, "ts": now, "value": (v * 100.0).round() / 100.0, "unit": "C"})
+        })
+        .collect();
+    json!({"seq": seq, "readings": readings})
+}
+
+/// The next server frame, or `None` when the connection is gone.
+async fn next_frame(ws: &mut Ws) -> Option<Value> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Binary(b)))) => return rmp_serde::from_slice(&b).ok(),
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            _ => return None,
+        }
+    }
+}
+
+fn subscriber_token() -> String {
+    Authenticator::new(SECRET).mint(Role::Subscriber, "dashboard", None, None)
+}
+
+/// The page's own counts against what the daemon stored.
+async fn assert_holds_exactly(b: &Browser, stored: &[Value]) {
+    let ids = ids_of(stored);
+    assert_eq!(b.num("#held", "data-count").await, ids.len() as u64);
+    assert_eq!(b.num("#held", "data-duplicates").await, 0);
+    assert_eq!(
+        b.num("#held", "data-last-id").await,
+        *ids.iter().max().unwrap()
+    );
+    assert_eq!(
+        b.num("#held", "data-id-sum").await,
+        ids.iter().sum::<u64>(),
+        "the page holds other ids than the store"
+    );
+}
+
+#[tokio::test]
+async fn page_shows_live_devices_values_and_a_drawn_chart() {
+    let _one = ONE_BROWSER.lock().await;
+    let d = TestDaemon::start().await;
+    let base = d.addr().to_string();
+    // Readings stored before the page opens: the chart starts with them.
+    feed(
+        base.clone(),
+        "boiler",
+        &["temp", "pressure"],
+        5,
+        Duration::ZERO,
+    )
+    .await;
+
+    let b = Browser::start().await;
+    // A wall-screen link: the token travels in the fragment only.
+    b.client
+        .goto(&d.http(&format!("/#token={}", subscriber_token())))
+        .await
+        .unwrap();
+    b.until(10, "history loaded", || async {
+        b.num("#held", "data-count").await == 10
+    })
+    .await;
+    let feeders = [
+        ("boiler", vec!["temp", "pressure"]),
+        ("greenhouse", vec!["temp", "humidity"]),
+        ("freezer", vec!["temp"]),
+    ];
+    let tasks: Vec<_> = feeders
+        .iter()
+        .map(|(dev, sensors)| {
+            let (base, dev) = (base.clone(), dev.to_string());
+            let sensors: Vec<&'static str> = sensors.clone();
+            tokio::spawn(async move {
+                let n = if dev == "boiler" { 45 } else { 40 };
+                feed(base, &dev, &sensors, n, Duration::from_millis(100)).await
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let stored = d.stored("#").await;
+    let last = stored
+        .iter()
+        .rev()
+        .find(|r| r["device"] == "freezer" && r["sensor"] == "temp")
+        .unwrap()["value"]
+        .as_f64()
+        .unwrap();
+    b.until(10, "every stored reading on the page", || async {
+        b.num("#held", "data-count").await == stored.len() as u64
+    })
+    .await;
+    assert_holds_exactly(&b, &stored).await;
+    b.until(10, "freezer connected with its latest value", || async {
+        b.attr("tr[data-device=freezer]", "data-connected").await == Some("true".into())
+            && b.attr("button[data-topic='freezer/temp']", "data-value")
+                .await
+                .and_then(|v| v.parse::<f64>().ok())
+                == Some(last)
+    })
+    .await;
+    assert_eq!(b.num("#device-count", "data-devices").await, 3);
+    assert_eq!(b.attr("#status", "data-state").await.unwrap(), "connected");
+    // The token left the address bar and lives in this tab's storage.
+    let hash = b
+        .client
+        .execute("return location.hash", vec![])
+        .await
+        .unwrap();
+    assert_eq!(hash, json!(""));
+
+    // Charts: one per topic (automatic choice), each with its points and
+    // with line-coloured pixels on its canvas (the series was drawn).
+    let charts = b.num("#charts", "data-charts").await;
+    assert_eq!(charts, 4, "automatic charts for the first four topics");
+    let points = b
+        .num("figure[data-topic='boiler/temp']", "data-points")
+        .await;
+    // 5 batches before the page opened, 40 more (seq 6..=45) live.
+    assert_eq!(points, 45, "history plus live points of boiler/temp");
+    let drawn = b
+        .client
+        .execute(
+            "const c = document.querySelector(\"figure[data-topic='boiler/temp'] canvas\");
+             const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+             let n = 0;
+             for (let i = 0; i < d.length; i += 4)
+               if (d[i+3] > 200 && Math.abs(d[i]-22) < 40 && Math.abs(d[i+1]-104) < 40 && Math.abs(d[i+2]-196) < 40) n++;
+             return n;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(
+        drawn.as_u64().unwrap() > 100,
+        "the series line is drawn on the canvas ({drawn} line pixels)"
+    );
+    let shot = b.screenshot("dashboard.png").await;
+    eprintln!("screenshot: {}", shot.display());
+
+    // Clicking a sensor chip charts it (and it stays charted).
+    let chip = b
+        .client
+        .find(fantoccini::Locator::Css(
+            "button[data-topic='freezer/temp']",
+        ))
+        .await
+        .unwrap();
+    chip.click().await.unwrap();
+    b.until(5, "freezer/temp charted", || async {
+        b.num("figure[data-topic='freezer/temp']", "data-points")
+            .await
+            == 40
+    })
+    .await;
+    b.close().await;
+}
+
+#[tokio::test]
+async fn page_resumes_after_a_daemon_restart_with_every_reading_once() {
+    let _one = ONE_BROWSER.lock().await;
+    let port = restartable_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.server.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    config.auth.public_subscribers = true;
+    let mut d = TestDaemon::start_in(dir, config.clone()).await;
+    let base = d.addr().to_string();
+
+    let b = Browser::start().await;
+    b.client.goto(&d.http("/")).await.unwrap();
+    b.until(10, "connected without a token", || async {
+        b.attr("#status", "data-state").await == Some("connected".into())
+    })
+    .await;
+    let feeder = tokio::spawn(feed(
+        base.clone(),
+        "d1",
+        &["temp"],
+        120,
+        Duration::from_millis(50),
+    ));
+    b.until(10, "live readings", || async {
+        b.num("#held", "data-count").await >= 20
+    })
+    .await;
+
+    // Down for a while: the device keeps trying, the page backs off.
+    d.stop().await;
+    b.until(10, "the page notices", || async {
+        b.attr("#status", "data-state").await != Some("connected".into())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let d = TestDaemon::start_in(d.dir, config).await;
+    assert_eq!(d.addr().port(), port);
+
+    feeder.await.unwrap();
+    let stored = d.stored("#").await;
+    assert_eq!(stored.len(), 120, "the device stored every batch once");
+    b.until(30, "every reading on the page", || async {
+        b.num("#held", "data-count").await >= 120
+    })
+    .await;
+    assert_holds_exactly(&b, &stored).await;
+    assert!(
+        b.num("#status", "data-connects").await >= 2,
+        "the page reconnected by itself"
+    );
+    assert_eq!(b.attr("#status", "data-state").await.unwrap(), "connected");
+    b.close().await;
+}
+
+#[tokio::test]
+async fn bad_token_shows_token_rejected_without_a_reconnect_loop() {
+    let _one = ONE_BROWSER.lock().await;
+    let port = restartable_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.server.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut d = TestDaemon::start_in(dir, config.clone()).await;
+    let b = Browser::start().await;
+
+    // A token that was never valid: rejected before any stream attempt.
+    b.client.goto(&d.http("/#token=not.a.jwt")).await.unwrap();
+    b.until(10, "token rejected", || async {
+        b.attr("#status", "data-state").await == Some("auth".into())
+    })
+    .await;
+    assert!(b.text("#status").await.contains("token rejected"));
+    assert_eq!(b.num("#status", "data-connects").await, 0);
+
+    // A good token on a fresh tab session, then the daemon comes back with
+    // another secret: the stream's upgrade is refused (401), which the
+    // page must report instead of retrying forever.
+    b.client
+        .execute("sessionStorage.clear()", vec![])
+        .await
+        .unwrap();
+    b.client
+        .goto(&d.http(&format!("/#token={}", subscriber_token())))
+        .await
+        .unwrap();
+    b.until(10, "connected", || async {
+        b.attr("#status", "data-state").await == Some("connected".into())
+    })
+    .await;
+    d.stop().await;
+    config.auth.jwt_secret = "rotated-secret".into();
+    let _d = TestDaemon::start_in(d.dir, config).await;
+    b.until(20, "token rejected after the restart", || async {
+        b.attr("#status", "data-state").await == Some("auth".into())
+    })
+    .await;
+    let connects = b.num("#status", "data-connects").await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        b.num("#status", "data-connects").await,
+        connects,
+        "no reconnect loop after a rejection"
+    );
+    assert!(b.text("#status").await.contains("token rejected"));
+    assert!(b
+        .client
+        .find(fantoccini::Locator::Css("#auth:not([hidden]) #token-input"))
+        .await
+        .is_ok());
+    b.close().await;
+}
+
+#[tokio::test]
+async fn page_talks_to_its_own_origin_only() {
+    let _one = ONE_BROWSER.lock().await;
+    let d = TestDaemon::start_with(|c| c.auth.public_subscribers = true).await;
+    let b = Browser::start().await;
+    b.client.goto(&d.http("/")).await.unwrap();
+    feed(
+        d.addr().to_string(),
+        "d1",
+        &["temp"],
+        5,
+        Duration::from_millis(20),
+    )
+    .await;
+    b.until(10, "readings and a chart", || async {
+        b.num("#charts", "data-charts").await == 1 && b.num("#held", "data-count").await == 5
+    })
+    .await;
+
+    let own = [
+        format!("http://{}/", d.addr()),
+        format!("ws://{}/", d.addr()),
+    ];
+    let mut urls = Vec::new();
+    for entry in b.log("performance").await {
+        let msg: Value = serde_json::from_str(entry["message"].as_str().unwrap()).unwrap();
+        let m = &msg["message"];
+        let url = match m["method"].as_str() {
+            Some("Network.requestWillBeSent") => m["params"]["request"]["url"].as_str(),
+            Some("Network.webSocketCreated") => m["params"]["url"].as_str(),
+            _ => None,
+        };
+        urls.extend(url.map(str::to_string));
+    }
+    // The log saw the page's own traffic (so it can see any other).
+    for path in [
+        "/ui/app.js",
+        "/ui/vendor/uplot/uPlot.esm.js",
+        "/v1/devices",
+        "/v1/stream",
+    ] {
+        assert!(
+            urls.iter().any(|u| u.contains(path)),
+            "{path} missing from the network log: {urls:?}"
+        );
+    }
+    // The browser's own pages (the new-tab page before `goto`) are not
+    // network traffic; everything else must be the daemon's origin.
+    let internal = ["chrome:", "chrome-untrusted:", "about:", "data:", "blob:"];
+    let foreign: Vec<&String> = urls
+        .iter()
+        .filter(|u| !internal.iter().any(|i| u.starts_with(i)))
+        .filter(|u| !own.iter().any(|o| u.starts_with(o.as_str())))
+        .collect();
+    assert!(foreign.is_empty(), "requests to other origins: {foreign:?}");
+    // No CSP violation or script error in the console.
+    let errors: Vec<Value> = b
+        .log("browser")
+        .await
+        .into_iter()
+        .filter(|e| e["level"] == "SEVERE")
+        .collect();
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+    b.close().await;
+}
+
+#[tokio::test]
+async fn assets_are_compressed_cached_and_locked_down() {
+    let d = TestDaemon::start().await;
+    let client = reqwest::Client::new();
+    let page = client.get(d.http("/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let h = page.headers().clone();
+    let csp = h["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe"));
+    assert_eq!(h["content-type"], "text/html; charset=utf-8");
+    assert_eq!(h["cache-control"], "no-cache");
+    let etag = h["etag"].clone();
+    let body = page.text().await.unwrap();
+    assert!(body.contains("<script type=\"module\" src=\"/ui/app.js\">"));
+    assert!(!body.contains("http://") && !body.contains("https://"));
+
+    // Revalidation: same ETag, no body.
+    let again = client
+        .get(d.http("/"))
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 304);
+    assert!(again.bytes().await.unwrap().is_empty());
+
+    // gzip when accepted, smaller than the original, and it decodes to it.
+    let url = d.http("/ui/vendor/uplot/uPlot.esm.js");
+    let plain = client.get(&url).send().await.unwrap();
+    assert!(plain.headers().get("content-encoding").is_none());
+    let plain = plain.bytes().await.unwrap();
+    let zipped = client
+        .get(&url)
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(zipped.headers()["content-encoding"], "gzip");
+    assert_eq!(zipped.headers()["vary"], "Accept-Encoding");
+    let zipped = zipped.bytes().await.unwrap();
+    assert!(
+        zipped.len() * 3 < plain.len(),
+        "{} vs {}",
+        zipped.len(),
+        plain.len()
+    );
+    let mut unzipped = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::GzDecoder::new(&zipped[..]),
+        &mut unzipped,
+    )
+    .unwrap();
+    assert_eq!(unzipped, plain);
+
+    let missing = client.get(d.http("/ui/nope.js")).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+}
