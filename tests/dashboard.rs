@@ -39,6 +39,11 @@ struct Browser {
 
 impl Browser {
     async fn start() -> Browser {
+        Self::start_with(&[]).await
+    }
+
+    /// A browser with `extra` command-line switches.
+    async fn start_with(extra: &[&str]) -> Browser {
         for tool in [CHROMIUM, CHROMEDRIVER] {
             assert!(
                 Path::new(tool).exists(),
@@ -54,20 +59,28 @@ impl Browser {
             .spawn()
             .expect("chromedriver starts");
         let profile = tempfile::tempdir().unwrap();
+        let mut args: Vec<String> = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            "--window-size=1280,900",
+        ]
+        .iter()
+        .chain(extra)
+        .map(|a| a.to_string())
+        .collect();
+        args.push(format!("--user-data-dir={}", profile.path().display()));
         let mut caps = serde_json::Map::new();
         caps.insert("browserName".into(), json!("chrome"));
         caps.insert(
             "goog:chromeOptions".into(),
-            json!({
-                "binary": CHROMIUM,
-                "args": [
-                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                    "--no-first-run", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync",
-                    "--disable-dev-shm-usage", "--window-size=1280,900",
-                    format!("--user-data-dir={}", profile.path().display()),
-                ],
-            }),
+            json!({"binary": CHROMIUM, "args": args}),
         );
         // Every request the page makes, for the same-origin check.
         caps.insert(
@@ -153,10 +166,25 @@ impl Browser {
     async fn log(&self, kind: &str) -> Vec<Value> {
         let v = self
             .client
-            .issue_cmd(GetLog(kind.to_string()))
+            .issue_cmd(Post {
+                path: "se/log",
+                body: json!({"type": kind}),
+            })
             .await
             .expect("chromedriver returns its log");
         v.as_array().cloned().unwrap_or_default()
+    }
+
+    /// Emulates the OS colour scheme (`"light"` or `"dark"`).
+    async fn color_scheme(&self, scheme: &str) {
+        self.client
+            .issue_cmd(Post {
+                path: "goog/cdp/execute",
+                body: json!({"cmd": "Emulation.setEmulatedMedia", "params": {
+                    "features": [{"name": "prefers-color-scheme", "value": scheme}]}}),
+            })
+            .await
+            .expect("DevTools command");
     }
 
     async fn screenshot(&self, name: &str) -> PathBuf {
@@ -182,25 +210,25 @@ impl Drop for Browser {
     }
 }
 
-/// chromedriver's `POST /session/{id}/se/log` (the legacy log endpoint it
-/// still serves in W3C mode).
+/// A chromedriver extension command: `POST /session/{id}/{path}` with a
+/// JSON body (`se/log` for the logs, `goog/cdp/execute` for DevTools).
 #[derive(Debug)]
-struct GetLog(String);
+struct Post {
+    path: &'static str,
+    body: Value,
+}
 
-impl WebDriverCompatibleCommand for GetLog {
+impl WebDriverCompatibleCommand for Post {
     fn endpoint(
         &self,
         base: &url::Url,
         session: Option<&str>,
     ) -> Result<url::Url, url::ParseError> {
-        base.join(&format!("session/{}/se/log", session.unwrap_or("")))
+        base.join(&format!("session/{}/{}", session.unwrap_or(""), self.path))
     }
 
     fn method_and_body(&self, _: &url::Url) -> (hyper::Method, Option<String>) {
-        (
-            hyper::Method::POST,
-            Some(json!({"type": self.0}).to_string()),
-        )
+        (hyper::Method::POST, Some(self.body.to_string()))
     }
 }
 
@@ -388,6 +416,15 @@ async fn page_shows_live_devices_values_and_a_drawn_chart() {
     );
     let shot = b.screenshot("dashboard.png").await;
     eprintln!("screenshot: {}", shot.display());
+    // The same in the dark scheme and on a phone-sized window, to look at.
+    b.color_scheme("dark").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.screenshot("dashboard-dark.png").await;
+    b.client.set_window_size(390, 844).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.screenshot("dashboard-phone.png").await;
+    b.color_scheme("light").await;
+    b.client.set_window_size(1280, 900).await.unwrap();
 
     // Clicking a sensor chip charts it (and it stays charted).
     let chip = b
@@ -582,6 +619,54 @@ async fn page_talks_to_its_own_origin_only() {
         .filter(|e| e["level"] == "SEVERE")
         .collect();
     assert!(errors.is_empty(), "console errors: {errors:?}");
+    b.close().await;
+}
+
+#[tokio::test]
+async fn page_streams_over_https_and_wss_from_an_allowed_origin_only() {
+    let _one = ONE_BROWSER.lock().await;
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let port = restartable_port();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let mut config = test_config(dir.path());
+    config.server.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    config.server.tls_cert = Some(cert_path);
+    config.server.tls_key = Some(key_path);
+    config.server.allowed_origins = vec![format!("https://localhost:{port}")];
+    let _d = TestDaemon::start_in(dir, config).await;
+    // The test's own self-signed certificate.
+    let b = Browser::start_with(&["--ignore-certificate-errors"]).await;
+
+    let token = subscriber_token();
+    b.client
+        .goto(&format!("https://localhost:{port}/#token={token}"))
+        .await
+        .unwrap();
+    b.until(15, "connected over wss", || async {
+        b.attr("#status", "data-state").await == Some("connected".into())
+    })
+    .await;
+
+    // Same daemon, another origin (not in server.allowed_origins): the
+    // stream is refused, so the page never gets to "connected".
+    b.client
+        .goto(&format!("https://127.0.0.1:{port}/#token={token}"))
+        .await
+        .unwrap();
+    b.until(15, "a refused stream is retried", || async {
+        b.num("#status", "data-connects").await >= 2
+    })
+    .await;
+    assert_ne!(b.attr("#status", "data-state").await.unwrap(), "connected");
+    assert!(
+        b.text("#status").await.contains("allowed_origins"),
+        "the status names the likely cause: {}",
+        b.text("#status").await
+    );
     b.close().await;
 }
 

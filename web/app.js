@@ -64,6 +64,7 @@ function takeToken() {
 function setStatus(st, text) {
   const s = $("status");
   s.dataset.state = st;
+  s.dataset.connects = String(state.stream?.connects ?? 0);
   $("status-text").textContent = state.paused && st === "connected" ? "connected (view paused)" : text;
   if (st === "auth") stopAll("token rejected");
 }
@@ -218,7 +219,6 @@ function tick() {
   const rate = state.total.tick();
   $("rate").dataset.rate = rate.toFixed(1);
   $("rate").textContent = `${rate.toFixed(1)} readings/s`;
-  $("status").dataset.connects = String(state.stream?.connects ?? 0);
   if (!state.paused) table.tick(now);
 }
 

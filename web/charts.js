@@ -47,6 +47,13 @@ export class Charts {
     this.plots = new Map(); // topic -> { u, box }
     this.resize = new ResizeObserver(() => this.fit());
     this.resize.observe(root);
+    // uPlot paints with the colours it was given: rebuild on a scheme change.
+    matchMedia("(prefers-color-scheme: dark)").addEventListener("change", () => this.rebuild());
+  }
+
+  rebuild() {
+    for (const topic of [...this.plots.keys()]) this.drop(topic);
+    this.flush();
   }
 
   /** Adds a reading's point to its topic. */

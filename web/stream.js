@@ -80,6 +80,7 @@ export class Stream {
     this.onStatus("connecting", this.lastId === null ? "connecting…" : `resuming after #${this.lastId}…`);
     const ws = new WebSocket(wsUrl("/v1/stream", q), ["sensorgate.json"]);
     this.ws = ws;
+    this.subscribed = false;
     ws.onmessage = (ev) => this.receive(ev.data);
     ws.onclose = (ev) => this.closed(ev);
   }
@@ -95,6 +96,7 @@ export class Stream {
       // Without `since`, live delivery starts after `last_id`.
       if (this.lastId === null) this.lastId = msg.last_id;
       this.attempt = 0;
+      this.subscribed = true;
       this.onStatus("connected", "connected");
     } else if (msg.type === "readings") {
       for (const r of msg.items) {
@@ -119,6 +121,9 @@ export class Stream {
     const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** this.attempt);
     this.attempt += 1;
     const delay = base * (0.5 + Math.random() / 2);
+    // The API answers but the upgrade failed: most likely this page's
+    // origin is not in server.allowed_origins (HTTP 403 before the upgrade).
+    this.hint = verdict === "ok" && !this.subscribed ? " (stream refused: is this origin in server.allowed_origins?)" : "";
     this.countdown(Date.now() + delay);
   }
 
@@ -129,7 +134,7 @@ export class Stream {
       this.connect();
       return;
     }
-    this.onStatus("reconnecting", `reconnecting in ${Math.ceil(left / 1000)} s`);
+    this.onStatus("reconnecting", `reconnecting in ${Math.ceil(left / 1000)} s${this.hint}`);
     this.timer = setTimeout(() => this.countdown(at), Math.min(1000, left));
   }
 }
