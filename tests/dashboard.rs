@@ -293,6 +293,16 @@ async fn next_frame(ws: &mut Ws) -> Option<Value> {
     }
 }
 
+/// A test config on a port the daemon can be restarted on, with its
+/// store dir.
+fn restartable_config() -> (u16, tempfile::TempDir, sensorgate::config::Config) {
+    let port = restartable_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.server.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    (port, dir, config)
+}
+
 fn subscriber_token() -> String {
     Authenticator::new(SECRET).mint(Role::Subscriber, "dashboard", None, None)
 }
@@ -447,10 +457,7 @@ async fn page_shows_live_devices_values_and_a_drawn_chart() {
 #[tokio::test]
 async fn page_resumes_after_a_daemon_restart_with_every_reading_once() {
     let _one = ONE_BROWSER.lock().await;
-    let port = restartable_port();
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    config.server.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    let (port, dir, mut config) = restartable_config();
     config.auth.public_subscribers = true;
     let mut d = TestDaemon::start_in(dir, config.clone()).await;
     let base = d.addr().to_string();
@@ -502,10 +509,7 @@ async fn page_resumes_after_a_daemon_restart_with_every_reading_once() {
 #[tokio::test]
 async fn bad_token_shows_token_rejected_without_a_reconnect_loop() {
     let _one = ONE_BROWSER.lock().await;
-    let port = restartable_port();
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    config.server.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    let (port, dir, mut config) = restartable_config();
     let mut d = TestDaemon::start_in(dir, config.clone()).await;
     let b = Browser::start().await;
 
@@ -623,17 +627,53 @@ async fn page_talks_to_its_own_origin_only() {
 }
 
 #[tokio::test]
+async fn pause_freezes_the_view_but_keeps_the_connection() {
+    let _one = ONE_BROWSER.lock().await;
+    let d = TestDaemon::start_with(|c| c.auth.public_subscribers = true).await;
+    let base = d.addr().to_string();
+    let b = Browser::start().await;
+    b.client.goto(&d.http("/")).await.unwrap();
+    b.until(10, "connected", || async {
+        b.attr("#status", "data-state").await == Some("connected".into())
+    })
+    .await;
+    feed(base.clone(), "d1", &["temp"], 5, Duration::ZERO).await;
+    b.until(10, "5 readings", || async {
+        b.num("#held", "data-count").await == 5
+    })
+    .await;
+    let pause = b
+        .client
+        .find(fantoccini::Locator::Id("pause"))
+        .await
+        .unwrap();
+    pause.click().await.unwrap();
+    feed(base, "d1", &["temp"], 10, Duration::ZERO).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(b.num("#held", "data-count").await, 5, "the view is frozen");
+    pause.click().await.unwrap();
+    b.until(10, "the readings that came during the pause", || async {
+        b.num("#held", "data-count").await == 10
+    })
+    .await;
+    assert_eq!(b.num("#held", "data-duplicates").await, 0);
+    assert_eq!(
+        b.num("#status", "data-connects").await,
+        1,
+        "never reconnected"
+    );
+    b.close().await;
+}
+
+#[tokio::test]
 async fn page_streams_over_https_and_wss_from_an_allowed_origin_only() {
     let _one = ONE_BROWSER.lock().await;
     let cert =
         rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-    let port = restartable_port();
-    let dir = tempfile::tempdir().unwrap();
+    let (port, dir, mut config) = restartable_config();
     let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
-    let mut config = test_config(dir.path());
-    config.server.listen = format!("127.0.0.1:{port}").parse().unwrap();
     config.server.tls_cert = Some(cert_path);
     config.server.tls_key = Some(key_path);
     config.server.allowed_origins = vec![format!("https://localhost:{port}")];
