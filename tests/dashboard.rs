@@ -509,7 +509,7 @@ async fn page_resumes_after_a_daemon_restart_with_every_reading_once() {
 #[tokio::test]
 async fn bad_token_shows_token_rejected_without_a_reconnect_loop() {
     let _one = ONE_BROWSER.lock().await;
-    let (port, dir, mut config) = restartable_config();
+    let (_, dir, mut config) = restartable_config();
     let mut d = TestDaemon::start_in(dir, config.clone()).await;
     let b = Browser::start().await;
 
@@ -623,6 +623,92 @@ async fn page_talks_to_its_own_origin_only() {
         .filter(|e| e["level"] == "SEVERE")
         .collect();
     assert!(errors.is_empty(), "console errors: {errors:?}");
+    b.close().await;
+}
+
+#[tokio::test]
+async fn hundreds_of_devices_are_patched_in_place_not_re_rendered() {
+    let _one = ONE_BROWSER.lock().await;
+    let d = TestDaemon::start_with(|c| c.auth.public_subscribers = true).await;
+    let base = d.addr().to_string();
+    let b = Browser::start().await;
+    b.client.goto(&d.http("/")).await.unwrap();
+    b.until(10, "connected", || async {
+        b.attr("#status", "data-state").await == Some("connected".into())
+    })
+    .await;
+    const DEVICES: usize = 300;
+    let names: Vec<String> = (0..DEVICES).map(|i| format!("dev{i:03}")).collect();
+    let publish_all = |batches: u64| {
+        let tasks: Vec<_> = names
+            .iter()
+            .map(|n| {
+                let (base, n) = (base.clone(), n.clone());
+                tokio::spawn(async move {
+                    feed(base, &n, &["temp", "hum"], batches, Duration::ZERO).await
+                })
+            })
+            .collect();
+        async move {
+            for t in tasks {
+                t.await.unwrap();
+            }
+        }
+    };
+    publish_all(1).await;
+    b.until(20, "every device listed", || async {
+        b.num("#device-count", "data-devices").await == DEVICES as u64
+            && b.num("#held", "data-count").await == 2 * DEVICES as u64
+    })
+    .await;
+
+    // Once sorted (the table sorts once a second), rows may be patched
+    // but never rebuilt or re-inserted: the order by id does not change.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    b.client
+        .execute(
+            "window.rowMutations = 0;
+             new MutationObserver((l) => { for (const m of l) window.rowMutations += m.addedNodes.length + m.removedNodes.length; })
+               .observe(document.querySelector('#devices tbody'), { childList: true });",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    publish_all(6).await; // seq 2..=6: 5 more batches of 2 readings each
+    let total = 12 * DEVICES as u64;
+    b.until(30, "every reading on the page", || async {
+        b.num("#held", "data-count").await == total
+    })
+    .await;
+    eprintln!(
+        "{} readings from {DEVICES} devices shown {:?} after the first was sent",
+        10 * DEVICES,
+        started.elapsed()
+    );
+    let mutations = b
+        .client
+        .execute("return window.rowMutations", vec![])
+        .await
+        .unwrap();
+    assert_eq!(mutations, json!(0), "rows were re-inserted");
+    assert_eq!(b.num("#held", "data-duplicates").await, 0);
+    // The filter box hides rows without rebuilding them.
+    let filter = b
+        .client
+        .find(fantoccini::Locator::Id("device-filter"))
+        .await
+        .unwrap();
+    filter.send_keys("dev29").await.unwrap();
+    let visible = b
+        .client
+        .execute(
+            "return [...document.querySelectorAll('#devices tbody tr')].filter((r) => !r.hidden).length",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(visible, json!(10), "dev290..dev299");
     b.close().await;
 }
 

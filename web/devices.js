@@ -202,7 +202,11 @@ export class DeviceTable {
     const order = rows.map((r) => r.device);
     if (order.length === this.order.length && order.every((d, i) => d === this.order[i])) return;
     this.order = order;
-    this.tbody.append(...rows.map((r) => r.tr));
+    // Move only the rows that are out of place.
+    rows.forEach((r, i) => {
+      const at = this.tbody.children[i];
+      if (at !== r.tr) this.tbody.insertBefore(r.tr, at ?? null);
+    });
   }
 
   /** Total and connected device counts. */
