@@ -202,7 +202,13 @@ function startStream() {
 /** Probes the API, then either starts or asks for a token. */
 async function boot() {
   state.token = takeToken();
-  const verdict = await probe(state.token);
+  let verdict = await probe(state.token);
+  if (verdict === "rejected" && state.token && (await probe(null)) === "ok") {
+    // A stale token on a daemon with public subscribers: go without it.
+    sessionStorage.removeItem(TOKEN_KEY);
+    state.token = null;
+    verdict = "ok";
+  }
   if (verdict === "rejected") {
     $("status").dataset.state = "auth";
     stopAll(state.token ? "token rejected" : "token required");
