@@ -175,16 +175,33 @@ impl Browser {
         v.as_array().cloned().unwrap_or_default()
     }
 
-    /// Emulates the OS colour scheme (`"light"` or `"dark"`).
-    async fn color_scheme(&self, scheme: &str) {
+    /// Cuts the browser off the network (or reconnects it).
+    async fn offline(&self, offline: bool) {
+        self.cdp(
+            "Network.emulateNetworkConditions",
+            json!({"offline": offline, "latency": 0, "downloadThroughput": -1,
+                   "uploadThroughput": -1}),
+        )
+        .await;
+    }
+
+    async fn cdp(&self, cmd: &str, params: Value) {
         self.client
             .issue_cmd(Post {
                 path: "goog/cdp/execute",
-                body: json!({"cmd": "Emulation.setEmulatedMedia", "params": {
-                    "features": [{"name": "prefers-color-scheme", "value": scheme}]}}),
+                body: json!({"cmd": cmd, "params": params}),
             })
             .await
             .expect("DevTools command");
+    }
+
+    /// Emulates the OS colour scheme (`"light"` or `"dark"`).
+    async fn color_scheme(&self, scheme: &str) {
+        self.cdp(
+            "Emulation.setEmulatedMedia",
+            json!({"features": [{"name": "prefers-color-scheme", "value": scheme}]}),
+        )
+        .await;
     }
 
     async fn screenshot(&self, name: &str) -> PathBuf {
@@ -486,9 +503,27 @@ async fn page_resumes_after_a_daemon_restart_with_every_reading_once() {
         b.attr("#status", "data-state").await != Some("connected".into())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The browser stays offline until the restarted daemon has stored
+    // readings the page has not seen: its reconnect must replay them.
+    b.offline(true).await;
     let d = TestDaemon::start_in(d.dir, config).await;
     assert_eq!(d.addr().port(), port);
+    let before = b.num("#held", "data-last-id").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ids_of(&d.stored("#").await)
+        .iter()
+        .filter(|&&i| i > before)
+        .count()
+        < 20
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the device resumed on the new daemon"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(b.num("#held", "data-last-id").await, before, "offline");
+    b.offline(false).await;
 
     feeder.await.unwrap();
     let stored = d.stored("#").await;
@@ -502,6 +537,9 @@ async fn page_resumes_after_a_daemon_restart_with_every_reading_once() {
         b.num("#status", "data-connects").await >= 2,
         "the page reconnected by itself"
     );
+    // It resumed where it stopped, and the replay was not empty.
+    assert_eq!(b.num("#status", "data-resumed-from").await, before);
+    assert!(b.num("#status", "data-live-from").await >= before + 20);
     assert_eq!(b.attr("#status", "data-state").await.unwrap(), "connected");
     b.close().await;
 }

@@ -2,7 +2,8 @@
 // sessionStorage), the device list, the live stream and the charts.
 // Every number a test asserts on is exposed as a `data-` attribute:
 // #held[data-count|data-duplicates|data-last-id|data-id-sum],
-// #status[data-state|data-connects], #lagged[data-lagged|data-truncated].
+// #status[data-state|data-connects|data-resumed-from|data-live-from],
+// #lagged[data-lagged|data-truncated].
 
 import { Stream, probe } from "./stream.js";
 import { DeviceTable, Rate } from "./devices.js";
@@ -65,6 +66,8 @@ function setStatus(st, text) {
   const s = $("status");
   s.dataset.state = st;
   s.dataset.connects = String(state.stream?.connects ?? 0);
+  s.dataset.resumedFrom = String(state.stream?.resumedFrom ?? "");
+  s.dataset.liveFrom = String(state.stream?.liveFrom ?? "");
   $("status-text").textContent = state.paused && st === "connected" ? "connected (view paused)" : text;
   if (st === "auth") stopAll("token rejected");
 }

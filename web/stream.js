@@ -46,6 +46,8 @@ export class Stream {
     this.onMessage = onMessage;
     this.onStatus = onStatus;
     this.lastId = null; // newest id delivered (or live start), for `since`
+    this.resumedFrom = null; // the `since` of the current connection
+    this.liveFrom = null; // its `subscribed.last_id`: replay covers (resumedFrom, liveFrom]
     this.attempt = 0;
     this.connects = 0;
     this.ws = null;
@@ -76,6 +78,7 @@ export class Stream {
     if (this.token) q.set("access_token", this.token);
     for (const t of this.topics) q.append("topic", t);
     if (this.lastId !== null) q.set("since", String(this.lastId));
+    this.resumedFrom = this.lastId;
     this.connects += 1;
     this.onStatus("connecting", this.lastId === null ? "connecting…" : `resuming after #${this.lastId}…`);
     const ws = new WebSocket(wsUrl("/v1/stream", q), ["sensorgate.json"]);
@@ -95,6 +98,7 @@ export class Stream {
     if (msg.type === "subscribed") {
       // Without `since`, live delivery starts after `last_id`.
       if (this.lastId === null) this.lastId = msg.last_id;
+      this.liveFrom = msg.last_id;
       this.attempt = 0;
       this.subscribed = true;
       this.onStatus("connected", "connected");
