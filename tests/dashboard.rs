@@ -7,249 +7,21 @@
 //! Needs Debian's `chromium` and `chromium-driver` (`scripts/test`
 //! installs them). A missing browser fails these tests, it never skips them.
 
+#[path = "common/browser.rs"]
+mod browser;
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use browser::{Browser, ONE_BROWSER};
 use common::*;
-use fantoccini::wd::WebDriverCompatibleCommand;
-use fantoccini::{Client, ClientBuilder};
 use futures_util::{SinkExt, StreamExt};
 use sensorgate::auth::{Authenticator, Role};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-const CHROMIUM: &str = "/usr/bin/chromium";
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-
-/// One browser at a time: Chromium is heavy on a small CI machine, and
-/// the tests' timing (reconnect backoff) should not compete for CPU.
-static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// chromedriver on a free loopback port with one headless Chromium session
-/// (fresh profile, no background traffic to Google). Killed on drop.
-struct Browser {
-    client: Client,
-    driver: Child,
-    _profile: tempfile::TempDir,
-}
-
-impl Browser {
-    async fn start() -> Browser {
-        Self::start_with(&[]).await
-    }
-
-    /// A browser with `extra` command-line switches.
-    async fn start_with(extra: &[&str]) -> Browser {
-        for tool in [CHROMIUM, CHROMEDRIVER] {
-            assert!(
-                Path::new(tool).exists(),
-                "{tool} is missing: install Debian's chromium and chromium-driver \
-                 (scripts/test does: apt-get install chromium chromium-driver)"
-            );
-        }
-        let port = free_port();
-        let driver = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromedriver starts");
-        let profile = tempfile::tempdir().unwrap();
-        let mut args: Vec<String> = [
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-dev-shm-usage",
-            "--window-size=1280,900",
-        ]
-        .iter()
-        .chain(extra)
-        .map(|a| a.to_string())
-        .collect();
-        args.push(format!("--user-data-dir={}", profile.path().display()));
-        let mut caps = serde_json::Map::new();
-        caps.insert("browserName".into(), json!("chrome"));
-        caps.insert(
-            "goog:chromeOptions".into(),
-            json!({"binary": CHROMIUM, "args": args}),
-        );
-        // Every request the page makes, for the same-origin check.
-        caps.insert(
-            "goog:loggingPrefs".into(),
-            json!({"performance": "ALL", "browser": "ALL"}),
-        );
-        let url = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let client = loop {
-            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-            match ClientBuilder::new(connector)
-                .capabilities(caps.clone())
-                .connect(&url)
-                .await
-            {
-                Ok(c) => break c,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => panic!("no WebDriver session within 30 s: {e}"),
-            }
-        };
-        Browser {
-            client,
-            driver,
-            _profile: profile,
-        }
-    }
-
-    async fn attr(&self, css: &str, name: &str) -> Option<String> {
-        let script = "const e = document.querySelector(arguments[0]); \
-                      return e ? e.getAttribute(arguments[1]) : null;";
-        match self
-            .client
-            .execute(script, vec![json!(css), json!(name)])
-            .await
-        {
-            Ok(Value::String(s)) => Some(s),
-            _ => None,
-        }
-    }
-
-    async fn num(&self, css: &str, name: &str) -> u64 {
-        self.attr(css, name)
-            .await
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    }
-
-    async fn text(&self, css: &str) -> String {
-        let script = "const e = document.querySelector(arguments[0]); \
-                      return e ? e.textContent : '';";
-        match self.client.execute(script, vec![json!(css)]).await {
-            Ok(Value::String(s)) => s,
-            _ => String::new(),
-        }
-    }
-
-    /// Polls `check` every 100 ms until it holds; fails after `secs`
-    /// with `what` and the page's status line.
-    async fn until<F, Fut>(&self, secs: u64, what: &str, mut check: F)
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = bool>,
-    {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        while !check().await {
-            if Instant::now() > deadline {
-                let status = self.text("#status").await;
-                let held = self.text("#held").await;
-                let logs = self.log("browser").await;
-                panic!(
-                    "{what}: not within {secs} s (status {status:?}, {held:?}, console {logs:?})"
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// The browser's log of `kind` ("performance": the network; "browser":
-    /// the console), entries since the last call.
-    async fn log(&self, kind: &str) -> Vec<Value> {
-        let v = self
-            .client
-            .issue_cmd(Post {
-                path: "se/log",
-                body: json!({"type": kind}),
-            })
-            .await
-            .expect("chromedriver returns its log");
-        v.as_array().cloned().unwrap_or_default()
-    }
-
-    /// Cuts the browser off the network (or reconnects it).
-    async fn offline(&self, offline: bool) {
-        self.cdp(
-            "Network.emulateNetworkConditions",
-            json!({"offline": offline, "latency": 0, "downloadThroughput": -1,
-                   "uploadThroughput": -1}),
-        )
-        .await;
-    }
-
-    async fn cdp(&self, cmd: &str, params: Value) {
-        self.client
-            .issue_cmd(Post {
-                path: "goog/cdp/execute",
-                body: json!({"cmd": cmd, "params": params}),
-            })
-            .await
-            .expect("DevTools command");
-    }
-
-    /// Emulates the OS colour scheme (`"light"` or `"dark"`).
-    async fn color_scheme(&self, scheme: &str) {
-        self.cdp(
-            "Emulation.setEmulatedMedia",
-            json!({"features": [{"name": "prefers-color-scheme", "value": scheme}]}),
-        )
-        .await;
-    }
-
-    async fn screenshot(&self, name: &str) -> PathBuf {
-        let png = self.client.screenshot().await.expect("screenshot");
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target");
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(name);
-        std::fs::write(&path, png).unwrap();
-        path
-    }
-
-    async fn close(mut self) {
-        let _ = self.client.clone().close().await;
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
-    }
-}
-
-/// A chromedriver extension command: `POST /session/{id}/{path}` with a
-/// JSON body (`se/log` for the logs, `goog/cdp/execute` for DevTools).
-#[derive(Debug)]
-struct Post {
-    path: &'static str,
-    body: Value,
-}
-
-impl WebDriverCompatibleCommand for Post {
-    fn endpoint(
-        &self,
-        base: &url::Url,
-        session: Option<&str>,
-    ) -> Result<url::Url, url::ParseError> {
-        base.join(&format!("session/{}/{}", session.unwrap_or(""), self.path))
-    }
-
-    fn method_and_body(&self, _: &url::Url) -> (hyper::Method, Option<String>) {
-        (hyper::Method::POST, Some(self.body.to_string()))
-    }
-}
-
-/// A device that publishes `batches` acked batches of `per` readings on
+/// A device that publishes `batches` acked batches of one reading on
 /// each of `sensors`, one batch every `every`, to the daemon at `base`
 /// (`host:port`). It rides out daemon restarts as a real device does:
 /// reconnect, then resume from the welcome's `last_seq`.
@@ -322,6 +94,17 @@ fn restartable_config() -> (u16, tempfile::TempDir, sensorgate::config::Config) 
 
 fn subscriber_token() -> String {
     Authenticator::new(SECRET).mint(Role::Subscriber, "dashboard", None, None)
+}
+
+/// A daemon with `auth.public_subscribers` and a browser showing its page,
+/// connected; the browser is this test's until the guard drops.
+async fn public_page() -> (tokio::sync::MutexGuard<'static, ()>, TestDaemon, Browser) {
+    let one = ONE_BROWSER.lock().await;
+    let d = TestDaemon::start_with(|c| c.auth.public_subscribers = true).await;
+    let b = Browser::start().await;
+    b.client.goto(&d.http("/")).await.unwrap();
+    b.until_state(10, "connected").await;
+    (one, d, b)
 }
 
 /// The page's own counts against what the daemon stored.
@@ -481,10 +264,7 @@ async fn page_resumes_after_a_daemon_restart_with_every_reading_once() {
 
     let b = Browser::start().await;
     b.client.goto(&d.http("/")).await.unwrap();
-    b.until(10, "connected without a token", || async {
-        b.attr("#status", "data-state").await == Some("connected".into())
-    })
-    .await;
+    b.until_state(10, "connected").await;
     let feeder = tokio::spawn(feed(
         base.clone(),
         "d1",
@@ -553,10 +333,7 @@ async fn bad_token_shows_token_rejected_without_a_reconnect_loop() {
 
     // A token that was never valid: rejected before any stream attempt.
     b.client.goto(&d.http("/#token=not.a.jwt")).await.unwrap();
-    b.until(10, "token rejected", || async {
-        b.attr("#status", "data-state").await == Some("auth".into())
-    })
-    .await;
+    b.until_state(10, "auth").await;
     assert!(b.text("#status").await.contains("token rejected"));
     assert_eq!(b.num("#status", "data-connects").await, 0);
 
@@ -571,17 +348,11 @@ async fn bad_token_shows_token_rejected_without_a_reconnect_loop() {
         .goto(&d.http(&format!("/#token={}", subscriber_token())))
         .await
         .unwrap();
-    b.until(10, "connected", || async {
-        b.attr("#status", "data-state").await == Some("connected".into())
-    })
-    .await;
+    b.until_state(10, "connected").await;
     d.stop().await;
     config.auth.jwt_secret = "rotated-secret".into();
     let _d = TestDaemon::start_in(d.dir, config).await;
-    b.until(20, "token rejected after the restart", || async {
-        b.attr("#status", "data-state").await == Some("auth".into())
-    })
-    .await;
+    b.until_state(20, "auth").await;
     let connects = b.num("#status", "data-connects").await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(
@@ -600,10 +371,7 @@ async fn bad_token_shows_token_rejected_without_a_reconnect_loop() {
 
 #[tokio::test]
 async fn page_talks_to_its_own_origin_only() {
-    let _one = ONE_BROWSER.lock().await;
-    let d = TestDaemon::start_with(|c| c.auth.public_subscribers = true).await;
-    let b = Browser::start().await;
-    b.client.goto(&d.http("/")).await.unwrap();
+    let (_one, d, b) = public_page().await;
     feed(
         d.addr().to_string(),
         "d1",
@@ -666,15 +434,8 @@ async fn page_talks_to_its_own_origin_only() {
 
 #[tokio::test]
 async fn hundreds_of_devices_are_patched_in_place_not_re_rendered() {
-    let _one = ONE_BROWSER.lock().await;
-    let d = TestDaemon::start_with(|c| c.auth.public_subscribers = true).await;
+    let (_one, d, b) = public_page().await;
     let base = d.addr().to_string();
-    let b = Browser::start().await;
-    b.client.goto(&d.http("/")).await.unwrap();
-    b.until(10, "connected", || async {
-        b.attr("#status", "data-state").await == Some("connected".into())
-    })
-    .await;
     const DEVICES: usize = 300;
     let names: Vec<String> = (0..DEVICES).map(|i| format!("dev{i:03}")).collect();
     let publish_all = |batches: u64| {
@@ -752,15 +513,8 @@ async fn hundreds_of_devices_are_patched_in_place_not_re_rendered() {
 
 #[tokio::test]
 async fn pause_freezes_the_view_but_keeps_the_connection() {
-    let _one = ONE_BROWSER.lock().await;
-    let d = TestDaemon::start_with(|c| c.auth.public_subscribers = true).await;
+    let (_one, d, b) = public_page().await;
     let base = d.addr().to_string();
-    let b = Browser::start().await;
-    b.client.goto(&d.http("/")).await.unwrap();
-    b.until(10, "connected", || async {
-        b.attr("#status", "data-state").await == Some("connected".into())
-    })
-    .await;
     feed(base.clone(), "d1", &["temp"], 5, Duration::ZERO).await;
     b.until(10, "5 readings", || async {
         b.num("#held", "data-count").await == 5
@@ -810,10 +564,7 @@ async fn page_streams_over_https_and_wss_from_an_allowed_origin_only() {
         .goto(&format!("https://localhost:{port}/#token={token}"))
         .await
         .unwrap();
-    b.until(15, "connected over wss", || async {
-        b.attr("#status", "data-state").await == Some("connected".into())
-    })
-    .await;
+    b.until_state(15, "connected").await;
 
     // Same daemon, another origin (not in server.allowed_origins): the
     // stream is refused, so the page never gets to "connected".
