@@ -508,6 +508,48 @@ async fn hundreds_of_devices_are_patched_in_place_not_re_rendered() {
         .await
         .unwrap();
     assert_eq!(visible, json!(10), "dev290..dev299");
+    // Sorting: the device column again reverses the order.
+    let first = "return document.querySelector('#devices tbody tr:not([hidden])').dataset.device";
+    assert_eq!(
+        b.client.execute(first, vec![]).await.unwrap(),
+        json!("dev290")
+    );
+    b.client
+        .find(fantoccini::Locator::Css("button[data-sort=device]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert_eq!(
+        b.client.execute(first, vec![]).await.unwrap(),
+        json!("dev299")
+    );
+    b.close().await;
+}
+
+#[tokio::test]
+async fn lagged_readings_are_counted_on_the_page() {
+    let _one = ONE_BROWSER.lock().await;
+    let d = TestDaemon::start_with(|c| {
+        c.auth.public_subscribers = true;
+        c.fanout.subscriber_queue = 10;
+    })
+    .await;
+    let b = Browser::start().await;
+    b.client.goto(&d.http("/")).await.unwrap();
+    b.until_state(10, "connected").await;
+    // One batch of 200 into a queue of 10: the page gets the newest and a
+    // `lagged` notice for the rest.
+    let (mut ws, _) = d.device("d1").await;
+    publish_acked(&mut ws, 1, 1, "temp", 200).await;
+    b.until(10, "readings and lagged add up", || async {
+        b.num("#held", "data-count").await + b.num("#lagged", "data-lagged").await == 200
+    })
+    .await;
+    assert!(b.num("#lagged", "data-lagged").await > 0);
+    assert!(b.text("#lagged").await.contains("missed"));
+    assert_eq!(b.num("#held", "data-duplicates").await, 0);
     b.close().await;
 }
 
