@@ -370,6 +370,52 @@ async fn bad_token_shows_token_rejected_without_a_reconnect_loop() {
 }
 
 #[tokio::test]
+async fn a_token_limited_to_topics_starts_with_its_filter() {
+    let _one = ONE_BROWSER.lock().await;
+    let d = TestDaemon::start().await;
+    let token = Authenticator::new(SECRET).mint(
+        Role::Subscriber,
+        "boiler-room",
+        None,
+        Some(vec!["boiler/#".into()]),
+    );
+    let b = Browser::start().await;
+    b.client
+        .goto(&d.http(&format!("/#token={token}")))
+        .await
+        .unwrap();
+    b.until_state(10, "connected").await;
+    let filter = b
+        .client
+        .execute("return document.getElementById('topic').value", vec![])
+        .await
+        .unwrap();
+    assert_eq!(filter, json!("boiler/#"));
+    let base = d.addr().to_string();
+    feed(base.clone(), "freezer", &["temp"], 3, Duration::ZERO).await;
+    feed(base, "boiler", &["temp"], 4, Duration::ZERO).await;
+    b.until(10, "the boiler's readings", || async {
+        b.num("#held", "data-count").await == 4
+    })
+    .await;
+    // Reopened: the device list polled at start and the history are
+    // only what the token may see: no freezer row, no error notice.
+    b.client.refresh().await.unwrap();
+    b.until(10, "the boiler's history", || async {
+        b.num("#held", "data-count").await == 4
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(b.num("#device-count", "data-devices").await, 1);
+    assert!(b
+        .attr("tr[data-device=freezer]", "data-connected")
+        .await
+        .is_none());
+    assert!(b.text("#notice").await.is_empty());
+    b.close().await;
+}
+
+#[tokio::test]
 async fn page_talks_to_its_own_origin_only() {
     let (_one, d, b) = public_page().await;
     feed(

@@ -164,6 +164,20 @@ function authHeaders() {
   return state.token ? { Authorization: `Bearer ${state.token}` } : {};
 }
 
+/**
+ * The `topics` claim of a JWT, read (not verified: the server does that)
+ * so that a restricted token starts with a filter it may use.
+ */
+function tokenTopics(token) {
+  try {
+    const b64 = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const topics = JSON.parse(atob(b64)).topics;
+    return Array.isArray(topics) && topics.length > 0 ? topics : null;
+  } catch {
+    return null;
+  }
+}
+
 function currentTopics() {
   return $("topic")
     .value.split(/[\s,]+/)
@@ -218,6 +232,8 @@ async function boot() {
     return;
   }
   $("auth").hidden = true;
+  const allowed = state.token && tokenTopics(state.token);
+  if (allowed && sessionStorage.getItem(TOPIC_KEY) === null) $("topic").value = allowed.join(" ");
   pollDevices();
   startStream();
 }

@@ -5,7 +5,10 @@
 
 import uPlot from "./vendor/uplot/uPlot.esm.js";
 
+/** Points kept for a charted topic... */
 const MAX_POINTS = 5000;
+/** ...and for any other, so that thousands of topics stay small. */
+const MAX_BACKGROUND_POINTS = 600;
 /** How many topics get a chart by themselves before the user picks. */
 const AUTO_CHARTS = 4;
 
@@ -70,9 +73,10 @@ export class Charts {
     const i = s.xs.length === 0 || x >= s.xs[s.xs.length - 1] ? s.xs.length : insertAt(s.xs, x);
     s.xs.splice(i, 0, x);
     s.ys.splice(i, 0, y);
-    if (s.xs.length > MAX_POINTS * 1.1) {
+    const cap = this.plots.has(topic) ? MAX_POINTS : MAX_BACKGROUND_POINTS;
+    if (s.xs.length > cap * 1.1) {
       // Drop in chunks so the cost per reading stays constant.
-      const drop = s.xs.length - MAX_POINTS;
+      const drop = s.xs.length - cap;
       s.xs.splice(0, drop);
       s.ys.splice(0, drop);
     }

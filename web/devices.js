@@ -29,6 +29,11 @@ function el(tag, cls, text) {
   return e;
 }
 
+/** Sets a text only when it changed: no DOM work for the same words. */
+function setText(e, text) {
+  if (e.textContent !== text) e.textContent = text;
+}
+
 /** A per-second counter over the last RATE_WINDOW_S seconds. */
 export class Rate {
   constructor() {
@@ -162,7 +167,7 @@ export class DeviceTable {
         r.perSec = perSec;
         this.dirty.add(r);
       }
-      r.cells.seen.textContent = ago(r.lastSeen, now);
+      setText(r.cells.seen, ago(r.lastSeen, now));
     }
     this.reorder();
   }
@@ -178,8 +183,8 @@ export class DeviceTable {
     r.tr.dataset.connected = String(r.connected);
     cells.state.textContent = r.connected ? "connected" : "offline";
     cells.state.className = r.connected ? "state on" : "state off";
-    cells.seen.textContent = ago(r.lastSeen, now);
-    cells.rate.textContent = r.perSec.toFixed(1);
+    setText(cells.seen, ago(r.lastSeen, now));
+    setText(cells.rate, r.perSec.toFixed(1));
     for (const c of r.chips.values()) {
       if (c.latest !== null && c.shown !== c.latestId) {
         c.value.textContent = formatValue(c.latest, c.unit);
