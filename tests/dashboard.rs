@@ -336,6 +336,7 @@ async fn bad_token_shows_token_rejected_without_a_reconnect_loop() {
     b.until_state(10, "auth").await;
     assert!(b.text("#status").await.contains("token rejected"));
     assert_eq!(b.num("#status", "data-connects").await, 0);
+    b.screenshot("dashboard-token-rejected.png").await;
 
     // A good token on a fresh tab session, then the daemon comes back with
     // another secret: the stream's upgrade is refused (401), which the
@@ -361,11 +362,23 @@ async fn bad_token_shows_token_rejected_without_a_reconnect_loop() {
         "no reconnect loop after a rejection"
     );
     assert!(b.text("#status").await.contains("token rejected"));
-    assert!(b
+    // The form takes a token for the new secret, and the page streams again.
+    let input = b
         .client
         .find(fantoccini::Locator::Css("#auth:not([hidden]) #token-input"))
         .await
-        .is_ok());
+        .expect("the token form is shown");
+    let fresh =
+        Authenticator::new("rotated-secret").mint(Role::Subscriber, "dashboard", None, None);
+    input.send_keys(&fresh).await.unwrap();
+    b.client
+        .find(fantoccini::Locator::Css("#token-form button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.until_state(10, "connected").await;
     b.close().await;
 }
 
