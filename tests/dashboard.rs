@@ -191,11 +191,7 @@ async fn page_shows_live_devices_values_and_a_drawn_chart() {
     assert_eq!(b.num("#device-count", "data-devices").await, 3);
     assert_eq!(b.attr("#status", "data-state").await.unwrap(), "connected");
     // The token left the address bar and lives in this tab's storage.
-    let hash = b
-        .client
-        .execute("return location.hash", vec![])
-        .await
-        .unwrap();
+    let hash = b.eval("return location.hash").await;
     assert_eq!(hash, json!(""));
 
     // Charts: one per topic (automatic choice), each with its points and
@@ -207,19 +203,12 @@ async fn page_shows_live_devices_values_and_a_drawn_chart() {
         .await;
     // 5 batches before the page opened, 40 more (seq 6..=45) live.
     assert_eq!(points, 45, "history plus live points of boiler/temp");
-    let drawn = b
-        .client
-        .execute(
-            "const c = document.querySelector(\"figure[data-topic='boiler/temp'] canvas\");
+    let drawn = b.eval("const c = document.querySelector(\"figure[data-topic='boiler/temp'] canvas\");
              const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
              let n = 0;
              for (let i = 0; i < d.length; i += 4)
                if (d[i+3] > 200 && Math.abs(d[i]-22) < 40 && Math.abs(d[i+1]-104) < 40 && Math.abs(d[i+2]-196) < 40) n++;
-             return n;",
-            vec![],
-        )
-        .await
-        .unwrap();
+             return n;").await;
     assert!(
         drawn.as_u64().unwrap() > 100,
         "the series line is drawn on the canvas ({drawn} line pixels)"
@@ -237,14 +226,7 @@ async fn page_shows_live_devices_values_and_a_drawn_chart() {
     b.client.set_window_size(1280, 900).await.unwrap();
 
     // Clicking a sensor chip charts it (and it stays charted).
-    let chip = b
-        .client
-        .find(fantoccini::Locator::Css(
-            "button[data-topic='freezer/temp']",
-        ))
-        .await
-        .unwrap();
-    chip.click().await.unwrap();
+    b.click("button[data-topic='freezer/temp']").await;
     b.until(5, "freezer/temp charted", || async {
         b.num("figure[data-topic='freezer/temp']", "data-points")
             .await
@@ -341,10 +323,7 @@ async fn bad_token_shows_token_rejected_without_a_reconnect_loop() {
     // A good token on a fresh tab session, then the daemon comes back with
     // another secret: the stream's upgrade is refused (401), which the
     // page must report instead of retrying forever.
-    b.client
-        .execute("sessionStorage.clear()", vec![])
-        .await
-        .unwrap();
+    b.eval("sessionStorage.clear()").await;
     b.client
         .goto(&d.http(&format!("/#token={}", subscriber_token())))
         .await
@@ -371,13 +350,7 @@ async fn bad_token_shows_token_rejected_without_a_reconnect_loop() {
     let fresh =
         Authenticator::new("rotated-secret").mint(Role::Subscriber, "dashboard", None, None);
     input.send_keys(&fresh).await.unwrap();
-    b.client
-        .find(fantoccini::Locator::Css("#token-form button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click("#token-form button[type=submit]").await;
     b.until_state(10, "connected").await;
     b.close().await;
 }
@@ -399,10 +372,8 @@ async fn a_token_limited_to_topics_starts_with_its_filter() {
         .unwrap();
     b.until_state(10, "connected").await;
     let filter = b
-        .client
-        .execute("return document.getElementById('topic').value", vec![])
-        .await
-        .unwrap();
+        .eval("return document.getElementById('topic').value")
+        .await;
     assert_eq!(filter, json!("boiler/#"));
     let base = d.addr().to_string();
     feed(base.clone(), "freezer", &["temp"], 3, Duration::ZERO).await;
@@ -523,15 +494,9 @@ async fn hundreds_of_devices_are_patched_in_place_not_re_rendered() {
     // Once sorted (the table sorts once a second), rows may be patched
     // but never rebuilt or re-inserted: the order by id does not change.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    b.client
-        .execute(
-            "window.rowMutations = 0;
+    b.eval("window.rowMutations = 0;
              new MutationObserver((l) => { for (const m of l) window.rowMutations += m.addedNodes.length + m.removedNodes.length; })
-               .observe(document.querySelector('#devices tbody'), { childList: true });",
-            vec![],
-        )
-        .await
-        .unwrap();
+               .observe(document.querySelector('#devices tbody'), { childList: true });").await;
     let started = Instant::now();
     publish_all(6).await; // seq 2..=6: 5 more batches of 2 readings each
     let total = 12 * DEVICES as u64;
@@ -544,11 +509,7 @@ async fn hundreds_of_devices_are_patched_in_place_not_re_rendered() {
         10 * DEVICES,
         started.elapsed()
     );
-    let mutations = b
-        .client
-        .execute("return window.rowMutations", vec![])
-        .await
-        .unwrap();
+    let mutations = b.eval("return window.rowMutations").await;
     assert_eq!(mutations, json!(0), "rows were re-inserted");
     assert_eq!(b.num("#held", "data-duplicates").await, 0);
     // The filter box hides rows without rebuilding them.
@@ -558,32 +519,13 @@ async fn hundreds_of_devices_are_patched_in_place_not_re_rendered() {
         .await
         .unwrap();
     filter.send_keys("dev29").await.unwrap();
-    let visible = b
-        .client
-        .execute(
-            "return [...document.querySelectorAll('#devices tbody tr')].filter((r) => !r.hidden).length",
-            vec![],
-        )
-        .await
-        .unwrap();
+    let visible = b.eval("return [...document.querySelectorAll('#devices tbody tr')].filter((r) => !r.hidden).length").await;
     assert_eq!(visible, json!(10), "dev290..dev299");
     // Sorting: the device column again reverses the order.
     let first = "return document.querySelector('#devices tbody tr:not([hidden])').dataset.device";
-    assert_eq!(
-        b.client.execute(first, vec![]).await.unwrap(),
-        json!("dev290")
-    );
-    b.client
-        .find(fantoccini::Locator::Css("button[data-sort=device]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    assert_eq!(
-        b.client.execute(first, vec![]).await.unwrap(),
-        json!("dev299")
-    );
+    assert_eq!(b.eval(first).await, json!("dev290"));
+    b.click("button[data-sort=device]").await;
+    assert_eq!(b.eval(first).await, json!("dev299"));
     b.close().await;
 }
 
@@ -621,16 +563,11 @@ async fn pause_freezes_the_view_but_keeps_the_connection() {
         b.num("#held", "data-count").await == 5
     })
     .await;
-    let pause = b
-        .client
-        .find(fantoccini::Locator::Id("pause"))
-        .await
-        .unwrap();
-    pause.click().await.unwrap();
+    b.click("#pause").await;
     feed(base, "d1", &["temp"], 10, Duration::ZERO).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(b.num("#held", "data-count").await, 5, "the view is frozen");
-    pause.click().await.unwrap();
+    b.click("#pause").await;
     b.until(10, "the readings that came during the pause", || async {
         b.num("#held", "data-count").await == 10
     })

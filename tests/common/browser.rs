@@ -154,6 +154,25 @@ impl Browser {
         }
     }
 
+    /// Runs `script` in the page; returns what it returns.
+    pub async fn eval(&self, script: &str) -> Value {
+        self.client
+            .execute(script, vec![])
+            .await
+            .unwrap_or_else(|e| panic!("{script}: {e}"))
+    }
+
+    /// Clicks the element that `css` selects.
+    pub async fn click(&self, css: &str) {
+        self.client
+            .find(fantoccini::Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no {css}: {e}"))
+            .click()
+            .await
+            .unwrap_or_else(|e| panic!("clicking {css}: {e}"));
+    }
+
     /// Waits for the status line's `data-state` to become `state`.
     pub async fn until_state(&self, secs: u64, state: &str) {
         self.until(secs, &format!("status {state}"), || async {
