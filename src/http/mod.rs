@@ -2,6 +2,7 @@
 //! the small read-only routes. WebSocket routes hand off to their module
 //! ([`crate::ingest`]) once the request is authenticated.
 
+mod dashboard;
 mod devices;
 mod readings;
 mod stream;
@@ -48,6 +49,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/readings", get(readings::get))
         .route("/v1/stream", get(stream::get))
         .route("/v1/devices", get(devices::get))
+        .merge(dashboard::router())
         .with_state(state)
 }
 

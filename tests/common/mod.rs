@@ -206,6 +206,24 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A port for a server (broker, daemon) that a test stops and starts again. It must not
+/// come from the kernel's ephemeral range (as port 0 would): while the broker
+/// is stopped, any other socket of this process (another test's daemon or
+/// broker, a browser's outgoing connection) could be handed the same port, and the "restarted" broker would
+/// then be someone else's. Ports below the ephemeral range, handed out once
+/// per process from a counter and offset by the pid, cannot be taken that way.
+pub fn restartable_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 400) as u16 * 25;
+    loop {
+        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % 10_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// Writes `dir/sensorgate.toml` for a child daemon on `port` with its store
 /// in `dir/store`, generous limits, and `extra` appended; returns its path.
 pub fn write_config(dir: &std::path::Path, port: u16, extra: &str) -> std::path::PathBuf {

@@ -17,24 +17,6 @@ use tokio::sync::{mpsc, watch};
 
 pub const MOSQUITTO: &str = "/usr/sbin/mosquitto";
 
-/// A port for a broker that this test will stop and start again. It must not
-/// come from the kernel's ephemeral range (as port 0 would): while the broker
-/// is stopped, any other socket of this process (another test's daemon or
-/// broker) could be handed the same port, and the "restarted" broker would
-/// then be someone else's. Ports below the ephemeral range, handed out once
-/// per process from a counter and offset by the pid, cannot be taken that way.
-fn broker_port() -> u16 {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let base = 20_000 + (std::process::id() % 400) as u16 * 25;
-    loop {
-        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % 10_000;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
 pub struct Mosquitto {
     pub port: u16,
     dir: tempfile::TempDir,
@@ -43,7 +25,7 @@ pub struct Mosquitto {
 
 impl Mosquitto {
     pub async fn start() -> Mosquitto {
-        let port = broker_port();
+        let port = crate::common::restartable_port();
         let dir = tempfile::tempdir().unwrap();
         let conf = format!(
             "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
