@@ -310,6 +310,7 @@ impl Store {
             epoch: Instant::now(),
         });
         poke_stuck_flushes(Arc::downgrade(&store));
+        metrics::gauge!("sensorgate_store_writable").set(1.0);
         Ok(store)
     }
 
