@@ -342,6 +342,25 @@ async fn damaged_and_rolled_back_stores_are_refused_clearly_and_the_flag_continu
     assert!(report.contains(&missing), "{report}");
     continues_above_the_mark(&config, "rollback").await;
 
+    // The mark itself: both copies spoilt is refused even with the flag
+    // (nothing says which ids were handed out); a deleted mark is refused
+    // too, and the flag then continues above the store's own content.
+    let (dir, config) = scratch(&f, "mark_damaged");
+    let mark = dir.join("store").join("sensorgate.hwm");
+    std::fs::write(&mark, vec![0x5a; 532]).unwrap();
+    assert_eq!(
+        start_on_damaged(&config, "mark damaged").await,
+        Outcome::Refused
+    );
+    let out = run_binary(&["run", "--accept-data-loss"], &config);
+    assert_eq!(out.status.code(), Some(3), "a damaged mark with the flag");
+    std::fs::remove_file(&mark).unwrap();
+    assert_eq!(
+        start_on_damaged(&config, "mark deleted").await,
+        Outcome::Refused
+    );
+    continues_above_the_mark(&config, "mark deleted").await;
+
     // The undamaged store: check-store calls it healthy and counts it.
     let (_, config) = scratch(&f, "intact");
     let check = run_binary(&["check-store"], &config);

@@ -51,6 +51,12 @@ pub fn check(path: &Path) -> Result<Report, StoreError> {
     let high_water_mark = hwm::read(path).map_err(|e| e.to_string());
     let rec = recover(path)?;
     let db = rec.db;
+    let high_water_mark = match high_water_mark {
+        Ok(None) if db.get(super::HWM_KEPT_KEY)?.is_some() => {
+            Err("the mark file is missing although this store had one".to_string())
+        }
+        other => other,
+    };
     let mut report = Report {
         segments: 0,
         readings: 0,

@@ -6,10 +6,13 @@
 //! such a store happily and hand out the lost ids again. At start-up the
 //! store's content is compared with this mark ([`super::Store::open`]).
 //!
-//! Format (20 bytes, rewritten in place): `b"SGHWM001"`, the id as a
-//! big-endian u64, and a CRC-32 of the first 16 bytes. In-place rewrites of
-//! one sector are atomic on the disks we target; the CRC turns a torn or
-//! damaged write into a clear error rather than a wrong number.
+//! Format: two copies of one 20-byte record, at offsets 0 and 512 (two disk
+//! sectors), rewritten in place together and synced once. A record is
+//! `b"SGHWM001"`, the id as a big-endian u64, and a CRC-32 of the first 16
+//! bytes. A torn or damaged sector spoils one copy at most; the reader takes
+//! the highest valid copy, and only when none is valid is the mark damaged.
+//! A new file is written whole under a temporary name, synced, and renamed
+//! into place, so a crash never leaves an empty mark behind.
 
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read};
@@ -20,6 +23,8 @@ use std::path::{Path, PathBuf};
 pub const FILE_NAME: &str = "sensorgate.hwm";
 const MAGIC: &[u8; 8] = b"SGHWM001";
 const LEN: usize = 20;
+/// Offset of the second copy: its own sector.
+const SECOND: u64 = 512;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HwmError {
@@ -51,9 +56,18 @@ pub fn read(dir: &Path) -> Result<Option<u64>, HwmError> {
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(io(&path, source)),
     };
-    decode(&buf)
-        .map(Some)
-        .map_err(|detail| HwmError::Damaged { path, detail })
+    let copies = [
+        &buf[..buf.len().min(LEN)],
+        buf.get(SECOND as usize..).unwrap_or(&[]),
+    ];
+    let valid = copies.iter().filter_map(|c| decode(c).ok()).max();
+    match valid {
+        Some(id) => Ok(Some(id)),
+        None => Err(HwmError::Damaged {
+            path,
+            detail: decode(copies[0]).err().unwrap_or("no valid copy"),
+        }),
+    }
 }
 
 fn decode(buf: &[u8]) -> Result<u64, &'static str> {
@@ -92,19 +106,14 @@ impl HighWaterMark {
     /// fsynced before this returns.
     pub fn create_or_open(dir: &Path, id: u64) -> Result<HighWaterMark, HwmError> {
         let path = dir.join(FILE_NAME);
-        let existed = path.exists();
+        if !path.exists() {
+            create(dir, &path, id)?;
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
-            .truncate(false)
             .open(&path)
             .map_err(|source| io(&path, source))?;
-        if !existed {
-            // The name first: a record written into a file whose name a
-            // power cut can take away would protect nothing.
-            super::durability::fsync_dir(dir).map_err(|source| io(dir, source))?;
-        }
         let mut mark = HighWaterMark {
             file,
             path,
@@ -120,8 +129,10 @@ impl HighWaterMark {
         if id == self.current {
             return Ok(());
         }
+        let record = encode(id);
         self.file
-            .write_all_at(&encode(id), 0)
+            .write_all_at(&record, 0)
+            .and_then(|()| self.file.write_all_at(&record, SECOND))
             .and_then(|()| self.file.sync_data())
             .map_err(|source| io(&self.path, source))?;
         self.current = id;
@@ -131,6 +142,23 @@ impl HighWaterMark {
     pub fn get(&self) -> u64 {
         self.current
     }
+}
+
+/// Writes a new mark file whole: temporary name, fsync, rename, fsync of
+/// the directory.
+fn create(dir: &Path, path: &Path, id: u64) -> Result<(), HwmError> {
+    let tmp = dir.join(format!("{FILE_NAME}.tmp"));
+    let mut bytes = vec![0u8; SECOND as usize + LEN];
+    bytes[..LEN].copy_from_slice(&encode(id));
+    bytes[SECOND as usize..].copy_from_slice(&encode(id));
+    let written = File::create(&tmp)
+        .and_then(|mut f| {
+            std::io::Write::write_all(&mut f, &bytes)?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .and_then(|()| super::durability::fsync_dir(dir));
+    written.map_err(|source| io(path, source))
 }
 
 #[cfg(test)]
@@ -156,7 +184,16 @@ mod tests {
         let mut m = HighWaterMark::create_or_open(dir.path(), 5).unwrap();
         m.set(77).unwrap();
         assert_eq!(read(dir.path()).unwrap(), Some(77));
-        std::fs::write(dir.path().join(FILE_NAME), b"garbage").unwrap();
+        // One spoilt copy: the other still tells.
+        let path = dir.path().join(FILE_NAME);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[9] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(read(dir.path()).unwrap(), Some(77));
+        bytes[SECOND as usize + 9] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(read(dir.path()), Err(HwmError::Damaged { .. })));
+        std::fs::write(&path, b"garbage").unwrap();
         assert!(matches!(read(dir.path()), Err(HwmError::Damaged { .. })));
     }
 }

@@ -49,6 +49,8 @@ use hwm::HighWaterMark;
 
 const NEXT_ID_KEY: &[u8] = b"m/next_id";
 const BRIDGE_CURSOR_KEY: &[u8] = b"m/bridge_cursor";
+/// Present once the store has a high-water-mark file ([`hwm`]).
+const HWM_KEPT_KEY: &[u8] = b"m/hwm_kept";
 const SEQ_PREFIX: &[u8] = b"q/";
 const SEGMENT_PREFIX: &[u8] = b"s/";
 const INDEX_PREFIX: &[u8] = b"i/";
@@ -70,8 +72,11 @@ pub enum StoreError {
         mark: u64,
         missing: u64,
     },
-    #[error("storage.path: {0}")]
+    #[error("storage.path: {0}; inspect with `sensorgate check-store`; deleting the file and starting with --accept-data-loss continues above the store's own content, which may reuse ids of lost readings")]
     HighWaterMark(#[from] hwm::HwmError),
+    /// The store once had a high-water mark and its file is gone.
+    #[error("storage.path {path}: the high-water mark file {} is missing although this store had one; inspect with `sensorgate check-store`, restore it, or start with --accept-data-loss to continue above the store's own content", hwm::FILE_NAME)]
+    MarkMissing { path: PathBuf },
     /// `fsync`/`fdatasync` of the store's files failed: what is on disk is
     /// unknown, so nothing may be acknowledged.
     #[error("syncing the store's files: {0}")]
@@ -89,6 +94,7 @@ impl StoreError {
             self,
             StoreError::Unreadable { .. }
                 | StoreError::BehindHighWaterMark { .. }
+                | StoreError::MarkMissing { .. }
                 | StoreError::HighWaterMark(hwm::HwmError::Damaged { .. })
         )
     }
@@ -260,16 +266,10 @@ impl Store {
     /// Opens (or creates) the store at `path`, checks it against its durable
     /// high-water mark, and makes what sled recovered power-loss safe.
     pub fn open_with(path: &Path, opts: OpenOptions) -> Result<Arc<Store>, StoreError> {
-        let mark = hwm::read(path);
-        let mark = match mark {
-            Ok(m) => m,
-            // A damaged mark tells nothing: the operator decides.
-            Err(e) if !opts.accept_data_loss => return Err(e.into()),
-            Err(e) => {
-                tracing::warn!(error = %e, "ignoring the damaged high-water mark (--accept-data-loss)");
-                None
-            }
-        };
+        // A damaged mark is refused even with --accept-data-loss: without
+        // it nothing says which ids were handed out. Deleting the file is
+        // the operator's explicit way past it (see MarkMissing).
+        let mark = hwm::read(path)?;
         let rec = match recover(path) {
             Err(StoreError::Unreadable { detail, .. }) if opts.accept_data_loss => {
                 set_aside(path, &detail)?;
@@ -278,6 +278,14 @@ impl Store {
             other => other?,
         };
         let mut last_id = rec.last_id;
+        if mark.is_none() && rec.db.get(HWM_KEPT_KEY)?.is_some() {
+            if !opts.accept_data_loss {
+                return Err(StoreError::MarkMissing {
+                    path: path.to_path_buf(),
+                });
+            }
+            tracing::warn!("the high-water mark file is gone; continuing above the store's own content (--accept-data-loss)");
+        }
         if let Some(mark) = mark.filter(|&m| m > rec.last_id) {
             if !opts.accept_data_loss {
                 return Err(StoreError::BehindHighWaterMark {
@@ -296,8 +304,14 @@ impl Store {
             rec.db.flush()?;
             last_id = mark;
         }
-        let files = FileSync::open(path).map_err(StoreError::Sync)?;
         let hwm = HighWaterMark::create_or_open(path, last_id)?;
+        // From now on the store knows it has a mark: a mark file that goes
+        // missing later is a damage, not a new store.
+        if rec.db.get(HWM_KEPT_KEY)?.is_none() {
+            rec.db.insert(HWM_KEPT_KEY, &[1u8][..])?;
+            rec.db.flush()?;
+        }
+        let files = FileSync::open(path).map_err(StoreError::Sync)?;
         let store = Arc::new(Store {
             path: path.to_path_buf(),
             db: RwLock::new(Some(rec.db)),
@@ -487,7 +501,17 @@ impl Store {
     fn close(&self) {
         *self.files.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let db = self.db.write().unwrap_or_else(|e| e.into_inner()).take();
-        drop(db);
+        // sled's drop flushes and `sync_all().unwrap()`s when it has not
+        // seen an error itself (our own fsync failed): that may panic or
+        // block, so it happens on a throwaway thread, never the writer's.
+        let dropped = std::thread::Builder::new()
+            .name("sensorgate-store-close".into())
+            .spawn(move || {
+                let _ = without_panics(move || drop(db));
+            });
+        if let Err(e) = dropped {
+            tracing::warn!(error = %e, "could not start a thread to close the store");
+        }
     }
 
     /// Opens sled again after [`Store::close`]. Returns the newest id the

@@ -209,11 +209,14 @@ impl Writer {
                     }
                 }
             });
+            if received == Some(0) {
+                break; // every sender gone and queue drained
+            }
             if self.fault.is_some() && self.last_recovery.elapsed() >= RECOVERY_EVERY {
                 self.try_recover();
             }
             match received {
-                Some(0) => break, // every sender gone and queue drained
+                Some(0) => unreachable!("handled above"),
                 Some(_) => {
                     let applied = self.apply(buf.drain(..));
                     match self.sync {
@@ -318,9 +321,11 @@ impl Writer {
             }
         }
 
+        // A group that stores nothing (duplicates, probes, welcomes) needs
+        // no space and no sled write: it is answered even while refusing.
         let written = match self.fault {
-            Some(fault) => Err(fault),
-            None => self.write(first_id, &readings, &seq_updates),
+            Some(fault) if !readings.is_empty() => Err(fault),
+            _ => self.write(first_id, &readings, &seq_updates),
         };
         match written {
             Ok(()) => {
@@ -333,7 +338,9 @@ impl Writer {
                 for device in seq_updates.keys() {
                     self.seqs.remove(device);
                 }
-                let refused = fail_stored(&mut replies, false);
+                // A duplicate or welcome answered from a seq this group
+                // assumed is as unfounded as its stores.
+                let refused = fail_stored(&mut replies, true);
                 if refused > 0 {
                     metrics::counter!("sensorgate_store_refused_batches_total", "reason" => fault.label())
                         .increment(refused);
@@ -445,6 +452,15 @@ impl Writer {
         self.seqs.clear();
         self.next_id = self.durable_next_id;
         self.dirty = false;
+        // Interval mode: groups applied since the last durable point die
+        // with this sled; nothing of theirs may be acknowledged.
+        for commit in std::mem::take(&mut self.pending) {
+            let mut replies = commit.replies;
+            fail_stored(&mut replies, true);
+            for (reply, outcome) in replies {
+                let _ = reply.send(outcome);
+            }
+        }
         self.store.set_refusal(Some(reason));
         metrics::counter!("sensorgate_store_failures_total").increment(1);
         self.store.close();
@@ -460,8 +476,12 @@ impl Writer {
             return;
         }
         if fault == Fault::StoreFailed {
-            match self.store.reopen() {
-                Ok(last_id) => self.adopt_reopened(last_id),
+            match self
+                .store
+                .reopen()
+                .and_then(|last_id| self.adopt_reopened(last_id))
+            {
+                Ok(()) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "reopening the store failed; retrying");
                     self.store
@@ -478,15 +498,19 @@ impl Writer {
     /// failure but whose log write landed. Its batches were not acknowledged
     /// (the devices will resend and get `duplicate` acks), but its ids are
     /// taken: make them durable, then announce them like any commit.
-    fn adopt_reopened(&mut self, last_id: u64) {
+    fn adopt_reopened(&mut self, last_id: u64) -> Result<(), StoreError> {
         if last_id >= self.durable_next_id {
-            let announced = self.store.db().and_then(|db| {
-                self.store.make_durable(&db, last_id)?;
-                self.store.mark_durable(last_id);
-                self.store
-                    .read_since(self.durable_next_id - 1, usize::MAX, |_| true)
-            });
-            match announced {
+            let db = self.store.db()?;
+            if let Err(e) = self.store.make_durable(&db, last_id) {
+                drop(db);
+                self.store.close();
+                return Err(e);
+            }
+            self.store.mark_durable(last_id);
+            match self
+                .store
+                .read_since(self.durable_next_id - 1, usize::MAX, |_| true)
+            {
                 Ok(readings) if !readings.is_empty() => {
                     let readings: Arc<[Reading]> = readings.into();
                     for l in &self.listeners {
@@ -501,6 +525,7 @@ impl Writer {
         }
         self.next_id = self.next_id.max(last_id + 1);
         self.durable_next_id = self.next_id;
+        Ok(())
     }
 
     /// Makes the given commits durable, then releases their outcomes and
