@@ -17,6 +17,8 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use crate::shutdown::Shutdown;
+
 use super::hub::{Hub, Subscriber};
 use super::queue::SubscriberQueue;
 use super::wire::{decode_op, readings_frame, Encoding, ErrorCode, Frame, Item, Notice, Op};
@@ -77,7 +79,7 @@ struct Session {
     allowed: Option<Vec<TopicFilter>>,
     filters: Vec<TopicFilter>,
     seams: Vec<Seam>,
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
     overflowed: CancellationToken,
 }
 
@@ -88,7 +90,7 @@ pub async fn run(
     hub: Arc<Hub>,
     store: Arc<Store>,
     config: Arc<Config>,
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
     params: Params,
 ) {
     let sub = hub.subscriber();

@@ -3,7 +3,9 @@
 //! ([`crate::ingest`]) once the request is authenticated.
 
 mod devices;
+pub mod gate;
 mod readings;
+pub mod serve;
 mod stream;
 pub mod tls;
 

@@ -140,7 +140,7 @@ impl Conn {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
-                    self.drain_acks(server.shutdown_timeout).await;
+                    self.drain_acks(shutdown.drain_deadline()).await;
                     return End::Shutdown;
                 }
                 _ = replaced.cancelled() => return End::Replaced,
@@ -344,10 +344,9 @@ impl Conn {
         Ok(())
     }
 
-    /// On shutdown: answers what the writer still decides within `grace`, so
+    /// On shutdown: answers what the writer still decides by `deadline`, so
     /// every batch that becomes durable is acked before the 1001.
-    async fn drain_acks(&mut self, grace: Duration) {
-        let deadline = Instant::now() + grace;
+    async fn drain_acks(&mut self, deadline: Instant) {
         while let Ok(Some((seq, outcome))) =
             tokio::time::timeout_at(deadline, self.pending.next()).await
         {
