@@ -34,8 +34,9 @@ const REPLAY_PAGE: usize = 2000;
 const FRAMES_PER_TURN: usize = 8;
 /// Filters one connection may hold, so the index stays bounded per socket.
 pub const MAX_FILTERS: usize = 256;
-/// How long a closing handshake may take to leave a stuck socket.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a closing handshake may take to leave a stuck socket (never
+/// past the shutdown drain deadline).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 mod close {
     pub const NORMAL: u16 = 1000;
@@ -81,6 +82,9 @@ struct Session {
     seams: Vec<Seam>,
     shutdown: Shutdown,
     overflowed: CancellationToken,
+    /// A send the peer does not take within this (`server.idle_timeout`)
+    /// ends the connection as idle.
+    write_timeout: Duration,
 }
 
 /// Serves the connection until it ends; every ending but a vanished peer
@@ -107,6 +111,7 @@ pub async fn run(
         seams: Vec::new(),
         shutdown,
         overflowed,
+        write_timeout: config.server.idle_timeout,
     };
     let end = s.serve(&config, params.topics, params.since).await;
     tracing::debug!(?end, "subscriber connection ended");
@@ -124,7 +129,8 @@ pub async fn run(
         code,
         reason: reason.into(),
     }));
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, s.socket.send(frame)).await;
+    let by = (Instant::now() + CLOSE_TIMEOUT).min(s.shutdown.drain_deadline());
+    let _ = tokio::time::timeout_at(by, s.socket.send(frame)).await;
 }
 
 impl Session {
@@ -433,16 +439,23 @@ impl Session {
         self.send_msg(msg).await
     }
 
-    /// Sends one message, giving up at shutdown or when the queue overflows
-    /// under `disconnect` (a peer that does not read never holds us). The
-    /// sink's send is cancel-safe per message: a frame is queued whole or
-    /// not at all.
+    /// Sends one message, giving up at shutdown, when the queue overflows
+    /// under `disconnect`, or after the write timeout (a peer that does not
+    /// read never holds us). The sink's send is cancel-safe per message: a
+    /// frame is queued whole or not at all.
     async fn send_msg(&mut self, msg: Message) -> Result<(), End> {
         tokio::select! {
             biased;
             _ = self.shutdown.cancelled() => Err(End::Shutdown),
             _ = self.overflowed.cancelled() => Err(End::Lagged),
-            r = self.socket.send(msg) => r.map_err(|_| End::Gone),
+            r = tokio::time::timeout(self.write_timeout, self.socket.send(msg)) => match r {
+                Ok(r) => r.map_err(|_| End::Gone),
+                Err(_) => {
+                    metrics::counter!("sensorgate_write_timeouts_total", "peer" => "subscriber")
+                        .increment(1);
+                    Err(End::Idle)
+                }
+            },
         }
     }
 }
