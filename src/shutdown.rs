@@ -53,9 +53,13 @@ impl Shutdown {
     }
 
     /// When the process must be done: `shutdown_timeout` after the first
-    /// caller asked (right after cancellation; the daemon's shutdown task
-    /// asks as soon as it sees the token cancelled).
+    /// caller asked once the token was cancelled (the daemon's shutdown task
+    /// asks as soon as it sees it). Before cancellation nothing is fixed and
+    /// this is just `shutdown_timeout` from now.
     pub fn deadline(&self) -> Instant {
+        if !self.token.is_cancelled() {
+            return Instant::now() + self.grace;
+        }
         *self.deadline.get_or_init(|| Instant::now() + self.grace)
     }
 
@@ -63,6 +67,17 @@ impl Shutdown {
     pub fn drain_deadline(&self) -> Instant {
         let reserve = (self.grace / PIPELINE_SHARE).min(MAX_PIPELINE_RESERVE);
         self.deadline() - reserve
+    }
+
+    /// `wait` from now, but never past the drain deadline once shutdown
+    /// has begun: for a connection's closing handshake.
+    pub fn close_by(&self, wait: Duration) -> Instant {
+        let by = Instant::now() + wait;
+        if self.token.is_cancelled() {
+            by.min(self.drain_deadline())
+        } else {
+            by
+        }
     }
 }
 
@@ -73,7 +88,10 @@ mod tests {
     #[tokio::test]
     async fn the_deadline_is_fixed_once_and_connections_finish_first() {
         let s = Shutdown::new(Duration::from_secs(4));
+        let early = s.deadline();
+        tokio::time::sleep(Duration::from_millis(5)).await;
         s.token().cancel();
+        assert!(s.deadline() > early, "nothing is fixed before cancellation");
         let d = s.deadline();
         tokio::time::sleep(Duration::from_millis(5)).await;
         assert_eq!(s.clone().deadline(), d);

@@ -35,7 +35,7 @@ const MAX_IN_FLIGHT: usize = 128;
 
 /// How long the closing frame may take to leave (never past the shutdown
 /// drain deadline); a peer that does not take it just loses the socket.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Close codes (RFC 6455 and SPEC §3).
 mod close {
@@ -91,7 +91,7 @@ pub async fn run(socket: WebSocket, device: Arc<str>, ingest: Arc<Ingest>) {
             code,
             reason: reason.into(),
         }));
-        let by = (Instant::now() + CLOSE_TIMEOUT).min(conn.ingest.shutdown.drain_deadline());
+        let by = conn.ingest.shutdown.close_by(CLOSE_TIMEOUT);
         let _ = tokio::time::timeout_at(by, conn.socket.send(frame)).await;
     }
     drop(registration);

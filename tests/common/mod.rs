@@ -364,10 +364,13 @@ pub async fn stored_matching(base: &str, topic: &str) -> Vec<Value> {
             .await
             .unwrap();
         let items = body["items"].as_array().unwrap().clone();
-        if items.is_empty() {
+        let next = body["next"].as_u64().unwrap();
+        // An empty page with `next > since`: the scan bound was hit with no
+        // match; continue from `next` (docs/protocol.md).
+        if items.is_empty() && next == since {
             return out;
         }
-        since = body["next"].as_u64().unwrap();
+        since = next;
         out.extend(items);
     }
 }
