@@ -273,3 +273,147 @@ async fn a_subscriber_that_never_reads_is_closed_while_readings_flow() {
     let (code, _) = sigterm(&mut d, Duration::from_secs(3 + 3), &log).await;
     assert_eq!(code, Some(0));
 }
+
+#[tokio::test]
+async fn stream_handshakes_are_rate_limited_per_ip_before_the_token() {
+    let d = TestDaemon::start_with(|c| c.limits.handshakes_per_ip = 5).await;
+    let (mut limited, mut unauthorized) = (0, 0);
+    for _ in 0..30 {
+        let status = reqwest::get(d.http("/v1/stream")).await.unwrap().status();
+        match status.as_u16() {
+            429 => limited += 1,
+            401 => unauthorized += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(
+        unauthorized >= 1 && limited >= 20,
+        "{limited} × 429, {unauthorized} × 401"
+    );
+}
+
+#[tokio::test]
+async fn a_seq_at_or_above_2_63_is_invalid_and_does_not_brick_the_device() {
+    let d = TestDaemon::start().await;
+    let (mut ws, _) = d.device("big").await;
+    for seq in [1u64 << 63, u64::MAX] {
+        send(&mut ws, &batch(Some(seq), "t", 1)).await;
+        let e = recv_error(&mut ws, "invalid").await;
+        assert_eq!(e["seq"].as_u64(), Some(seq), "{e}");
+    }
+    send(&mut ws, &batch(Some(1), "t", 1)).await;
+    assert_eq!(
+        recv_frame(&mut ws).await,
+        serde_json::json!({"type": "ack", "seq": 1})
+    );
+    let max = (1u64 << 63) - 1;
+    send(&mut ws, &batch(Some(max), "t", 1)).await;
+    let e = recv_error(&mut ws, "out_of_order").await;
+    assert_eq!(e["expected"], 2);
+    // A reconnect still starts from the stored seq.
+    drop(ws);
+    let (_ws, welcome) = d.device("big").await;
+    assert_eq!(welcome["last_seq"], 1);
+}
+
+#[tokio::test]
+async fn duplicate_resends_are_counted_on_their_own() {
+    let d = TestDaemon::start().await;
+    let (mut ws, _) = d.device("dup").await;
+    send(&mut ws, &batch(Some(1), "t", 1)).await;
+    assert_eq!(recv_frame(&mut ws).await["seq"], 1);
+    for _ in 0..3 {
+        send(&mut ws, &batch(Some(1), "t", 1)).await;
+        assert_eq!(recv_frame(&mut ws).await["duplicate"], true);
+    }
+    let base = d.addr().to_string();
+    assert!(metric(&base, "sensorgate_duplicate_batches_total", "").await >= 3.0);
+    assert_eq!(d.stored("#").await.len(), 1);
+}
+
+/// Opens `/v1/ingest` by hand (so the test can write frames no client
+/// library would) and reads past the HTTP response; returns the socket.
+async fn raw_ingest(d: &TestDaemon, sub: &str) -> TcpStream {
+    let mut tcp = TcpStream::connect(d.addr()).await.unwrap();
+    let req = format!(
+        "GET /v1/ingest HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Authorization: Bearer {}\r\n\r\n",
+        d.token(Role::Device, sub)
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(tcp.read_u8().await.unwrap());
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    tcp
+}
+
+/// Reads server frames until a close frame; returns its code (`None` when
+/// the socket ends without one).
+async fn raw_close_code(tcp: &mut TcpStream) -> Option<u16> {
+    loop {
+        let b0 = tcp.read_u8().await.ok()?;
+        let len = match tcp.read_u8().await.ok()? & 0x7f {
+            126 => tcp.read_u16().await.ok()? as usize,
+            127 => tcp.read_u64().await.ok()? as usize,
+            n => n as usize,
+        };
+        let mut payload = vec![0; len];
+        tcp.read_exact(&mut payload).await.ok()?;
+        if b0 & 0x0f == 0x8 {
+            return Some(u16::from_be_bytes([payload[0], payload[1]]));
+        }
+    }
+}
+
+/// A client frame: FIN per `fin`, `opcode`, masked with a zero key unless
+/// `masked` is false.
+fn client_frame(fin: bool, opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mut f = vec![(u8::from(fin) << 7) | opcode];
+    let mask_bit = if masked { 0x80 } else { 0 };
+    if payload.len() < 126 {
+        f.push(mask_bit | payload.len() as u8);
+    } else {
+        f.push(mask_bit | 126);
+        f.extend((payload.len() as u16).to_be_bytes());
+    }
+    if masked {
+        f.extend([0, 0, 0, 0]);
+    }
+    f.extend(payload);
+    f
+}
+
+#[tokio::test]
+async fn protocol_violations_close_with_1002_and_bad_utf8_with_1007() {
+    let d = TestDaemon::start().await;
+    let cases: [(&str, Vec<u8>, u16); 4] = [
+        ("unmasked", client_frame(true, 0x2, b"hi", false), 1002),
+        (
+            "ping of 200 bytes",
+            client_frame(true, 0x9, &[0; 200], true),
+            1002,
+        ),
+        (
+            "fragmented ping",
+            client_frame(false, 0x9, b"p", true),
+            1002,
+        ),
+        (
+            "text not UTF-8",
+            client_frame(true, 0x1, &[0xff, 0xfe], true),
+            1007,
+        ),
+    ];
+    for (i, (what, frame, code)) in cases.into_iter().enumerate() {
+        let mut tcp = raw_ingest(&d, &format!("v{i}")).await;
+        tcp.write_all(&frame).await.unwrap();
+        assert_eq!(raw_close_code(&mut tcp).await, Some(code), "{what}");
+    }
+}

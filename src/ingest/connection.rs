@@ -321,7 +321,12 @@ impl Conn {
     async fn answer(&mut self, seq: u64, outcome: CommitOutcome) -> Result<(), End> {
         let sent = match outcome {
             CommitOutcome::Stored { .. } => self.send(&AckFrame::new(seq, false)).await,
-            CommitOutcome::Duplicate => self.send(&AckFrame::new(seq, true)).await,
+            CommitOutcome::Duplicate => {
+                // Resends cost a writer round trip but no storage (and no
+                // rate tokens, SPEC §10); counted on their own.
+                metrics::counter!("sensorgate_duplicate_batches_total").increment(1);
+                self.send(&AckFrame::new(seq, true)).await
+            }
             CommitOutcome::OutOfOrder { expected } => {
                 // The writer knows better (e.g. an older connection of this
                 // device raced us): follow it.
