@@ -417,3 +417,62 @@ async fn protocol_violations_close_with_1002_and_bad_utf8_with_1007() {
         assert_eq!(raw_close_code(&mut tcp).await, Some(code), "{what}");
     }
 }
+
+#[tokio::test]
+async fn out_of_descriptors_accept_backs_off_and_healthz_comes_back() {
+    use std::os::unix::process::CommandExt;
+    const NOFILE: u64 = 256;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(dir.path(), port, "");
+    let log = dir.path().join("sensorgate.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let mut cmd = sensorgate_cmd();
+    cmd.args(["run", "--config"])
+        .arg(&config)
+        .stdout(out.try_clone().unwrap())
+        .stderr(out);
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: NOFILE as libc::rlim_t,
+                rlim_max: NOFILE as libc::rlim_t,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let _d = ChildDaemon {
+        child: cmd.spawn().unwrap(),
+        port,
+    };
+    let base = format!("127.0.0.1:{port}");
+    eventually("the daemon answers", || healthz(&base)).await;
+
+    // Finished keep-alive requests hold a descriptor each but no handshake
+    // place: more of them than the limit allows exhaust the descriptors.
+    let mut held = Vec::new();
+    for _ in 0..NOFILE + 100 {
+        let sock = TcpSocket::new_v4().unwrap();
+        sock.bind("127.0.0.4:0".parse().unwrap()).unwrap();
+        let mut tcp = sock.connect(base.parse().unwrap()).await.unwrap();
+        tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        held.push(tcp);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    drop(held);
+    // Descriptors free again: served again, and the failed accepts were
+    // retried with backoff, not in a tight loop.
+    eventually("/healthz answers again", || healthz(&base)).await;
+    let errors = metric(&base, "sensorgate_accept_errors_total", "").await;
+    assert!(errors >= 1.0, "accept ran out of descriptors");
+    assert!(
+        errors <= 50.0,
+        "{errors} failed accepts in ~3 s: no backoff"
+    );
+}
