@@ -169,10 +169,10 @@ async fn metrics(State(state): State<AppState>) -> Response {
 
 /// The per-IP handshake rate (SPEC §3, `limits.handshakes_per_ip`) of the
 /// WebSocket routes, checked before any token work: past it, 429 with
-/// `retry_after_ms` and `Retry-After`.
-pub fn check_handshake_rate(state: &AppState, peer: SocketAddr) -> Result<(), Response> {
+/// `retry_after_ms` and `Retry-After`. `Some` is the refusal to answer.
+pub fn handshake_rate_refusal(state: &AppState, peer: SocketAddr) -> Option<Response> {
     let Err(retry) = state.handshakes.check(peer.ip()) else {
-        return Ok(());
+        return None;
     };
     metrics::counter!("sensorgate_handshakes_rejected_total", "reason" => "rate_limited")
         .increment(1);
@@ -188,7 +188,7 @@ pub fn check_handshake_rate(state: &AppState, peer: SocketAddr) -> Result<(), Re
     if let Ok(v) = secs.parse() {
         resp.headers_mut().insert(header::RETRY_AFTER, v);
     }
-    Err(resp)
+    Some(resp)
 }
 
 /// `GET /v1/ingest`: handshake rate per IP first (before any token work),
@@ -200,7 +200,7 @@ async fn ingest(
     Query(q): Query<TokenQuery>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
-    if let Err(refused) = check_handshake_rate(&state, peer) {
+    if let Some(refused) = handshake_rate_refusal(&state, peer) {
         return refused;
     }
     let identity = match authenticate(

@@ -199,7 +199,7 @@ async fn http<I>(
 }
 
 /// The soft and hard `RLIMIT_NOFILE`.
-pub fn open_files_limit() -> std::io::Result<(u64, u64)> {
+pub fn open_files_limit() -> std::io::Result<(libc::rlim_t, libc::rlim_t)> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -208,18 +208,19 @@ pub fn open_files_limit() -> std::io::Result<(u64, u64)> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok((lim.rlim_cur as u64, lim.rlim_max as u64))
+    Ok((lim.rlim_cur, lim.rlim_max))
 }
 
 /// Raises the soft open-files limit to the hard one (every connection is a
 /// descriptor; the common soft default of 1024 is far below what a fleet
 /// needs). Returns the limits before and after.
-pub fn raise_open_files_limit() -> std::io::Result<((u64, u64), u64)> {
+#[allow(clippy::type_complexity)]
+pub fn raise_open_files_limit() -> std::io::Result<((libc::rlim_t, libc::rlim_t), libc::rlim_t)> {
     let (soft, hard) = open_files_limit()?;
     if soft < hard {
         let lim = libc::rlimit {
-            rlim_cur: hard as libc::rlim_t,
-            rlim_max: hard as libc::rlim_t,
+            rlim_cur: hard,
+            rlim_max: hard,
         };
         // SAFETY: setrlimit only reads the struct we pass.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {

@@ -10,7 +10,7 @@ use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use super::{authenticate_subscriber, check_handshake_rate, ApiError, AppState};
+use super::{authenticate_subscriber, handshake_rate_refusal, ApiError, AppState};
 use crate::fanout::session::{self, Params};
 use crate::fanout::wire::{Encoding, PROTO_JSON, PROTO_MSGPACK};
 use crate::fanout::TopicFilter;
@@ -83,7 +83,7 @@ pub async fn get(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     // The same per-IP handshake rate as `/v1/ingest`, before anything else.
-    if let Err(refused) = check_handshake_rate(&state, peer) {
+    if let Some(refused) = handshake_rate_refusal(&state, peer) {
         return refused;
     }
     let q = StreamQuery::parse(raw.as_deref().unwrap_or(""));
