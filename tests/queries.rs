@@ -6,7 +6,6 @@
 mod common;
 
 use common::*;
-use sensorgate::auth::{Authenticator, Role};
 use sensorgate::store::ScanBound;
 use serde_json::Value;
 
@@ -31,32 +30,12 @@ async fn fill(d: &TestDaemon) {
     }
 }
 
-async fn page(base: &str, topic: &str, since: u64, limit: u64) -> (Vec<Value>, u64) {
-    let token = Authenticator::new(SECRET).mint(Role::Subscriber, "q", None, None);
-    let body: Value = reqwest::Client::new()
-        .get(format!("http://{base}/v1/readings"))
-        .query(&[
-            ("topic", topic.to_string()),
-            ("since", since.to_string()),
-            ("limit", limit.to_string()),
-        ])
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let items = body["items"].as_array().unwrap().clone();
-    (items, body["next"].as_u64().unwrap())
-}
-
 /// Follows `next` until an empty page with `next == since`; returns the
 /// items and the number of requests.
 async fn walk(base: &str, topic: &str, limit: u64) -> (Vec<Value>, usize) {
     let (mut since, mut out, mut requests) = (0, Vec::new(), 0);
     loop {
-        let (items, next) = page(base, topic, since, limit).await;
+        let (items, next) = readings_page(base, topic, since, limit).await;
         requests += 1;
         assert!(next >= since, "next never goes back");
         if items.is_empty() && next == since {
@@ -73,7 +52,7 @@ async fn a_query_matching_nothing_scans_a_bounded_range_per_request() {
     let d = TestDaemon::start().await;
     fill(&d).await;
     let base = d.addr().to_string();
-    let (items, next) = page(&base, "nomatch/x", 0, 1).await;
+    let (items, next) = readings_page(&base, "nomatch/x", 0, 1).await;
     assert!(items.is_empty());
     assert!(
         next > 0 && next < STORED,
