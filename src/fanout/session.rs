@@ -9,6 +9,11 @@
 //! Every reading with `id > L` comes live (its commit was announced after
 //! the registration), every reading `<= L` was durable before the replay
 //! read: no gap, no duplicate.
+//!
+//! Bounded: every send gives way to shutdown and, with `disconnect`, to an
+//! overflow, and fails after `server.idle_timeout` (a peer that reads
+//! nothing is dropped as idle); the replay reads the store in steps of at
+//! most [`ScanBound::REQUEST`], looking at the socket between steps.
 
 use std::sync::Arc;
 use std::time::Duration;
