@@ -291,3 +291,39 @@ impl Stages {
         close_store(self.store, deadline).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SPEC §8 "whatever any peer does": a writer stuck in sled and a
+    /// connection that never ends are abandoned at the one deadline.
+    #[tokio::test]
+    async fn stuck_stages_are_abandoned_at_the_shutdown_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (release, stuck) = std::sync::mpsc::channel::<()>();
+        let held = store.clone();
+        let writer_thread = std::thread::spawn(move || {
+            let _ = stuck.recv();
+            drop(held);
+        });
+        let grace = Duration::from_millis(500);
+        let shutdown = Shutdown::new(grace);
+        let stages = Stages {
+            shutdown: shutdown.clone(),
+            edge: TaskTracker::new(),
+            pipeline: TaskTracker::new(),
+            writer_thread,
+            bridge: None,
+            store,
+        };
+        stages.edge.spawn(std::future::pending::<()>());
+        stages.pipeline.spawn(std::future::pending::<()>());
+        shutdown.token().cancel();
+        tokio::time::timeout(grace + Duration::from_secs(5), stages.drain())
+            .await
+            .expect("drain returns by the deadline although nothing finished");
+        drop(release);
+    }
+}

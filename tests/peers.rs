@@ -117,6 +117,8 @@ async fn healthz(base: &str) -> bool {
 #[tokio::test]
 async fn half_sent_requests_neither_starve_others_nor_hold_sigterm() {
     let dir = tempfile::tempdir().unwrap();
+    // This process holds 2,000 sockets too.
+    sensorgate::http::serve::raise_open_files_limit().unwrap();
     let (mut d, log) = start(dir.path(), "shutdown_timeout = \"3s\"").await;
     let base = d.base();
     let mut held = Vec::new();
