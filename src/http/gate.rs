@@ -97,6 +97,7 @@ impl Gate {
         }
         *n += 1;
         *total += 1;
+        metrics::gauge!("sensorgate_pending_handshakes").set(*total as f64);
         Ok(Pending {
             gate: self.inner.clone(),
             ip,
