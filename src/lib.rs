@@ -5,7 +5,9 @@
 //! [`Daemon::start`] is the one entry point, used alike by `main` and by the
 //! tests (on port 0). Shutdown has one path: cancel the daemon's token; the
 //! edge (listener, connections) stops first and the pipeline behind it drains
-//! as its inputs close.
+//! as its inputs close, every stage against one deadline ([`shutdown`]).
+//! Every task is spawned on one of two trackers: `edge` (connections) and
+//! `pipeline` (retention, limiter pruning, the MQTT bridge).
 
 pub mod auth;
 pub mod bridge;
@@ -14,6 +16,7 @@ pub mod fanout;
 pub mod http;
 pub mod ingest;
 pub mod protocol;
+pub mod shutdown;
 pub mod store;
 pub mod telemetry;
 pub mod time;
@@ -24,12 +27,14 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::ingest::{DeviceLimiter, HandshakeLimiter, Ingest, Registry};
+use crate::shutdown::Shutdown;
 use crate::store::{OpenOptions, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -57,11 +62,9 @@ pub enum StartError {
 /// its lock: a restart in the same process (tests) or a new process can open
 /// it at once. axum drops a finished connection's service (which holds the
 /// store) just after it reports the connection closed, hence the wait.
-async fn close_store(store: Arc<Store>) {
-    for _ in 0..200 {
-        if Arc::strong_count(&store) == 1 {
-            break;
-        }
+async fn close_store(store: Arc<Store>, deadline: Instant) {
+    let waited = deadline.min(Instant::now() + Duration::from_secs(1));
+    while Arc::strong_count(&store) > 1 && Instant::now() < waited {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     if Arc::strong_count(&store) > 1 {
@@ -69,13 +72,16 @@ async fn close_store(store: Arc<Store>) {
             "store still referenced at shutdown; it closes when the last reference goes"
         );
     }
-    let _ = tokio::task::spawn_blocking(move || drop(store)).await;
+    let closed = tokio::task::spawn_blocking(move || drop(store));
+    if tokio::time::timeout_at(deadline, closed).await.is_err() {
+        tracing::error!("closing the store did not finish by the shutdown deadline; abandoned");
+    }
 }
 
 /// A running daemon.
 pub struct Daemon {
     local_addr: SocketAddr,
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
     done: JoinHandle<()>,
 }
 
@@ -92,7 +98,7 @@ impl Daemon {
         // TLS files are checked first: a bad path should fail fast, before the
         // store is opened or the port taken.
         let tls = match (&config.server.tls_cert, &config.server.tls_key) {
-            (Some(cert), Some(key)) => Some(http::tls::server_config(cert, key)?),
+            (Some(cert), Some(key)) => Some(http::tls::acceptor(cert, key)?),
             _ => None,
         };
         let path = config.storage.path.clone();
@@ -119,7 +125,10 @@ impl Daemon {
         // The MQTT bridge (off unless `mqtt.url`): the writer wakes it after
         // each commit; it drains after the writer at shutdown. With
         // `mqtt.relay` it hands other instances' readings to the hub.
-        let bridge = bridge::Bridge::start(&config.mqtt, store.clone(), hub.clone()).await?;
+        let shutdown = Shutdown::new(config.server.shutdown_timeout);
+        let (edge, pipeline) = (TaskTracker::new(), TaskTracker::new());
+        let bridge =
+            bridge::Bridge::start(&config.mqtt, store.clone(), hub.clone(), &pipeline).await?;
         let mut listeners: Vec<Arc<dyn store::CommitListener>> = Vec::new();
         listeners.extend(bridge.as_ref().map(|b| b.listener()));
         let (seed_hub, seed_store) = (hub.clone(), store.clone());
@@ -130,8 +139,6 @@ impl Daemon {
         }
         listeners.push(hub.clone());
 
-        let shutdown = CancellationToken::new();
-        let tracker = TaskTracker::new();
         let (writer, writer_thread) = store::writer::spawn(
             store.clone(),
             &config.storage,
@@ -148,7 +155,7 @@ impl Daemon {
             limiter: limiter.clone(),
             writer,
             shutdown: shutdown.clone(),
-            tracker: tracker.clone(),
+            tracker: edge.clone(),
         });
         let state = http::AppState {
             config: config.clone(),
@@ -161,69 +168,36 @@ impl Daemon {
             hub,
         };
 
-        tracker.spawn(store::retention::run(
+        pipeline.spawn(store::retention::run(
             store.clone(),
             config.storage.retention,
             config.storage.max_bytes,
-            shutdown.clone(),
+            shutdown.token().clone(),
         ));
-        tracker.spawn(ingest::limits::prune_forever(
+        pipeline.spawn(ingest::limits::prune_forever(
             limiter,
             handshakes,
-            shutdown.clone(),
+            shutdown.token().clone(),
         ));
 
-        let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
-        let grace = config.server.shutdown_timeout;
-        let stop = shutdown.clone();
-        let store_for_close = store.clone();
+        let server = http::serve::Server {
+            router: http::router(state),
+            tls,
+            gate: http::gate::Gate::new(http::serve::PENDING_PER_IP, http::serve::pending_total()),
+            shutdown: shutdown.clone(),
+            tracker: edge.clone(),
+        };
+        let stages = Stages {
+            shutdown: shutdown.clone(),
+            edge,
+            pipeline,
+            writer_thread,
+            bridge,
+            store,
+        };
         let done = tokio::spawn(async move {
-            let served = match tls {
-                None => {
-                    use axum::serve::ListenerExt;
-                    // Acks and subscriber frames are small writes that must
-                    // leave at once: with Nagle on, a frame written while the
-                    // previous one is unacknowledged waits for the peer's
-                    // delayed ACK (~40 ms on Linux).
-                    let listener = listener.tap_io(|tcp| {
-                        let _ = tcp.set_nodelay(true);
-                    });
-                    axum::serve(listener, app)
-                        .with_graceful_shutdown(stop.clone().cancelled_owned())
-                        .await
-                }
-                Some(tls) => {
-                    use axum::serve::ListenerExt;
-                    // `tap_io` only makes axum's connect-info see the peer
-                    // address of a custom listener.
-                    let listener =
-                        http::tls::TlsListener::new(listener, tls, stop.clone()).tap_io(|_| {});
-                    axum::serve(listener, app)
-                        .with_graceful_shutdown(stop.clone().cancelled_owned())
-                        .await
-                }
-            };
-            if let Err(e) = served {
-                tracing::error!(error = %e, "listener failed");
-            }
-            // The listener is closed; connections are closing with 1001 and
-            // acking what becomes durable. Wait for them, then for the writer,
-            // which ends once the last connection drops its queue handle.
-            tracker.close();
-            if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-                tracing::warn!(?grace, "connections still open at server.shutdown_timeout");
-            }
-            let flushed = tokio::task::spawn_blocking(move || writer_thread.join());
-            match tokio::time::timeout(grace.max(Duration::from_secs(1)), flushed).await {
-                Ok(Ok(Ok(()))) => tracing::info!("store flushed; shut down cleanly"),
-                Ok(_) => tracing::error!("writer thread failed during shutdown"),
-                Err(_) => tracing::error!("writer did not finish within server.shutdown_timeout"),
-            }
-            // Hand the outbox to the broker if it is up, then disconnect.
-            if let Some(bridge) = bridge {
-                bridge.finish(grace).await;
-            }
-            close_store(store_for_close).await;
+            http::serve::accept_loop(listener, server).await;
+            stages.drain().await;
         });
         tracing::info!(addr = %local_addr, "sensorgate listening");
         Ok(Daemon {
@@ -239,17 +213,122 @@ impl Daemon {
 
     /// The token that stops the daemon when cancelled.
     pub fn shutdown_token(&self) -> CancellationToken {
-        self.shutdown.clone()
+        self.shutdown.token().clone()
     }
 
-    /// Stops the daemon (SPEC §8) and waits until it has drained.
+    /// Stops the daemon (SPEC §8) and waits until it has drained, which is
+    /// by `server.shutdown_timeout` from now whatever any peer does.
     pub async fn shutdown(self) {
-        self.shutdown.cancel();
+        self.shutdown.token().cancel();
+        self.shutdown.deadline();
         let _ = self.done.await;
+    }
+
+    /// The shutdown deadline (fixed when shutdown begins).
+    pub fn deadline(&self) -> Instant {
+        self.shutdown.deadline()
     }
 
     /// Waits until the daemon stops (after its token is cancelled).
     pub async fn wait(self) {
         let _ = self.done.await;
+    }
+}
+
+/// What runs behind the listener, stopped in order at shutdown.
+struct Stages {
+    shutdown: Shutdown,
+    edge: TaskTracker,
+    pipeline: TaskTracker,
+    writer_thread: std::thread::JoinHandle<()>,
+    bridge: Option<bridge::Bridge>,
+    store: Arc<Store>,
+}
+
+impl Stages {
+    /// After the listener closed: connections close with 1001 and ack what
+    /// becomes durable until the drain deadline; then the writer (it ends
+    /// once the last connection drops its queue handle), the bridge and the
+    /// store, all by the one deadline. What is still running then is
+    /// abandoned and logged; acked readings are already durable.
+    async fn drain(self) {
+        let deadline = self.shutdown.deadline();
+        self.edge.close();
+        let drain_by = self.shutdown.drain_deadline();
+        if tokio::time::timeout_at(drain_by, self.edge.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = self.edge.len(),
+                "connections still open at the drain deadline; abandoned"
+            );
+        }
+        let writer_thread = self.writer_thread;
+        let flushed = tokio::task::spawn_blocking(move || writer_thread.join());
+        match tokio::time::timeout_at(deadline, flushed).await {
+            Ok(Ok(Ok(()))) => tracing::info!("store flushed; shut down cleanly"),
+            Ok(_) => tracing::error!("writer thread failed during shutdown"),
+            Err(_) => tracing::error!(
+                "writer did not finish by the shutdown deadline; abandoned (acked readings are durable)"
+            ),
+        }
+        // Hand the outbox to the broker if it is up, then disconnect.
+        if let Some(bridge) = self.bridge {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if tokio::time::timeout_at(deadline, bridge.finish(left))
+                .await
+                .is_err()
+            {
+                tracing::error!("mqtt bridge did not stop by the shutdown deadline; abandoned");
+            }
+        }
+        self.pipeline.close();
+        if tokio::time::timeout_at(deadline, self.pipeline.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = self.pipeline.len(),
+                "background tasks abandoned at shutdown"
+            );
+        }
+        close_store(self.store, deadline).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SPEC §8 "whatever any peer does": a writer stuck in sled and a
+    /// connection that never ends are abandoned at the one deadline.
+    #[tokio::test]
+    async fn stuck_stages_are_abandoned_at_the_shutdown_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (release, stuck) = std::sync::mpsc::channel::<()>();
+        let held = store.clone();
+        let writer_thread = std::thread::spawn(move || {
+            let _ = stuck.recv();
+            drop(held);
+        });
+        let grace = Duration::from_millis(500);
+        let shutdown = Shutdown::new(grace);
+        let stages = Stages {
+            shutdown: shutdown.clone(),
+            edge: TaskTracker::new(),
+            pipeline: TaskTracker::new(),
+            writer_thread,
+            bridge: None,
+            store,
+        };
+        stages.edge.spawn(std::future::pending::<()>());
+        stages.pipeline.spawn(std::future::pending::<()>());
+        shutdown.token().cancel();
+        tokio::time::timeout(grace + Duration::from_secs(5), stages.drain())
+            .await
+            .expect("drain returns by the deadline although nothing finished");
+        drop(release);
     }
 }

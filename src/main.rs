@@ -130,8 +130,17 @@ fn check_store(config: &Config) -> ExitCode {
 /// so that a supervisor (or an operator's script) can tell "needs a human".
 const EXIT_STORE_REFUSED: u8 = 3;
 
+/// How long the runtime may take, once the daemon has drained (or was
+/// abandoned at its deadline), to stop its tasks before the process exits
+/// regardless.
+const RUNTIME_EXIT: std::time::Duration = std::time::Duration::from_millis(100);
+/// Past the shutdown deadline, how long `main` waits for the daemon's own
+/// drain to return before giving up on it.
+const DRAIN_SLACK: std::time::Duration = std::time::Duration::from_millis(200);
+
 fn run(config: Config, open: sensorgate::store::OpenOptions) -> ExitCode {
     sensorgate::telemetry::init_logging(&config.log);
+    raise_open_files_limit();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -139,7 +148,7 @@ fn run(config: Config, open: sensorgate::store::OpenOptions) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         let daemon = match sensorgate::Daemon::start_with(Arc::new(config), open).await {
             Ok(d) => d,
             Err(e) => {
@@ -157,9 +166,32 @@ fn run(config: Config, open: sensorgate::store::OpenOptions) -> ExitCode {
         wait_for_signal().await;
         tracing::info!("shutting down");
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-        daemon.shutdown().await;
+        let token = daemon.shutdown_token();
+        token.cancel();
+        let deadline = daemon.deadline();
+        if tokio::time::timeout_at(deadline + DRAIN_SLACK, daemon.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::error!("shutdown did not finish by server.shutdown_timeout; exiting anyway");
+        }
         ExitCode::SUCCESS
-    })
+    });
+    // Dropping the runtime would wait for every blocking task (a writer
+    // join or a store read stuck in sled, say); they are abandoned instead.
+    runtime.shutdown_timeout(RUNTIME_EXIT);
+    code
+}
+
+/// Every connection is a descriptor: raise the soft open-files limit to
+/// the hard one, and say what it is.
+fn raise_open_files_limit() {
+    match sensorgate::http::serve::raise_open_files_limit() {
+        Ok(((soft, hard), now)) => {
+            tracing::info!(before = soft, hard, now, "open-files limit (RLIMIT_NOFILE)")
+        }
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-files limit"),
+    }
 }
 
 async fn wait_for_signal() {

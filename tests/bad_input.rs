@@ -317,11 +317,12 @@ async fn invalid_deeply_nested_values() {
     let s = p.next_seq;
     let frame = p.with_value(|b| nested_arrays(b, 2));
     p.rejects(frame, "invalid", Some(s)).await;
-    // Past the decoder's depth limit the frame is refused as a whole, before
-    // its seq could be read.
+    // Past the decoder's depth limit the frame is refused as a whole; the
+    // seq before the bad value is still read and named (SPEC §3).
     for depth in [100, 50_000] {
+        let s = p.next_seq;
         let frame = p.with_value(|b| nested_arrays(b, depth));
-        let e = p.rejects(frame, "invalid", None).await;
+        let e = p.rejects(frame, "invalid", Some(s)).await;
         assert!(e["detail"].as_str().unwrap().contains("depth"), "{e}");
     }
     // Deep junk under an unknown key cannot be ignored into a deep recursion.

@@ -40,6 +40,7 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::{MqttConfig, Payload};
 use crate::fanout::Hub;
@@ -157,10 +158,12 @@ impl Bridge {
     /// Starts the bridge when `mqtt.url` is set; `None` when it is off.
     /// Must run inside the tokio runtime.
     /// With `mqtt.relay`, readings other instances publish go to `hub`.
+    /// Its tasks are spawned on `tracker`.
     pub async fn start(
         cfg: &MqttConfig,
         store: Arc<Store>,
         hub: Arc<Hub>,
+        tracker: &TaskTracker,
     ) -> Result<Option<Bridge>, BridgeError> {
         let Some(broker) = cfg.broker() else {
             return Ok(None);
@@ -198,7 +201,7 @@ impl Bridge {
             QoS::AtLeastOnce
         };
         let relay = cfg.relay.then(|| relay_handler(cfg, hub));
-        let conn = tokio::spawn(connection::run(
+        let conn = tracker.spawn(connection::run(
             eventloop,
             client.clone(),
             gate.clone(),
@@ -229,7 +232,7 @@ impl Bridge {
             persisted: cursor,
             last_persist: Instant::now(),
         };
-        let runner = tokio::spawn(runner.run(events_rx, drain_rx, conn, conn_stop));
+        let runner = tracker.spawn(runner.run(events_rx, drain_rx, conn, conn_stop));
         tracing::info!(
             url = cfg.url.as_deref().unwrap_or(""),
             cursor,

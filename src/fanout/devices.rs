@@ -6,6 +6,12 @@
 //! ([`DeviceBook::seed`]). Bounded: at most [`MAX_DEVICES`] devices (the
 //! least recently seen is forgotten past that) and [`MAX_SENSORS`] sensor
 //! names per device.
+//!
+//! Every operation per reading is O(log n) in the number of devices: an
+//! ordered index by last-seen time finds the device to forget without a
+//! scan, so a fleet past the cap (reporting round-robin, each new report
+//! evicting the oldest) costs the writer thread the same per reading as a
+//! small one (BENCHMARKS.md, `cargo bench --bench devices`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -19,7 +25,15 @@ pub const MAX_SENSORS: usize = 256;
 
 #[derive(Default)]
 pub struct DeviceBook {
-    devices: Mutex<HashMap<Arc<str>, Seen>>,
+    inner: Mutex<Book>,
+}
+
+#[derive(Default)]
+struct Book {
+    devices: HashMap<Arc<str>, Seen>,
+    /// `(last_seen, device)` of every entry of `devices`: the first is the
+    /// one to forget.
+    by_last_seen: BTreeSet<(i64, Arc<str>)>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -41,22 +55,19 @@ pub struct DeviceInfo {
 impl DeviceBook {
     /// Records a commit's readings.
     pub fn observe(&self, readings: &[Reading]) {
-        let mut devices = self.devices.lock().expect("device book lock");
+        let mut book = self.inner.lock().expect("device book lock");
         for r in readings {
-            let seen = match devices.get_mut(&*r.device) {
-                Some(s) => s,
-                None => {
-                    if devices.len() >= MAX_DEVICES {
-                        evict_oldest(&mut devices);
-                    }
-                    devices.entry(r.device.clone()).or_default()
-                }
-            };
-            seen.last_seen = seen.last_seen.max(r.received);
-            if seen.sensors.len() < MAX_SENSORS && !seen.sensors.contains(&r.sensor) {
-                seen.sensors.insert(r.sensor.clone());
-            }
+            book.observe(r);
         }
+    }
+
+    /// Devices known now (at most [`MAX_DEVICES`]).
+    pub fn len(&self) -> usize {
+        self.inner.lock().expect("device book lock").devices.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Seeds from stored readings (start-up): same as observing them.
@@ -66,7 +77,8 @@ impl DeviceBook {
 
     /// Every known device plus every connected one, sorted by id.
     pub fn list(&self, connected: &[Arc<str>]) -> Vec<DeviceInfo> {
-        let devices = self.devices.lock().expect("device book lock");
+        let book = self.inner.lock().expect("device book lock");
+        let devices = &book.devices;
         let live: std::collections::HashSet<&str> = connected.iter().map(|d| &**d).collect();
         let mut out: Vec<DeviceInfo> = devices
             .iter()
@@ -92,12 +104,88 @@ impl DeviceBook {
     }
 }
 
-fn evict_oldest(devices: &mut HashMap<Arc<str>, Seen>) {
-    if let Some(oldest) = devices
-        .iter()
-        .min_by_key(|(_, s)| s.last_seen)
-        .map(|(d, _)| d.clone())
-    {
-        devices.remove(&oldest);
+impl Book {
+    fn observe(&mut self, r: &Reading) {
+        if !self.devices.contains_key(&*r.device) {
+            if self.devices.len() >= MAX_DEVICES {
+                self.evict_oldest();
+            }
+            let seen = Seen {
+                last_seen: r.received,
+                sensors: BTreeSet::new(),
+            };
+            self.by_last_seen.insert((r.received, r.device.clone()));
+            self.devices.insert(r.device.clone(), seen);
+        }
+        let seen = self.devices.get_mut(&*r.device).expect("inserted above");
+        if r.received > seen.last_seen {
+            // Re-key the index entry: O(log n).
+            self.by_last_seen
+                .remove(&(seen.last_seen, r.device.clone()));
+            self.by_last_seen.insert((r.received, r.device.clone()));
+            seen.last_seen = r.received;
+        }
+        if seen.sensors.len() < MAX_SENSORS && !seen.sensors.contains(&r.sensor) {
+            seen.sensors.insert(r.sensor.clone());
+        }
+    }
+
+    /// Forgets the least recently seen device (ties: the smallest id).
+    fn evict_oldest(&mut self) {
+        if let Some((_, device)) = self.by_last_seen.pop_first() {
+            self.devices.remove(&device);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Value;
+
+    fn reading(device: &str, received: i64) -> Reading {
+        Reading {
+            id: 0,
+            device: Arc::from(device),
+            sensor: "t".into(),
+            ts: 0,
+            value: Value::Float(1.0),
+            unit: None,
+            received,
+        }
+    }
+
+    #[test]
+    fn past_the_cap_the_least_recently_seen_are_forgotten() {
+        let book = DeviceBook::default();
+        let n = MAX_DEVICES + 50_000;
+        // Device i reports at time i; device 0 reports again at the end of
+        // the first round, so it is the newest of the old ones.
+        for i in 0..MAX_DEVICES {
+            book.observe(&[reading(&format!("d{i}"), i as i64)]);
+        }
+        book.observe(&[reading("d0", n as i64 * 2)]);
+        for i in MAX_DEVICES..n {
+            book.observe(&[reading(&format!("d{i}"), i as i64)]);
+        }
+        assert_eq!(book.len(), MAX_DEVICES);
+        let list = book.list(&[]);
+        let ids: std::collections::HashSet<_> = list.iter().map(|d| d.device.as_str()).collect();
+        assert!(ids.contains("d0"), "re-reported device kept");
+        assert!(!ids.contains("d1"), "oldest forgotten");
+        // Forgotten: d1 ..= d50_000 (50,000 new, d0 survived).
+        assert!(!ids.contains("d50000") && ids.contains("d50001"));
+        assert!(ids.contains(format!("d{}", n - 1).as_str()));
+        let book = book.inner.lock().unwrap();
+        assert_eq!(book.by_last_seen.len(), book.devices.len());
+        assert_eq!(book.by_last_seen.last().unwrap().1.as_ref(), "d0");
+    }
+
+    #[test]
+    fn an_older_reading_does_not_move_last_seen_back() {
+        let book = DeviceBook::default();
+        book.observe(&[reading("a", 10), reading("a", 5)]);
+        assert_eq!(book.list(&[])[0].last_seen, Some(10));
+        assert_eq!(book.inner.lock().unwrap().by_last_seen.len(), 1);
     }
 }

@@ -9,30 +9,43 @@
 //! Every reading with `id > L` comes live (its commit was announced after
 //! the registration), every reading `<= L` was durable before the replay
 //! read: no gap, no duplicate.
+//!
+//! Bounded: every send gives way to shutdown and, with `disconnect`, to an
+//! overflow, and fails after `server.idle_timeout` (a peer that reads
+//! nothing is dropped as idle); the replay reads the store in steps of at
+//! most [`ScanBound::REQUEST`], looking at the socket between steps.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::FutureExt;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
+
+use crate::shutdown::Shutdown;
 
 use super::hub::{Hub, Subscriber};
 use super::queue::SubscriberQueue;
 use super::wire::{decode_op, readings_frame, Encoding, ErrorCode, Frame, Item, Notice, Op};
 use super::TopicFilter;
 use crate::config::Config;
-use crate::store::Store;
+use crate::store::{ScanBound, Store};
 
 /// Readings per `readings` frame (live and replay).
 pub const FRAME_ITEMS: usize = 500;
-/// Readings read from the store per replay page.
+/// Readings read from the store per replay page (each page also stops at
+/// [`ScanBound::REQUEST`]).
 const REPLAY_PAGE: usize = 2000;
+/// Ops a client may send during a replay before we stop looking at the
+/// socket until the replay is done.
+const MAX_DEFERRED: usize = 16;
 /// Frames sent per wake-up before the loop looks at the socket again.
 const FRAMES_PER_TURN: usize = 8;
 /// Filters one connection may hold, so the index stays bounded per socket.
 pub const MAX_FILTERS: usize = 256;
-/// How long a closing handshake may take to leave a stuck socket.
+/// How long a closing handshake may take to leave a stuck socket (never
+/// past the shutdown drain deadline).
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 mod close {
@@ -77,8 +90,13 @@ struct Session {
     allowed: Option<Vec<TopicFilter>>,
     filters: Vec<TopicFilter>,
     seams: Vec<Seam>,
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
     overflowed: CancellationToken,
+    /// Ops received during a replay, answered after it.
+    deferred: std::collections::VecDeque<Message>,
+    /// A send the peer does not take within this (`server.idle_timeout`)
+    /// ends the connection as idle.
+    write_timeout: Duration,
 }
 
 /// Serves the connection until it ends; every ending but a vanished peer
@@ -88,7 +106,7 @@ pub async fn run(
     hub: Arc<Hub>,
     store: Arc<Store>,
     config: Arc<Config>,
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
     params: Params,
 ) {
     let sub = hub.subscriber();
@@ -105,6 +123,8 @@ pub async fn run(
         seams: Vec::new(),
         shutdown,
         overflowed,
+        write_timeout: config.server.idle_timeout,
+        deferred: Default::default(),
     };
     let end = s.serve(&config, params.topics, params.since).await;
     tracing::debug!(?end, "subscriber connection ended");
@@ -122,7 +142,8 @@ pub async fn run(
         code,
         reason: reason.into(),
     }));
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, s.socket.send(frame)).await;
+    let by = s.shutdown.close_by(CLOSE_TIMEOUT);
+    let _ = tokio::time::timeout_at(by, s.socket.send(frame)).await;
 }
 
 impl Session {
@@ -147,7 +168,7 @@ impl Session {
                     last_activity = Instant::now();
                     match msg {
                         None | Some(Err(_)) => Err(End::Gone),
-                        Some(Ok(msg)) => self.on_message(msg).await,
+                        Some(Ok(msg)) => self.on_message_and_deferred(msg).await,
                     }
                 }
                 _ = queue.notified() => self.flush_queue(false).await,
@@ -184,6 +205,15 @@ impl Session {
             return Ok(());
         }
         self.subscribe(topics, since).await
+    }
+
+    /// Answers `msg`, then any op that arrived while it was being answered.
+    async fn on_message_and_deferred(&mut self, msg: Message) -> Result<(), End> {
+        self.on_message(msg).await?;
+        while let Some(msg) = self.deferred.pop_front() {
+            self.on_message(msg).await?;
+        }
+        Ok(())
     }
 
     async fn on_message(&mut self, msg: Message) -> Result<(), End> {
@@ -291,28 +321,47 @@ impl Session {
             let (store, f, p) = (self.store.clone(), filters.clone(), prior.clone());
             let page = self
                 .blocking(move || {
-                    store.read_since(cursor, REPLAY_PAGE, |r| {
+                    store.read_page(cursor, REPLAY_PAGE, ScanBound::REQUEST, &|| false, |r| {
                         r.id <= upto
                             && f.iter().any(|x| x.matches(&r.device, &r.sensor))
                             && !p.iter().any(|x| x.matches(&r.device, &r.sensor))
                     })
                 })
                 .await?;
-            let full = page.len() == REPLAY_PAGE;
-            let Some(last) = page.last() else { break };
-            cursor = last.id;
+            cursor = page.scanned_to;
             let items: Vec<Arc<Item>> = page
+                .items
                 .into_iter()
                 .map(|r| Arc::new(Item::new(r, None)))
                 .collect();
             for chunk in items.chunks(FRAME_ITEMS) {
                 self.send(readings_frame(self.enc, chunk)).await?;
             }
-            if !full {
+            if page.reached_end {
                 break;
             }
+            // Each step is bounded; between steps, stop if the peer left
+            // (a replay that matches nothing sends nothing to notice it by).
+            self.check_peer()?;
         }
         Ok(())
+    }
+
+    /// Looks at the socket without waiting: a close or a broken socket ends
+    /// the session; an op that arrived meanwhile is kept (at most
+    /// [`MAX_DEFERRED`]) and answered after the current one.
+    fn check_peer(&mut self) -> Result<(), End> {
+        if self.deferred.len() >= MAX_DEFERRED {
+            return Ok(());
+        }
+        match self.socket.recv().now_or_never() {
+            None => Ok(()),
+            Some(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => Err(End::Gone),
+            Some(Some(Ok(msg))) => {
+                self.deferred.push_back(msg);
+                Ok(())
+            }
+        }
     }
 
     async fn unsubscribe(&mut self, topics: Vec<String>) -> Result<(), End> {
@@ -431,16 +480,23 @@ impl Session {
         self.send_msg(msg).await
     }
 
-    /// Sends one message, giving up at shutdown or when the queue overflows
-    /// under `disconnect` (a peer that does not read never holds us). The
-    /// sink's send is cancel-safe per message: a frame is queued whole or
-    /// not at all.
+    /// Sends one message, giving up at shutdown, when the queue overflows
+    /// under `disconnect`, or after the write timeout (a peer that does not
+    /// read never holds us). The sink's send is cancel-safe per message: a
+    /// frame is queued whole or not at all.
     async fn send_msg(&mut self, msg: Message) -> Result<(), End> {
         tokio::select! {
             biased;
             _ = self.shutdown.cancelled() => Err(End::Shutdown),
             _ = self.overflowed.cancelled() => Err(End::Lagged),
-            r = self.socket.send(msg) => r.map_err(|_| End::Gone),
+            r = tokio::time::timeout(self.write_timeout, self.socket.send(msg)) => match r {
+                Ok(r) => r.map_err(|_| End::Gone),
+                Err(_) => {
+                    metrics::counter!("sensorgate_write_timeouts_total", "peer" => "subscriber")
+                        .increment(1);
+                    Err(End::Idle)
+                }
+            },
         }
     }
 }

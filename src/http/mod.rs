@@ -4,7 +4,9 @@
 
 mod dashboard;
 mod devices;
+pub mod gate;
 mod readings;
+pub mod serve;
 mod stream;
 pub mod tls;
 
@@ -179,6 +181,30 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+/// The per-IP handshake rate (SPEC §3, `limits.handshakes_per_ip`) of the
+/// WebSocket routes, checked before any token work: past it, 429 with
+/// `retry_after_ms` and `Retry-After`. `Some` is the refusal to answer.
+pub fn handshake_rate_refusal(state: &AppState, peer: SocketAddr) -> Option<Response> {
+    let Err(retry) = state.handshakes.check(peer.ip()) else {
+        return None;
+    };
+    metrics::counter!("sensorgate_handshakes_rejected_total", "reason" => "rate_limited")
+        .increment(1);
+    let mut resp = (
+        StatusCode::TOO_MANY_REQUESTS,
+        Json(
+            json!({"error": "rate_limited", "detail": "too many handshakes from this address",
+                    "retry_after_ms": retry.as_millis_ceil()}),
+        ),
+    )
+        .into_response();
+    let secs = retry.as_millis_ceil().div_ceil(1000).to_string();
+    if let Ok(v) = secs.parse() {
+        resp.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    Some(resp)
+}
+
 /// `GET /v1/ingest`: handshake rate per IP first (before any token work),
 /// then the device token, then the upgrade.
 async fn ingest(
@@ -188,22 +214,8 @@ async fn ingest(
     Query(q): Query<TokenQuery>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
-    if let Err(retry) = state.handshakes.check(peer.ip()) {
-        metrics::counter!("sensorgate_handshakes_rejected_total", "reason" => "rate_limited")
-            .increment(1);
-        let mut resp = (
-            StatusCode::TOO_MANY_REQUESTS,
-            Json(
-                json!({"error": "rate_limited", "detail": "too many handshakes from this address",
-                        "retry_after_ms": retry.as_millis_ceil()}),
-            ),
-        )
-            .into_response();
-        let secs = retry.as_millis_ceil().div_ceil(1000).to_string();
-        if let Ok(v) = secs.parse() {
-            resp.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        return resp;
+    if let Some(refused) = handshake_rate_refusal(&state, peer) {
+        return refused;
     }
     let identity = match authenticate(
         &state.auth,

@@ -1,5 +1,12 @@
 //! `GET /v1/readings?topic=F&since=ID&limit=N` (SPEC §5, §10): stored
 //! readings as JSON pages.
+//!
+//! One request does bounded work whatever its filter matches: the store
+//! scan touches at most [`ScanBound::REQUEST`] and stops when the client
+//! goes away (hyper drops this handler's future, which flags the scan).
+//! A page the bound cut short with no match carries `next` = the last id
+//! examined, so the client continues past the scanned range (see
+//! docs/protocol.md).
 
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
@@ -8,8 +15,12 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use super::{authenticate_subscriber, ApiError, AppState};
 use crate::fanout::TopicFilter;
+use crate::store::{Page, ScanBound};
 
 const DEFAULT_LIMIT: usize = 1000;
 const MAX_LIMIT: usize = 10_000;
@@ -56,14 +67,45 @@ async fn page(state: AppState, headers: HeaderMap, q: ReadingsQuery) -> Result<R
         return Err(ApiError::invalid(format!("limit: must be 1..={MAX_LIMIT}")));
     }
     let store = state.store.clone();
-    let items = tokio::task::spawn_blocking(move || {
-        store.read_since(since, limit, |r| filter.matches(&r.device, &r.sensor))
+    let gone = CancelOnDrop(Arc::new(AtomicBool::new(false)));
+    let flag = gone.0.clone();
+    let page = tokio::task::spawn_blocking(move || {
+        store.read_page(
+            since,
+            limit,
+            ScanBound::REQUEST,
+            &|| flag.load(Ordering::Relaxed),
+            |r| filter.matches(&r.device, &r.sensor),
+        )
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))?
     .map_err(|e| ApiError::internal(e.to_string()))?;
-    let next = items.last().map_or(since, |r| r.id);
-    Ok(Json(json!({"items": items, "next": next})).into_response())
+    drop(gone);
+    let next = next_cursor(since, &page);
+    Ok(Json(json!({"items": page.items, "next": next})).into_response())
+}
+
+/// SPEC §10: the last item's id, or `since` when the page is empty and
+/// nothing is left to scan. An empty page cut short by the scan bound
+/// answers the last id examined instead, so that following `next` makes
+/// progress (an empty page with `next > since` means "keep going").
+fn next_cursor(since: u64, page: &Page) -> u64 {
+    match page.items.last() {
+        Some(r) => r.id,
+        None if page.reached_end => since,
+        None => page.scanned_to.max(since),
+    }
+}
+
+/// Flags the blocking scan to stop when the request's future is dropped
+/// (the client went away, or shutdown's drain deadline passed).
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 fn parse_num(v: Option<&str>, key: &str, default: u64) -> Result<u64, ApiError> {
@@ -72,5 +114,21 @@ fn parse_num(v: Option<&str>, key: &str, default: u64) -> Result<u64, ApiError> 
         Some(s) => s
             .parse()
             .map_err(|_| ApiError::invalid(format!("{key}: not a non-negative integer: {s:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_follows_the_spec_and_moves_past_an_empty_bounded_scan() {
+        let page = |scanned_to, reached_end| Page {
+            items: Vec::new(),
+            scanned_to,
+            reached_end,
+        };
+        assert_eq!(next_cursor(5, &page(100, true)), 5);
+        assert_eq!(next_cursor(5, &page(100, false)), 100);
     }
 }

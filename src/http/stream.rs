@@ -1,14 +1,16 @@
-//! `GET /v1/stream` (SPEC §4): the subscriber handshake. Origin, then
-//! token, then the upgrade with the chosen subprotocol; the connection
+//! `GET /v1/stream` (SPEC §4): the subscriber handshake. Handshake rate
+//! per IP, then origin, then token, then the upgrade with the chosen subprotocol; the connection
 //! itself runs in [`crate::fanout::session`].
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{RawQuery, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use super::{authenticate_subscriber, ApiError, AppState};
+use super::{authenticate_subscriber, handshake_rate_refusal, ApiError, AppState};
 use crate::fanout::session::{self, Params};
 use crate::fanout::wire::{Encoding, PROTO_JSON, PROTO_MSGPACK};
 use crate::fanout::TopicFilter;
@@ -75,10 +77,15 @@ pub fn origin_allowed(allowed: &[String], origin: Option<&str>) -> bool {
 
 pub async fn get(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    // The same per-IP handshake rate as `/v1/ingest`, before anything else.
+    if let Some(refused) = handshake_rate_refusal(&state, peer) {
+        return refused;
+    }
     let q = StreamQuery::parse(raw.as_deref().unwrap_or(""));
     let origin = headers
         .get(header::ORIGIN)

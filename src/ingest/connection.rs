@@ -6,6 +6,11 @@
 //! they go out in the order the batches came in. While the window is full the
 //! loop stops reading: backpressure reaches the device through TCP instead
 //! of memory growing here.
+//!
+//! Every send is raced against shutdown, replacement and a write timeout
+//! (`server.idle_timeout`: a peer that takes nothing for that long is as
+//! idle as one that sends nothing), so a device that stops reading never
+//! holds the loop, its replacement, or the daemon's shutdown.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +20,7 @@ use futures_util::stream::FuturesOrdered;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
 
 use super::Ingest;
 use crate::protocol::{
@@ -27,10 +33,16 @@ use crate::store::{CommitOutcome, IngestBatch, WriteRequest};
 /// `max_frame_bytes` each) while allowing a deep pipeline per device.
 const MAX_IN_FLIGHT: usize = 128;
 
+/// How long the closing frame may take to leave (never past the shutdown
+/// drain deadline); a peer that does not take it just loses the socket.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Close codes (RFC 6455 and SPEC §3).
 mod close {
     pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL: u16 = 1002;
+    pub const BAD_DATA: u16 = 1007;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
     pub const INTERNAL: u16 = 1011;
@@ -44,6 +56,11 @@ struct Conn {
     socket: WebSocket,
     device: Arc<str>,
     ingest: Arc<Ingest>,
+    /// Cancelled when a newer connection of the same device registers.
+    replaced: CancellationToken,
+    /// Set once shutdown began: sends are then bounded by this instead of
+    /// being cut short by the shutdown signal (the last acks must go out).
+    draining_until: Option<Instant>,
     /// The seq this connection expects next; `None` while the device has no
     /// seq record (then any seq is accepted). Covers batches already queued,
     /// so it runs ahead of what is durable; the writer has the final word.
@@ -61,20 +78,21 @@ pub async fn run(socket: WebSocket, device: Arc<str>, ingest: Arc<Ingest>) {
         socket,
         device,
         ingest,
+        replaced: registration.replaced.clone(),
+        draining_until: None,
         expected: None,
         consecutive_errors: 0,
         pending: FuturesOrdered::new(),
     };
-    let end = conn.serve(&registration.replaced).await;
+    let end = conn.serve().await;
     tracing::debug!(device = %conn.device, ?end, "device connection ended");
     if let Some((code, reason)) = end.close() {
-        let _ = conn
-            .socket
-            .send(Message::Close(Some(CloseFrame {
-                code,
-                reason: reason.into(),
-            })))
-            .await;
+        let frame = Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        }));
+        let by = conn.ingest.shutdown.close_by(CLOSE_TIMEOUT);
+        let _ = tokio::time::timeout_at(by, conn.socket.send(frame)).await;
     }
     drop(registration);
 }
@@ -86,6 +104,11 @@ enum End {
     Idle,
     TooManyErrors,
     TooBig,
+    /// An RFC 6455 violation (unmasked, oversized control or fragmented
+    /// control frame, bad opcode...).
+    Protocol,
+    /// A text frame that is not UTF-8.
+    BadData,
     StoreFailed,
     /// The device closed or the socket broke: nothing more to send.
     Gone,
@@ -99,6 +122,8 @@ impl End {
             End::Idle => (close::NORMAL, "idle timeout"),
             End::TooManyErrors => (close::POLICY, "too many consecutive errors"),
             End::TooBig => (close::TOO_BIG, "frame too big"),
+            End::Protocol => (close::PROTOCOL, "protocol error"),
+            End::BadData => (close::BAD_DATA, "invalid UTF-8 in a text frame"),
             End::StoreFailed => (close::INTERNAL, "store unavailable"),
             End::Gone => return None,
         })
@@ -106,8 +131,9 @@ impl End {
 }
 
 impl Conn {
-    async fn serve(&mut self, replaced: &tokio_util::sync::CancellationToken) -> End {
+    async fn serve(&mut self) -> End {
         let shutdown = self.ingest.shutdown.clone();
+        let replaced = self.replaced.clone();
         let last_seq = tokio::select! {
             r = durable_last_seq(self.ingest.clone(), self.device.clone()) => r,
             _ = shutdown.cancelled() => return End::Shutdown,
@@ -120,13 +146,8 @@ impl Conn {
         let ingest = self.ingest.clone();
         let welcome = WelcomeFrame::new(&self.device, last_seq.unwrap_or(0), &ingest.config.limits);
         let welcome = encode_frame(&welcome);
-        if self
-            .socket
-            .send(Message::Binary(welcome.into()))
-            .await
-            .is_err()
-        {
-            return End::Gone;
+        if let Err(end) = self.send_msg(Message::Binary(welcome.into())).await {
+            return end;
         }
 
         let server = &ingest.config.server;
@@ -140,7 +161,7 @@ impl Conn {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
-                    self.drain_acks(server.shutdown_timeout).await;
+                    self.drain_acks(shutdown.drain_deadline()).await;
                     return End::Shutdown;
                 }
                 _ = replaced.cancelled() => return End::Replaced,
@@ -162,8 +183,8 @@ impl Conn {
                     }
                 }
                 _ = ping.tick() => {
-                    if self.socket.send(Message::Ping(Default::default())).await.is_err() {
-                        return End::Gone;
+                    if let Err(end) = self.send_msg(Message::Ping(Default::default())).await {
+                        return end;
                     }
                 }
                 _ = tokio::time::sleep_until(idle_deadline) => return End::Idle,
@@ -300,7 +321,12 @@ impl Conn {
     async fn answer(&mut self, seq: u64, outcome: CommitOutcome) -> Result<(), End> {
         let sent = match outcome {
             CommitOutcome::Stored { .. } => self.send(&AckFrame::new(seq, false)).await,
-            CommitOutcome::Duplicate => self.send(&AckFrame::new(seq, true)).await,
+            CommitOutcome::Duplicate => {
+                // Resends cost a writer round trip but no storage (and no
+                // rate tokens, SPEC §10); counted on their own.
+                metrics::counter!("sensorgate_duplicate_batches_total").increment(1);
+                self.send(&AckFrame::new(seq, true)).await
+            }
             CommitOutcome::OutOfOrder { expected } => {
                 // The writer knows better (e.g. an older connection of this
                 // device raced us): follow it.
@@ -325,7 +351,7 @@ impl Conn {
                 self.send(&err).await
             }
         };
-        sent.map_err(|_| End::Gone)
+        sent
     }
 
     /// Sends a rejection; too many malformed frames in a row end the
@@ -334,7 +360,7 @@ impl Conn {
         metrics::counter!("sensorgate_frames_rejected_total", "code" => err.code.as_str())
             .increment(1);
         let counts = err.code.counts_as_bad_frame();
-        self.send(&err).await.map_err(|_| End::Gone)?;
+        self.send(&err).await?;
         if counts {
             self.consecutive_errors += 1;
             if self.consecutive_errors >= self.ingest.config.limits.max_consecutive_errors {
@@ -344,10 +370,10 @@ impl Conn {
         Ok(())
     }
 
-    /// On shutdown: answers what the writer still decides within `grace`, so
+    /// On shutdown: answers what the writer still decides by `deadline`, so
     /// every batch that becomes durable is acked before the 1001.
-    async fn drain_acks(&mut self, grace: Duration) {
-        let deadline = Instant::now() + grace;
+    async fn drain_acks(&mut self, deadline: Instant) {
+        self.draining_until = Some(deadline);
         while let Ok(Some((seq, outcome))) =
             tokio::time::timeout_at(deadline, self.pending.next()).await
         {
@@ -357,10 +383,37 @@ impl Conn {
         }
     }
 
-    async fn send<T: serde::Serialize>(&mut self, frame: &T) -> Result<(), axum::Error> {
-        self.socket
-            .send(Message::Binary(encode_frame(frame).into()))
+    async fn send<T: serde::Serialize>(&mut self, frame: &T) -> Result<(), End> {
+        self.send_msg(Message::Binary(encode_frame(frame).into()))
             .await
+    }
+
+    /// Sends one message unless shutdown, replacement or the write timeout
+    /// comes first. Cancelling the sink's send is safe per message: a frame
+    /// is queued whole or not at all, and the connection ends anyway.
+    async fn send_msg(&mut self, msg: Message) -> Result<(), End> {
+        let write_timeout = self.ingest.config.server.idle_timeout;
+        let draining = self.draining_until;
+        let stop = async {
+            match draining {
+                Some(by) => tokio::time::sleep_until(by).await,
+                None => self.ingest.shutdown.cancelled().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = stop => Err(End::Shutdown),
+            _ = self.replaced.cancelled() => Err(End::Replaced),
+            r = tokio::time::timeout(write_timeout, self.socket.send(msg)) => match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(End::Gone),
+                Err(_) => {
+                    metrics::counter!("sensorgate_write_timeouts_total", "peer" => "device")
+                        .increment(1);
+                    Err(End::Idle)
+                }
+            },
+        }
     }
 }
 
@@ -383,11 +436,15 @@ fn overload_retry_ms(timeout: Duration) -> u64 {
 }
 
 /// A frame over `max_frame_bytes` shows up as a capacity error from
-/// tungstenite; it earns a 1009. Anything else means the socket is gone.
+/// tungstenite; it earns a 1009. A protocol violation earns a 1002, a text
+/// frame that is not UTF-8 a 1007 (RFC 6455 §7.4.1). Anything else means
+/// the socket is gone.
 fn classify_socket_error(e: axum::Error) -> End {
     let inner = e.into_inner();
     match inner.downcast_ref::<tungstenite::Error>() {
         Some(tungstenite::Error::Capacity(_)) => End::TooBig,
+        Some(tungstenite::Error::Protocol(_)) => End::Protocol,
+        Some(tungstenite::Error::Utf8(_)) => End::BadData,
         _ => End::Gone,
     }
 }

@@ -17,11 +17,11 @@ use std::sync::Arc;
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::response::{IntoResponse, Response};
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{Authenticator, Identity};
 use crate::config::Config;
+use crate::shutdown::Shutdown;
 use crate::store::WriterHandle;
 
 pub use limits::{DeviceLimiter, HandshakeLimiter};
@@ -34,7 +34,7 @@ pub struct Ingest {
     pub registry: Arc<Registry>,
     pub limiter: DeviceLimiter,
     pub writer: WriterHandle,
-    pub shutdown: CancellationToken,
+    pub shutdown: Shutdown,
     pub tracker: TaskTracker,
 }
 

@@ -14,6 +14,11 @@ use super::{is_valid_name, ErrorCode, Value, MAX_STRING_VALUE_BYTES, MAX_UNIT_BY
 /// ten thousand nested arrays must not cost a deep recursion.
 const MAX_DEPTH: usize = 16;
 
+/// The largest `seq` accepted: 2^63 - 1. Above it a device could never send
+/// a next seq (`last_seq + 1` would wrap), so it is `invalid` instead of
+/// stored (docs/protocol.md).
+pub const MAX_SEQ: u64 = i64::MAX as u64;
+
 /// A validated batch from a device.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
@@ -57,7 +62,7 @@ impl FrameError {
 pub fn decode_batch(frame: &[u8], max_readings: usize) -> Result<Batch, FrameError> {
     let mut rd = frame;
     let root = rmpv::decode::read_value_ref_with_max_depth(&mut rd, MAX_DEPTH)
-        .map_err(|e| FrameError::invalid(None, format!("not valid MessagePack: {e}")))?;
+        .map_err(|e| FrameError::invalid(peek_seq(frame), format!("not valid MessagePack: {e}")))?;
     if !rd.is_empty() {
         return Err(FrameError::invalid(
             None,
@@ -79,6 +84,12 @@ pub fn decode_batch(frame: &[u8], max_readings: usize) -> Result<Batch, FrameErr
                 .ok_or_else(|| FrameError::invalid(None, "seq must be a non-negative integer"))?,
         ),
     };
+    if let Some(big) = seq.filter(|s| *s > MAX_SEQ) {
+        return Err(FrameError::invalid(
+            seq,
+            format!("seq {big} is too large: at most 2^63 - 1 ({MAX_SEQ})"),
+        ));
+    }
     let readings = match field(&entries, "readings") {
         None => return Err(FrameError::invalid(seq, "missing field readings")),
         Some(ValueRef::Array(items)) => items,
@@ -109,6 +120,22 @@ pub fn decode_batch(frame: &[u8], max_readings: usize) -> Result<Batch, FrameErr
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Batch { seq, readings })
+}
+
+/// The `seq` of a frame that does not decode as a whole (a value nested
+/// too deeply, say), read from the map's entries up to the first one that
+/// does not decode, so the rejection can still name it (SPEC §3).
+fn peek_seq(frame: &[u8]) -> Option<u64> {
+    let mut rd = frame;
+    let entries = rmp::decode::read_map_len(&mut rd).ok()?;
+    for _ in 0..entries {
+        let key = rmpv::decode::read_value_ref_with_max_depth(&mut rd, MAX_DEPTH).ok()?;
+        let value = rmpv::decode::read_value_ref_with_max_depth(&mut rd, MAX_DEPTH).ok()?;
+        if matches!(&key, ValueRef::String(k) if k.as_str() == Some("seq")) {
+            return value.as_u64();
+        }
+    }
+    None
 }
 
 fn decode_reading(v: &ValueRef<'_>) -> Result<ReadingIn, String> {
@@ -242,6 +269,46 @@ mod tests {
 
     fn err(frame: &[u8]) -> FrameError {
         decode_batch(frame, 500).unwrap_err()
+    }
+
+    #[test]
+    fn a_seq_at_or_above_2_63_is_invalid_and_named() {
+        let frame =
+            |seq: u64| mp(json!({"seq": seq, "readings": [{"sensor": "t", "ts": 1, "value": 1}]}));
+        assert_eq!(
+            decode_batch(&frame(MAX_SEQ), 500).unwrap().seq,
+            Some(MAX_SEQ)
+        );
+        for seq in [MAX_SEQ + 1, u64::MAX] {
+            let e = err(&frame(seq));
+            assert_eq!((e.seq, e.code), (Some(seq), ErrorCode::Invalid), "{e}");
+        }
+    }
+
+    /// `{k1: v1, k2: v2}` in this order, where `"deep"` stands for 40
+    /// nested arrays and anything else for the integer 7.
+    fn ordered_map(entries: &[(&str, &str)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        rmp::encode::write_map_len(&mut out, entries.len() as u32).unwrap();
+        for (k, v) in entries {
+            rmp::encode::write_str(&mut out, k).unwrap();
+            if *v == "deep" {
+                for _ in 0..40 {
+                    rmp::encode::write_array_len(&mut out, 1).unwrap();
+                }
+            }
+            rmp::encode::write_uint(&mut out, 7).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn a_value_nested_too_deeply_is_rejected_with_the_seq() {
+        let e = err(&ordered_map(&[("seq", "7"), ("readings", "deep")]));
+        assert_eq!((e.seq, e.code), (Some(7), ErrorCode::Invalid), "{e}");
+        // A seq after the bad value cannot be read: none is named.
+        let e = err(&ordered_map(&[("readings", "deep"), ("seq", "7")]));
+        assert_eq!(e.seq, None, "{e}");
     }
 
     #[test]

@@ -402,32 +402,39 @@ pub async fn stored_at(base: &str) -> Vec<Value> {
 /// Every stored reading matching `topic` on the daemon at `base`
 /// (`host:port`), page by page through `GET /v1/readings`.
 pub async fn stored_matching(base: &str, topic: &str) -> Vec<Value> {
-    let token = Authenticator::new(SECRET).mint(Role::Subscriber, "tests", None, None);
-    let client = reqwest::Client::new();
     let mut since = 0u64;
     let mut out = Vec::new();
     loop {
-        let body: Value = client
-            .get(format!("http://{base}/v1/readings"))
-            .query(&[
-                ("topic", topic.to_string()),
-                ("since", since.to_string()),
-                ("limit", "10000".into()),
-            ])
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let items = body["items"].as_array().unwrap().clone();
-        if items.is_empty() {
+        let (items, next) = readings_page(base, topic, since, 10_000).await;
+        // An empty page with `next > since`: the scan bound was hit with no
+        // match; continue from `next` (docs/protocol.md).
+        if items.is_empty() && next == since {
             return out;
         }
-        since = body["next"].as_u64().unwrap();
+        since = next;
         out.extend(items);
     }
+}
+
+/// One `GET /v1/readings` page of the daemon at `base`: its items and `next`.
+pub async fn readings_page(base: &str, topic: &str, since: u64, limit: u64) -> (Vec<Value>, u64) {
+    let token = Authenticator::new(SECRET).mint(Role::Subscriber, "tests", None, None);
+    let body: Value = reqwest::Client::new()
+        .get(format!("http://{base}/v1/readings"))
+        .query(&[
+            ("topic", topic.to_string()),
+            ("since", since.to_string()),
+            ("limit", limit.to_string()),
+        ])
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let items = body["items"].as_array().unwrap().clone();
+    (items, body["next"].as_u64().unwrap())
 }
 
 /// Opens `/v1/stream?{query}` with an optional bearer token, subprotocol
