@@ -64,14 +64,19 @@ impl FileSync {
     /// Makes everything sled has written so far power-loss safe. Call after
     /// sled's own flush returned.
     pub fn sync(&mut self) -> std::io::Result<()> {
-        // New files before the log that points at them: a crash between the
-        // two then leaves an unreferenced blob, never a dangling reference.
+        // The log first. sled unlinks a superseded blob as soon as the new
+        // version is "stable" by its own measure (`sync_file_range`); the
+        // directory fsync below would make that unlink durable, so the log
+        // holding the new version must be durable before it. A new blob the
+        // log points at but a crash took away is a torn tail sled discards on
+        // recovery, and nothing in it was acknowledged yet.
+        self.log.sync_data()?;
         for sub in self.dirs() {
             if self.sync_new_files(&sub)? {
                 fsync_dir(&sub)?;
             }
         }
-        self.log.sync_data()
+        Ok(())
     }
 
     fn dirs(&self) -> [PathBuf; 2] {
