@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod bridge;
+pub mod cli_docs;
 pub mod config;
 pub mod fanout;
 pub mod http;

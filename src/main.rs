@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use sensorgate::auth::{Authenticator, Role};
 use sensorgate::config::{self, Config};
 
@@ -43,6 +43,9 @@ enum Command {
         #[arg(long = "topic")]
         topics: Vec<String>,
     },
+    /// Write man pages and shell completions into DIR (for packaging).
+    #[command(hide = true)]
+    GenerateAssets { dir: PathBuf },
 }
 
 fn parse_ttl(s: &str) -> Result<std::time::Duration, String> {
@@ -51,6 +54,10 @@ fn parse_ttl(s: &str) -> Result<std::time::Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Needs no configuration: the packaging script runs it on the build host.
+    if let Some(Command::GenerateAssets { dir }) = &cli.command {
+        return generate_assets(dir);
+    }
     let config = match config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -64,6 +71,7 @@ fn main() -> ExitCode {
             print!("{}", config.render_redacted());
             ExitCode::SUCCESS
         }
+        Command::GenerateAssets { .. } => unreachable!("handled before loading the config"),
         Command::Token {
             role,
             sub,
@@ -84,6 +92,16 @@ fn main() -> ExitCode {
             let auth = Authenticator::new(&config.auth.jwt_secret);
             println!("{}", auth.mint(role, &sub, ttl, topics));
             ExitCode::SUCCESS
+        }
+    }
+}
+
+fn generate_assets(dir: &std::path::Path) -> ExitCode {
+    match sensorgate::cli_docs::write(Cli::command(), dir) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sensorgate: generate-assets {}: {e}", dir.display());
+            ExitCode::FAILURE
         }
     }
 }
