@@ -16,6 +16,7 @@ pub mod http;
 pub mod ingest;
 pub mod protocol;
 pub mod store;
+pub mod systemd;
 pub mod telemetry;
 pub mod time;
 
@@ -134,6 +135,18 @@ impl Daemon {
             config.ingest.queue_capacity,
             listeners,
         );
+        if let Some(period) = systemd::watchdog_period() {
+            let queue = writer.sender().clone();
+            tracker.spawn(systemd::watchdog(
+                period,
+                move || {
+                    let queue = queue.clone();
+                    async move { systemd::ping_writer(&queue, period).await }
+                },
+                systemd::notify_watchdog,
+                shutdown.clone(),
+            ));
+        }
         let auth = Arc::new(Authenticator::new(&config.auth.jwt_secret));
         let limiter = DeviceLimiter::new(config.limits.readings_per_sec, config.limits.burst);
         let handshakes = HandshakeLimiter::new(config.limits.handshakes_per_ip);

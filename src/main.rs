@@ -119,15 +119,15 @@ fn run(config: Config) -> ExitCode {
         let daemon = match sensorgate::Daemon::start(Arc::new(config)).await {
             Ok(d) => d,
             Err(e) => {
+                // One line, through the logger (the journal under systemd).
                 tracing::error!("{e}");
-                eprintln!("sensorgate: {e}");
                 return ExitCode::FAILURE;
             }
         };
-        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+        sensorgate::systemd::notify_ready();
         wait_for_signal().await;
         tracing::info!("shutting down");
-        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        sensorgate::systemd::notify_stopping();
         daemon.shutdown().await;
         ExitCode::SUCCESS
     })

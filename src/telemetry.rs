@@ -1,6 +1,7 @@
 //! Logs and metrics set-up. Metric names are all `sensorgate_*` (SPEC §5);
 //! no metric carries a device label (unbounded cardinality).
 
+use std::io::IsTerminal;
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -24,11 +25,33 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-/// Initialises logging to stderr per `log.level` and `log.format`.
+/// Initialises logging per `log.level` and `log.format`.
+///
+/// When stderr is the journal (a systemd service), events go to journald
+/// natively instead: each field becomes a journal field
+/// (`journalctl -u sensorgate ERROR=...`), the level becomes the entry's
+/// priority (`journalctl -p warning`), and journald adds the timestamp, so
+/// `log.format` does not apply there. Elsewhere, text or JSON lines go to
+/// stderr, with ANSI colours only when stderr is a terminal.
 pub fn init_logging(cfg: &LogConfig) {
     let filter = EnvFilter::try_new(&cfg.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    if crate::systemd::stderr_is_journal() {
+        match tracing_journald::layer() {
+            Ok(journal) => {
+                use tracing_subscriber::layer::SubscriberExt;
+                use tracing_subscriber::util::SubscriberInitExt;
+                let _ = tracing_subscriber::registry()
+                    .with(filter)
+                    .with(journal.with_syslog_identifier("sensorgate".into()))
+                    .try_init();
+                return;
+            }
+            Err(e) => eprintln!("sensorgate: journald unreachable ({e}); logging to stderr"),
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match cfg.format {
         LogFormat::Json => builder.json().try_init(),

@@ -56,6 +56,11 @@ pub enum WriteRequest {
         device: Arc<str>,
         reply: oneshot::Sender<CommitOutcome>,
     },
+    /// The systemd watchdog's liveness probe: answered as soon as the
+    /// writer thread takes it from the queue.
+    Ping {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// What happened to a batch, sent once it is decided (for stored batches:
@@ -222,6 +227,10 @@ impl Writer {
                         }
                     };
                     replies.push((reply, outcome));
+                    continue;
+                }
+                WriteRequest::Ping { reply } => {
+                    let _ = reply.send(());
                     continue;
                 }
             };

@@ -1,0 +1,204 @@
+//! The binary under a (stand-in) service manager, spoken to over a real
+//! notification socket as systemd does (SPEC §8, issue 10): READY=1 once
+//! serving, WATCHDOG=1 while the writer answers, STOPPING=1 on SIGTERM;
+//! logs for files and the journal; failing starts explained in one line.
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// A notification socket like systemd's: one datagram per `sd_notify`.
+struct NotifySocket {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    sock: UnixDatagram,
+}
+
+impl NotifySocket {
+    fn bind() -> NotifySocket {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let sock = UnixDatagram::bind(&path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        NotifySocket {
+            _dir: dir,
+            path,
+            sock,
+        }
+    }
+
+    /// Messages until one contains `want` (returned with all before it),
+    /// or `None` after `within`.
+    fn until(&self, want: &str, within: Duration) -> Option<Vec<String>> {
+        let deadline = Instant::now() + within;
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            if let Ok(n) = self.sock.recv(&mut buf) {
+                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let done = msg.lines().any(|l| l == want);
+                seen.push(msg);
+                if done {
+                    return Some(seen);
+                }
+            }
+        }
+        None
+    }
+}
+
+#[tokio::test]
+async fn notifies_ready_watchdog_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(dir.path(), port, "");
+    let notify = NotifySocket::bind();
+    let log = dir.path().join("log");
+    // systemd names the watched process in WATCHDOG_PID; `exec` keeps the
+    // shell's pid for the daemon.
+    let base = sensorgate_cmd();
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args(["-c", "WATCHDOG_PID=$$ exec \"$0\" run --config \"$1\""])
+        .arg(base.get_program())
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &notify.path)
+        // 300 ms: the daemon pings its writer every 150 ms.
+        .env("WATCHDOG_USEC", "300000")
+        .stderr(std::fs::File::create(&log).unwrap());
+    for (k, _) in base.get_envs() {
+        cmd.env_remove(k);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let _guard = KillOnDrop(child.id());
+
+    let before = notify
+        .until("READY=1", Duration::from_secs(30))
+        .expect("READY=1");
+    assert!(
+        !before.iter().any(|m| m.contains("WATCHDOG=1")),
+        "{before:?}"
+    );
+    // Ready means serving: the port answers at once.
+    let health = reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    for _ in 0..3 {
+        notify
+            .until("WATCHDOG=1", Duration::from_secs(10))
+            .expect("WATCHDOG=1 keeps coming while the writer answers");
+    }
+
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    notify
+        .until("STOPPING=1", Duration::from_secs(10))
+        .expect("STOPPING=1 on SIGTERM");
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn without_a_watchdog_no_watchdog_pings_are_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(dir.path(), port, "");
+    let notify = NotifySocket::bind();
+    let child = sensorgate_cmd()
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &notify.path)
+        .env_remove("WATCHDOG_USEC")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _guard = KillOnDrop(child.id());
+    notify
+        .until("READY=1", Duration::from_secs(30))
+        .expect("READY=1");
+    assert_eq!(notify.until("WATCHDOG=1", Duration::from_secs(2)), None);
+}
+
+#[tokio::test]
+async fn logs_to_a_file_carry_no_ansi_escapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(dir.path(), port, "[log]\nlevel = \"info\"\n");
+    let config_text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("[log]\nlevel = \"warn\"\n", "");
+    std::fs::write(&config, config_text).unwrap();
+    let log = dir.path().join("log");
+    let mut daemon = ChildDaemon::start(&config, port, &log).await;
+    // /healthz can answer a moment before the line is written.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("sensorgate listening")
+    {
+        assert!(Instant::now() < deadline, "no listening line in the log");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    daemon.kill();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains('\x1b'), "escape codes in {text:?}");
+}
+
+#[test]
+fn a_stale_journal_stream_falls_back_to_plain_stderr() {
+    // Inherited from a service whose stderr was the journal, but this
+    // process's stderr is a pipe: plain lines on stderr, no escapes.
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), free_port(), "");
+    let blocker = dir.path().join("store");
+    std::fs::write(&blocker, "not a directory").unwrap();
+    let out = sensorgate_cmd()
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("JOURNAL_STREAM", "1:1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("storage.path"), "{stderr}");
+    assert!(!stderr.contains('\x1b'), "{stderr:?}");
+}
+
+#[tokio::test]
+async fn a_locked_store_stops_start_up_with_one_line_naming_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(dir.path(), port, "");
+    let _running = ChildDaemon::start(&config, port, &dir.path().join("log")).await;
+    let second = dir.path().join("second.toml");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(&format!(":{port}\""), ":0\"");
+    std::fs::write(&second, text).unwrap();
+    let out = sensorgate_cmd()
+        .args(["run", "--config"])
+        .arg(&second)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("storage.path"), "{stderr}");
+    let store = dir.path().join("store");
+    assert!(stderr.contains(&*store.to_string_lossy()), "{stderr}");
+}
+
+/// SIGKILLs the child when the test ends, passing or not.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.0 as i32), Signal::SIGKILL);
+    }
+}
