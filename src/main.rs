@@ -61,7 +61,7 @@ fn main() -> ExitCode {
     let config = match config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("sensorgate: {e}");
+            report_config_error(&e);
             return ExitCode::from(2);
         }
     };
@@ -92,6 +92,19 @@ fn main() -> ExitCode {
             let auth = Authenticator::new(&config.auth.jwt_secret);
             println!("{}", auth.mint(role, &sub, ttl, topics));
             ExitCode::SUCCESS
+        }
+    }
+}
+
+/// One self-contained line per problem: under systemd every stderr line is
+/// its own journal entry, so a header line would be a reason-less entry.
+fn report_config_error(e: &config::ConfigError) {
+    match e.problems() {
+        [] => eprintln!("sensorgate: {e}"),
+        problems => {
+            for p in problems {
+                eprintln!("sensorgate: invalid configuration: {p}");
+            }
         }
     }
 }

@@ -194,6 +194,39 @@ async fn a_locked_store_stops_start_up_with_one_line_naming_the_path() {
     assert!(stderr.contains(&*store.to_string_lossy()), "{stderr}");
 }
 
+#[test]
+fn every_config_problem_is_one_self_contained_line() {
+    // Under systemd each stderr line is its own journal entry.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(
+        &config,
+        "[auth]\njwt_secret_file = \"/nonexistent/jwt.secret\"\n[limits]\nburst = \"lots\"\n",
+    )
+    .unwrap();
+    let out = sensorgate_cmd()
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    assert!(
+        lines.iter().any(|l| l.contains("auth.jwt_secret_file")
+            && l.contains("/nonexistent/jwt.secret")),
+        "{stderr}"
+    );
+    assert!(lines.iter().any(|l| l.contains("limits.burst")), "{stderr}");
+    for line in lines {
+        assert!(
+            line.starts_with("sensorgate: invalid configuration: "),
+            "{line}"
+        );
+    }
+}
+
 /// SIGKILLs the child when the test ends, passing or not.
 struct KillOnDrop(u32);
 
