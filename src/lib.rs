@@ -11,6 +11,7 @@ pub mod auth;
 pub mod bridge;
 pub mod cli_docs;
 pub mod config;
+pub mod events;
 pub mod fanout;
 pub mod http;
 pub mod ingest;

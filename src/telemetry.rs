@@ -1,13 +1,15 @@
-//! Logs and metrics set-up. Metric names are all `sensorgate_*` (SPEC §5);
+//! Logs and metrics set-up. The metrics themselves (names, HELP, emission)
+//! live in [`crate::events`]; names are all `sensorgate_*` (SPEC §5);
 //! no metric carries a device label (unbounded cardinality).
 
 use std::io::IsTerminal;
 use std::sync::OnceLock;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
+use crate::events;
 
 /// The process-wide Prometheus recorder, installed on first use. Several
 /// daemons in one process (tests) share it.
@@ -15,11 +17,21 @@ pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), events::SECONDS_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(events::COMMIT_SIZE_METRIC.into()),
+                        events::COMMIT_SIZE_BUCKETS,
+                    )
+                })
+                .expect("histogram buckets are not empty")
+                .build_recorder();
             let handle = recorder.handle();
             // Fails only if another recorder is installed; then ours just
             // renders nothing, which is not worth refusing to start over.
             let _ = metrics::set_global_recorder(recorder);
+            events::describe();
             handle
         })
         .clone()

@@ -214,8 +214,9 @@ fn every_config_problem_is_one_self_contained_line() {
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 2, "{stderr}");
     assert!(
-        lines.iter().any(|l| l.contains("auth.jwt_secret_file")
-            && l.contains("/nonexistent/jwt.secret")),
+        lines
+            .iter()
+            .any(|l| l.contains("auth.jwt_secret_file") && l.contains("/nonexistent/jwt.secret")),
         "{stderr}"
     );
     assert!(lines.iter().any(|l| l.contains("limits.burst")), "{stderr}");

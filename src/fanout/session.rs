@@ -356,7 +356,7 @@ impl Session {
             }
             let taken = self.queue.take(FRAME_ITEMS);
             if taken.dropped > 0 {
-                metrics::counter!("sensorgate_subscriber_lagged_notices_total").increment(1);
+                crate::events::SlowSubscriber::Lagged.emit();
                 self.notice(&Notice::Lagged {
                     dropped: taken.dropped,
                 })

@@ -175,8 +175,10 @@ async fn ingest(
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
     if let Err(retry) = state.handshakes.check(peer.ip()) {
-        metrics::counter!("sensorgate_handshakes_rejected_total", "reason" => "rate_limited")
-            .increment(1);
+        crate::events::HandshakeRejected {
+            reason: "rate_limited",
+        }
+        .emit();
         let mut resp = (
             StatusCode::TOO_MANY_REQUESTS,
             Json(
@@ -199,8 +201,7 @@ async fn ingest(
     ) {
         Ok(identity) => identity,
         Err(e) => {
-            metrics::counter!("sensorgate_handshakes_rejected_total", "reason" => "auth")
-                .increment(1);
+            crate::events::HandshakeRejected { reason: "auth" }.emit();
             return e.into_response();
         }
     };

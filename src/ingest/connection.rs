@@ -56,7 +56,7 @@ struct Conn {
 /// close frame, and a broken socket just ends it).
 pub async fn run(socket: WebSocket, device: Arc<str>, ingest: Arc<Ingest>) {
     let registration = ingest.registry.register(device.clone());
-    metrics::counter!("sensorgate_device_connections_total").increment(1);
+    crate::events::DeviceConnected.emit();
     let mut conn = Conn {
         socket,
         device,
@@ -256,6 +256,7 @@ impl Conn {
             reply,
         });
         let timeout = self.ingest.config.ingest.enqueue_timeout;
+        let waiting = std::time::Instant::now();
         match self
             .ingest
             .writer
@@ -280,7 +281,10 @@ impl Conn {
                 (seq, rx.await.unwrap_or(CommitOutcome::Failed))
             }));
         }
-        metrics::counter!("sensorgate_batches_accepted_total").increment(1);
+        crate::events::BatchAccepted {
+            queue_wait: waiting.elapsed(),
+        }
+        .emit();
         Ok(())
     }
 
@@ -331,8 +335,10 @@ impl Conn {
     /// Sends a rejection; too many malformed frames in a row end the
     /// connection with 1008.
     async fn reject(&mut self, err: ErrorFrame) -> Result<(), End> {
-        metrics::counter!("sensorgate_frames_rejected_total", "code" => err.code.as_str())
-            .increment(1);
+        crate::events::FrameRejected {
+            code: err.code.as_str(),
+        }
+        .emit();
         let counts = err.code.counts_as_bad_frame();
         self.send(&err).await.map_err(|_| End::Gone)?;
         if counts {

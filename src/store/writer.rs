@@ -173,8 +173,11 @@ impl Writer {
             });
             match received {
                 Some(0) => break, // every sender gone and queue drained
-                Some(_) => {
+                Some(batches) => {
+                    let started = Instant::now();
                     let applied = self.apply(buf.drain(..));
+                    let took = started.elapsed();
+                    crate::events::GroupCommitted { batches, took }.emit();
                     match self.sync {
                         SyncMode::Batch => self.flush_and_release(vec![applied]),
                         SyncMode::Interval => self.pending.push(applied),
@@ -360,8 +363,10 @@ impl Writer {
         let started = Instant::now();
         let flushed = self.store.flush();
         self.last_flush = Instant::now();
-        metrics::histogram!("sensorgate_store_flush_seconds")
-            .record(started.elapsed().as_secs_f64());
+        crate::events::StoreFlushed {
+            took: started.elapsed(),
+        }
+        .emit();
         if let Err(e) = &flushed {
             self.poisoned = true;
             tracing::error!(error = %e, "flush failed; refusing all further batches");
@@ -373,8 +378,7 @@ impl Writer {
             }
             if let Some(last) = readings.last() {
                 self.store.mark_durable(last.id);
-                metrics::counter!("sensorgate_readings_stored_total")
-                    .increment(readings.len() as u64);
+                crate::events::ReadingsStored(readings.len()).emit();
                 let readings: Arc<[Reading]> = readings.into();
                 for l in &self.listeners {
                     l.on_commit(&readings);
