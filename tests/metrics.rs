@@ -96,3 +96,24 @@ fn operations_doc_lists_every_metric() {
         );
     }
 }
+
+#[test]
+fn alert_rules_use_only_defined_metrics() {
+    let rules = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/packaging/sensorgate-alerts.yml"
+    ))
+    .expect("packaging/sensorgate-alerts.yml");
+    let defined = metric_names_in_events_rs();
+    let mut used = 0;
+    for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if word.starts_with("sensorgate_") {
+            used += 1;
+            assert!(
+                defined.contains(family(word)),
+                "the alert rules use {word}, which src/events.rs does not define"
+            );
+        }
+    }
+    assert!(used > 5, "{rules}");
+}
