@@ -152,6 +152,42 @@ async fn logs_to_a_file_carry_no_ansi_escapes() {
 }
 
 #[test]
+fn stderr_named_by_journal_stream_is_taken_for_the_journal() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), free_port(), "[log]\nlevel = \"info\"\n");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("[log]\nlevel = \"warn\"\n", "");
+    std::fs::write(&config, text).unwrap();
+    let log = dir.path().join("log");
+    let stderr = std::fs::File::create(&log).unwrap();
+    let meta = stderr.metadata().unwrap();
+    let notify = NotifySocket::bind();
+    let _child = KillOnDrop(
+        sensorgate_cmd()
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("NOTIFY_SOCKET", &notify.path)
+            .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+            .stderr(stderr)
+            .spawn()
+            .unwrap(),
+    );
+    notify
+        .until("READY=1", Duration::from_secs(30))
+        .expect("READY=1");
+    // Taken for the journal: either logged to journald (nothing here), or,
+    // with no journald on this machine, said so and fell back to stderr.
+    // Not taken for it, the listening line would be here and nothing else.
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("journald unreachable") || !text.contains("sensorgate listening"),
+        "{text}"
+    );
+}
+
+#[test]
 fn a_stale_journal_stream_falls_back_to_plain_stderr() {
     // Inherited from a service whose stderr was the journal, but this
     // process's stderr is a pipe: plain lines on stderr, no escapes.
