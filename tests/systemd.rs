@@ -130,11 +130,7 @@ async fn without_a_watchdog_no_watchdog_pings_are_sent() {
 async fn logs_to_a_file_carry_no_ansi_escapes() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let config = write_config(dir.path(), port, "[log]\nlevel = \"info\"\n");
-    let config_text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("[log]\nlevel = \"warn\"\n", "");
-    std::fs::write(&config, config_text).unwrap();
+    let config = info_level_config(dir.path(), port);
     let log = dir.path().join("log");
     let mut daemon = ChildDaemon::start(&config, port, &log).await;
     // /healthz can answer a moment before the line is written.
@@ -155,11 +151,7 @@ async fn logs_to_a_file_carry_no_ansi_escapes() {
 fn stderr_named_by_journal_stream_is_taken_for_the_journal() {
     use std::os::unix::fs::MetadataExt;
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), free_port(), "[log]\nlevel = \"info\"\n");
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("[log]\nlevel = \"warn\"\n", "");
-    std::fs::write(&config, text).unwrap();
+    let config = info_level_config(dir.path(), free_port());
     let log = dir.path().join("log");
     let stderr = std::fs::File::create(&log).unwrap();
     let meta = stderr.metadata().unwrap();
@@ -195,14 +187,8 @@ fn a_stale_journal_stream_falls_back_to_plain_stderr() {
     let config = write_config(dir.path(), free_port(), "");
     let blocker = dir.path().join("store");
     std::fs::write(&blocker, "not a directory").unwrap();
-    let out = sensorgate_cmd()
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("JOURNAL_STREAM", "1:1")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let (code, stderr) = run_once(&config, &[("JOURNAL_STREAM", "1:1")]);
+    assert_ne!(code, Some(0), "{stderr}");
     assert!(stderr.contains("storage.path"), "{stderr}");
     assert!(!stderr.contains('\x1b'), "{stderr:?}");
 }
@@ -218,13 +204,8 @@ async fn a_locked_store_stops_start_up_with_one_line_naming_the_path() {
         .unwrap()
         .replace(&format!(":{port}\""), ":0\"");
     std::fs::write(&second, text).unwrap();
-    let out = sensorgate_cmd()
-        .args(["run", "--config"])
-        .arg(&second)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (code, stderr) = run_once(&second, &[]);
+    assert_eq!(code, Some(1), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("storage.path"), "{stderr}");
     let store = dir.path().join("store");
@@ -241,13 +222,8 @@ fn every_config_problem_is_one_self_contained_line() {
         "[auth]\njwt_secret_file = \"/nonexistent/jwt.secret\"\n[limits]\nburst = \"lots\"\n",
     )
     .unwrap();
-    let out = sensorgate_cmd()
-        .args(["run", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let (code, stderr) = run_once(&config, &[]);
+    assert_eq!(code, Some(2), "{stderr}");
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 2, "{stderr}");
     assert!(
@@ -263,6 +239,32 @@ fn every_config_problem_is_one_self_contained_line() {
             "{line}"
         );
     }
+}
+
+/// `sensorgate run --config <config>` with `env`, to its end: the exit
+/// code and stderr.
+fn run_once(config: &std::path::Path, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let out = sensorgate_cmd()
+        .args(["run", "--config"])
+        .arg(config)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The test config of [`write_config`] at `log.level = "info"`, so the
+/// daemon's start-up lines are written.
+fn info_level_config(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
+    let config = write_config(dir, port, "");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("level = \"warn\"", "level = \"info\"");
+    std::fs::write(&config, &text).unwrap();
+    config
 }
 
 /// SIGKILLs and reaps the child when the test ends, passing or not.
