@@ -11,13 +11,16 @@
 
 pub mod auth;
 pub mod bridge;
+pub mod cli_docs;
 pub mod config;
+pub mod events;
 pub mod fanout;
 pub mod http;
 pub mod ingest;
 pub mod protocol;
 pub mod shutdown;
 pub mod store;
+pub mod systemd;
 pub mod telemetry;
 pub mod time;
 
@@ -145,6 +148,20 @@ impl Daemon {
             config.ingest.queue_capacity,
             listeners,
         );
+        if let Some(period) = systemd::watchdog_period() {
+            let queue = writer.sender().clone();
+            // On the edge tracker: it holds a queue handle, which must be
+            // gone before the writer can drain and end.
+            edge.spawn(systemd::watchdog(
+                period,
+                move || {
+                    let queue = queue.clone();
+                    async move { systemd::ping_writer(&queue, period).await }
+                },
+                systemd::notify_watchdog,
+                shutdown.token().clone(),
+            ));
+        }
         let auth = Arc::new(Authenticator::new(&config.auth.jwt_secret));
         let limiter = DeviceLimiter::new(config.limits.readings_per_sec, config.limits.burst);
         let handshakes = HandshakeLimiter::new(config.limits.handshakes_per_ip);

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use sensorgate::auth::{Authenticator, Role};
 use sensorgate::config::{self, Config};
 
@@ -52,6 +52,9 @@ enum Command {
         #[arg(long = "topic")]
         topics: Vec<String>,
     },
+    /// Write man pages and shell completions into DIR (for packaging).
+    #[command(hide = true)]
+    GenerateAssets { dir: PathBuf },
 }
 
 fn parse_ttl(s: &str) -> Result<std::time::Duration, String> {
@@ -60,10 +63,14 @@ fn parse_ttl(s: &str) -> Result<std::time::Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Needs no configuration: the packaging script runs it on the build host.
+    if let Some(Command::GenerateAssets { dir }) = &cli.command {
+        return generate_assets(dir);
+    }
     let config = match config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("sensorgate: {e}");
+            report_config_error(&e);
             return ExitCode::from(2);
         }
     };
@@ -77,6 +84,7 @@ fn main() -> ExitCode {
             print!("{}", config.render_redacted());
             ExitCode::SUCCESS
         }
+        Command::GenerateAssets { .. } => unreachable!("handled before loading the config"),
         Command::Token {
             role,
             sub,
@@ -126,6 +134,29 @@ fn check_store(config: &Config) -> ExitCode {
     }
 }
 
+/// One self-contained line per problem: under systemd every stderr line is
+/// its own journal entry, so a header line would be a reason-less entry.
+fn report_config_error(e: &config::ConfigError) {
+    match e.problems() {
+        [] => eprintln!("sensorgate: {e}"),
+        problems => {
+            for p in problems {
+                eprintln!("sensorgate: invalid configuration: {p}");
+            }
+        }
+    }
+}
+
+fn generate_assets(dir: &std::path::Path) -> ExitCode {
+    match sensorgate::cli_docs::write(Cli::command(), dir) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sensorgate: generate-assets {}: {e}", dir.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Exit code for a store refused at start-up: distinct from other failures
 /// so that a supervisor (or an operator's script) can tell "needs a human".
 const EXIT_STORE_REFUSED: u8 = 3;
@@ -152,8 +183,8 @@ fn run(config: Config, open: sensorgate::store::OpenOptions) -> ExitCode {
         let daemon = match sensorgate::Daemon::start_with(Arc::new(config), open).await {
             Ok(d) => d,
             Err(e) => {
+                // One line, through the logger (the journal under systemd).
                 tracing::error!("{e}");
-                eprintln!("sensorgate: {e}");
                 return match e {
                     sensorgate::StartError::Store(s) if s.needs_operator() => {
                         ExitCode::from(EXIT_STORE_REFUSED)
@@ -162,10 +193,10 @@ fn run(config: Config, open: sensorgate::store::OpenOptions) -> ExitCode {
                 };
             }
         };
-        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+        sensorgate::systemd::notify_ready();
         wait_for_signal().await;
         tracing::info!("shutting down");
-        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        sensorgate::systemd::notify_stopping();
         let token = daemon.shutdown_token();
         token.cancel();
         let deadline = daemon.deadline();

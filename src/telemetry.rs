@@ -1,12 +1,15 @@
-//! Logs and metrics set-up. Metric names are all `sensorgate_*` (SPEC §5);
+//! Logs and metrics set-up. The metrics themselves (names, HELP, emission)
+//! live in [`crate::events`]; names are all `sensorgate_*` (SPEC §5);
 //! no metric carries a device label (unbounded cardinality).
 
+use std::io::IsTerminal;
 use std::sync::OnceLock;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
+use crate::events;
 
 /// The process-wide Prometheus recorder, installed on first use. Several
 /// daemons in one process (tests) share it.
@@ -14,21 +17,53 @@ pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), events::SECONDS_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(events::COMMIT_SIZE_METRIC.into()),
+                        events::COMMIT_SIZE_BUCKETS,
+                    )
+                })
+                .expect("histogram buckets are not empty")
+                .build_recorder();
             let handle = recorder.handle();
             // Fails only if another recorder is installed; then ours just
             // renders nothing, which is not worth refusing to start over.
             let _ = metrics::set_global_recorder(recorder);
+            events::describe();
             handle
         })
         .clone()
 }
 
-/// Initialises logging to stderr per `log.level` and `log.format`.
+/// Initialises logging per `log.level` and `log.format`.
+///
+/// When stderr is the journal (a systemd service), events go to journald
+/// natively instead: each field becomes a journal field
+/// (`journalctl -u sensorgate ERROR=...`), the level becomes the entry's
+/// priority (`journalctl -p warning`), and journald adds the timestamp, so
+/// `log.format` does not apply there. Elsewhere, text or JSON lines go to
+/// stderr, with ANSI colours only when stderr is a terminal.
 pub fn init_logging(cfg: &LogConfig) {
     let filter = EnvFilter::try_new(&cfg.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    if crate::systemd::stderr_is_journal() {
+        match tracing_journald::layer() {
+            Ok(journal) => {
+                use tracing_subscriber::layer::SubscriberExt;
+                use tracing_subscriber::util::SubscriberInitExt;
+                let _ = tracing_subscriber::registry()
+                    .with(filter)
+                    .with(journal.with_syslog_identifier("sensorgate".into()))
+                    .try_init();
+                return;
+            }
+            Err(e) => eprintln!("sensorgate: journald unreachable ({e}); logging to stderr"),
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         // On a failed write tracing-subscriber would report through
         // `eprintln!`, which panics when stderr is a file on a full disk:

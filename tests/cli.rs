@@ -287,3 +287,22 @@ async fn sigterm_closes_devices_with_1001_and_exits_0() {
 async fn sigint_closes_devices_with_1001_and_exits_0() {
     signal_closes_devices_with_1001_and_exits_0(Signal::SIGINT).await;
 }
+
+#[test]
+fn generate_assets_writes_man_pages_and_completions_from_the_clap_definitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(&["generate-assets", &dir.path().to_string_lossy()], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let read = |p: &str| std::fs::read_to_string(dir.path().join(p)).unwrap();
+    assert!(read("man/sensorgate.1").contains("check\\-config"));
+    // One page per subcommand, options as clap defines them.
+    let token = read("man/sensorgate-token.1");
+    for opt in ["\\-\\-role", "\\-\\-sub", "\\-\\-ttl", "\\-\\-topic"] {
+        assert!(token.contains(opt), "{opt} missing from:\n{token}");
+    }
+    assert!(read("bash/sensorgate").contains("check-config"));
+    assert!(read("zsh/_sensorgate").contains("#compdef sensorgate"));
+    // The packaging-only subcommand stays out of what users read.
+    assert!(!dir.path().join("man/sensorgate-generate-assets.1").exists());
+    assert!(!read("man/sensorgate.1").contains("generate"));
+}

@@ -142,7 +142,7 @@ async fn half_sent_requests_neither_starve_others_nor_hold_sigterm() {
     assert!(
         metric(
             &base,
-            "sensorgate_handshakes_rejected_total",
+            "sensorgate_ingest_handshakes_rejected_total",
             "pending_per_ip"
         )
         .await
@@ -166,7 +166,7 @@ async fn half_sent_requests_are_closed_after_the_handshake_timeout() {
     }
     // A bare connection that sends nothing is no different.
     held.push(TcpStream::connect(&base).await.unwrap());
-    assert!(metric(&base, "sensorgate_pending_handshakes", "").await >= 1.0);
+    assert!(metric(&base, "sensorgate_ingest_pending_handshakes", "").await >= 1.0);
     for mut tcp in held {
         let mut buf = Vec::new();
         let read = tokio::time::timeout(
@@ -178,7 +178,7 @@ async fn half_sent_requests_are_closed_after_the_handshake_timeout() {
         assert!(read.is_err() || buf.is_empty() || buf.starts_with(b"HTTP/1.1 408"));
     }
     eventually("no handshake pending", || async {
-        metric(&base, "sensorgate_pending_handshakes", "").await == 0.0
+        metric(&base, "sensorgate_ingest_pending_handshakes", "").await == 0.0
     })
     .await;
 }
@@ -251,7 +251,7 @@ async fn a_subscriber_that_never_reads_is_closed_while_readings_flow() {
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
     let (_sub, _) = tokio_tungstenite::connect_async(req).await.unwrap();
     eventually("the subscriber is registered", || async {
-        metric(&base, "sensorgate_subscribers", "").await == 1.0
+        metric(&base, "sensorgate_fanout_subscribers", "").await == 1.0
     })
     .await;
 
@@ -260,7 +260,7 @@ async fn a_subscriber_that_never_reads_is_closed_while_readings_flow() {
     assert_eq!(recv_frame(&mut ws).await["type"], "welcome");
     let mut seq = 0;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while metric(&base, "sensorgate_subscribers", "").await != 0.0 {
+    while metric(&base, "sensorgate_fanout_subscribers", "").await != 0.0 {
         assert!(
             Instant::now() < deadline,
             "non-reading subscriber still connected"
@@ -329,7 +329,7 @@ async fn duplicate_resends_are_counted_on_their_own() {
         assert_eq!(recv_frame(&mut ws).await["duplicate"], true);
     }
     let base = d.addr().to_string();
-    assert!(metric(&base, "sensorgate_duplicate_batches_total", "").await >= 3.0);
+    assert!(metric(&base, "sensorgate_ingest_duplicate_batches_total", "").await >= 3.0);
     assert_eq!(d.stored("#").await.len(), 1);
 }
 
@@ -471,7 +471,7 @@ async fn out_of_descriptors_accept_backs_off_and_healthz_comes_back() {
     // Descriptors free again: served again, and the failed accepts were
     // retried with backoff, not in a tight loop.
     eventually("/healthz answers again", || healthz(&base)).await;
-    let errors = metric(&base, "sensorgate_accept_errors_total", "").await;
+    let errors = metric(&base, "sensorgate_ingest_accept_errors_total", "").await;
     assert!(errors >= 1.0, "accept ran out of descriptors");
     assert!(
         errors <= 50.0,

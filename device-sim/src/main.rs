@@ -142,6 +142,9 @@ impl Args {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = generate_assets() {
+        return code;
+    }
     let args = Args::parse();
     if let Err(e) = args.check() {
         eprintln!("device-sim: {e}");
@@ -158,6 +161,29 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `device-sim --generate-assets DIR`, used by the packaging script: writes
+/// the man page and completions. Checked before clap parses, because clap
+/// would otherwise insist on `--url` and an auth option; it is not part of
+/// [`Args`], so it stays out of the help, the man page and the completions.
+fn generate_assets() -> Option<ExitCode> {
+    use clap::CommandFactory;
+    let mut argv = std::env::args_os().skip(1);
+    if argv.next()? != "--generate-assets" {
+        return None;
+    }
+    let Some(dir) = argv.next().map(std::path::PathBuf::from) else {
+        eprintln!("device-sim: --generate-assets needs a directory");
+        return Some(ExitCode::from(2));
+    };
+    Some(match sensorgate::cli_docs::write(Args::command(), &dir) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("device-sim: --generate-assets {}: {e}", dir.display());
+            ExitCode::FAILURE
+        }
+    })
 }
 
 async fn run(args: Args) -> anyhow::Result<ExitCode> {

@@ -628,3 +628,31 @@ async fn one_token_for_many_devices_is_a_usage_error() {
         run.stderr
     );
 }
+
+#[test]
+fn generate_assets_writes_the_man_page_and_completions() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_device-sim"))
+        .arg("--generate-assets")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read = |p: &str| std::fs::read_to_string(dir.path().join(p)).unwrap();
+    let man = read("man/device-sim.1");
+    for opt in [
+        "\\-\\-url",
+        "\\-\\-devices",
+        "\\-\\-rate",
+        "\\-\\-subscribe",
+    ] {
+        assert!(man.contains(opt), "{opt} missing from:\n{man}");
+    }
+    assert!(!man.contains("generate"), "{man}");
+    assert!(read("bash/device-sim").contains("--devices"));
+    assert!(read("zsh/_device-sim").contains("#compdef device-sim"));
+}

@@ -114,7 +114,7 @@ impl BridgeStatus {
 
     fn set_connected(&self, up: bool, error: Option<String>) {
         self.connected.store(up, Ordering::Release);
-        metrics::gauge!("sensorgate_mqtt_connected").set(if up { 1.0 } else { 0.0 });
+        crate::events::MqttConnection { up }.emit();
         if let Some(e) = error {
             *self.last_error.lock().expect("status lock") = Some(e);
         }
@@ -127,12 +127,11 @@ impl BridgeStatus {
             return;
         }
         self.dropped.fetch_add(n, Ordering::Relaxed);
-        metrics::counter!("sensorgate_mqtt_dropped_total", "reason" => reason).increment(n);
-        tracing::warn!(
-            dropped = n,
+        crate::events::MqttDropped {
+            readings: n,
             reason,
-            "mqtt outbox readings dropped unpublished"
-        );
+        }
+        .emit();
     }
 }
 
@@ -188,7 +187,7 @@ impl Bridge {
 
         let status = Arc::new(BridgeStatus::default());
         status.cursor.store(cursor, Ordering::Release);
-        metrics::gauge!("sensorgate_mqtt_connected").set(0.0);
+        crate::events::MqttConnection { up: false }.emit();
         // Room for the whole window plus a few control requests, so
         // `try_publish` within the window never finds the channel full.
         let (client, eventloop) = AsyncClient::new(options, WINDOW + 16);
@@ -288,21 +287,22 @@ fn relay_handler(cfg: &MqttConfig, hub: Arc<Hub>) -> OnPublish {
         payload::Rejected::NoOrigin,
     ] {
         // Registered at zero so the series shows in `/metrics` from the start.
-        metrics::counter!("sensorgate_mqtt_relay_rejected_total", "reason" => reason.as_str())
-            .increment(0);
+        crate::events::MqttRelayRejected::register(reason.as_str());
     }
     Box::new(move |p| {
         match payload::relayed(format, &prefix, &own, &p.topic, &p.payload) {
             Ok(Some(r)) => {
                 let origin = r.origin.unwrap_or_default();
                 hub.publish_relayed(&origin, vec![r.reading]);
-                metrics::counter!("sensorgate_mqtt_relayed_total").increment(1);
+                crate::events::MqttRelayed.emit();
             }
             Ok(None) => {} // our own
             Err(reason) => {
-                metrics::counter!("sensorgate_mqtt_relay_rejected_total", "reason" => reason.as_str())
-                    .increment(1);
-                tracing::debug!(topic = %p.topic, reason = reason.as_str(), "mqtt relay: message dropped");
+                crate::events::MqttRelayRejected {
+                    reason: reason.as_str(),
+                    topic: &p.topic,
+                }
+                .emit();
             }
         }
     })
@@ -352,8 +352,7 @@ impl Runner {
             }
             let cursor = self.outbox.cursor();
             self.status.cursor.store(cursor, Ordering::Release);
-            metrics::gauge!("sensorgate_mqtt_backlog")
-                .set(self.store.last_id().saturating_sub(cursor) as f64);
+            crate::events::MqttBacklog(self.store.last_id().saturating_sub(cursor)).emit();
             if let Some(deadline) = deadline {
                 let drained = cursor >= self.store.last_id();
                 if drained || self.epoch.is_none() || Instant::now() >= deadline {
@@ -421,12 +420,15 @@ impl Runner {
                 let qos0 = self.qos == QoS::AtMostOnce;
                 self.outbox.written(pkid, qos0);
                 if qos0 {
-                    metrics::counter!("sensorgate_mqtt_published_total").increment(1);
+                    crate::events::MqttPublished { latency: None }.emit();
                 }
             }
             ConnEvent::Acked(pkid) => {
-                if self.outbox.acked(pkid) {
-                    metrics::counter!("sensorgate_mqtt_published_total").increment(1);
+                if let Some(latency) = self.outbox.acked(pkid) {
+                    crate::events::MqttPublished {
+                        latency: Some(latency),
+                    }
+                    .emit();
                 }
             }
         }

@@ -8,6 +8,7 @@
 //! of order, the cursor follows the *contiguous* acknowledged prefix only.
 
 use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use crate::protocol::Reading;
 
@@ -32,8 +33,9 @@ pub struct Outbox {
     /// writes requests in the order it got them, so the n-th write event is
     /// the n-th id here.
     unwritten: VecDeque<u64>,
-    /// Written at QoS 1 and awaiting PUBACK, by packet id.
-    by_pkid: HashMap<u16, u64>,
+    /// Written at QoS 1 and awaiting PUBACK, by packet id: the reading's id
+    /// and when it was written (for the publish latency).
+    by_pkid: HashMap<u16, (u64, Instant)>,
     max_window: usize,
 }
 
@@ -155,19 +157,16 @@ impl Outbox {
         if qos0 {
             self.ack_id(id);
         } else {
-            self.by_pkid.insert(pkid, id);
+            self.by_pkid.insert(pkid, (id, Instant::now()));
         }
     }
 
-    /// The broker acknowledged packet `pkid`. Returns whether it was ours.
-    pub fn acked(&mut self, pkid: u16) -> bool {
-        match self.by_pkid.remove(&pkid) {
-            Some(id) => {
-                self.ack_id(id);
-                true
-            }
-            None => false,
-        }
+    /// The broker acknowledged packet `pkid`. If it was ours: how long
+    /// after it was written.
+    pub fn acked(&mut self, pkid: u16) -> Option<Duration> {
+        let (id, written) = self.by_pkid.remove(&pkid)?;
+        self.ack_id(id);
+        Some(written.elapsed())
     }
 
     fn ack_id(&mut self, id: u64) {
@@ -219,12 +218,12 @@ mod tests {
             o.written(pkid, false);
         }
         assert_eq!(o.cursor(), 0);
-        assert!(o.acked(2));
+        assert!(o.acked(2).is_some());
         assert_eq!(o.cursor(), 0, "1 is not acked yet");
-        assert!(o.acked(1));
+        assert!(o.acked(1).is_some());
         assert_eq!(o.cursor(), 2);
-        assert!(!o.acked(9), "unknown pkid");
-        assert!(o.acked(3));
+        assert!(o.acked(9).is_none(), "unknown pkid");
+        assert!(o.acked(3).is_some());
         assert_eq!(o.cursor(), 3);
     }
 

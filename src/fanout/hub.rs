@@ -153,7 +153,7 @@ impl Hub {
     /// A new subscriber with no filters yet; dropping it unsubscribes all.
     pub fn subscriber(self: &Arc<Self>) -> Subscriber {
         let n = self.subscribers.fetch_add(1, Ordering::Relaxed) + 1;
-        metrics::gauge!("sensorgate_subscribers").set(n as f64);
+        crate::events::SubscribersConnected(n).emit();
         Subscriber {
             hub: self.clone(),
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -225,7 +225,7 @@ impl Hub {
         }
         drop(index);
         if deliveries > 0 {
-            metrics::counter!("sensorgate_fanout_deliveries_total").increment(deliveries);
+            crate::events::Delivered(deliveries).emit();
         }
     }
 }
@@ -304,7 +304,7 @@ impl Drop for Subscriber {
         }
         drop(index);
         let n = self.hub.subscribers.fetch_sub(1, Ordering::Relaxed) - 1;
-        metrics::gauge!("sensorgate_subscribers").set(n as f64);
+        crate::events::SubscribersConnected(n).emit();
     }
 }
 

@@ -65,8 +65,7 @@ impl SubscriberQueue {
                 SlowPolicy::Disconnect => {
                     st.items = VecDeque::new();
                     drop(st);
-                    metrics::counter!("sensorgate_subscribers_lagged_total", "policy" => "disconnect")
-                        .increment(1);
+                    crate::events::SlowSubscriber::Disconnected.emit();
                     self.overflowed.cancel();
                     return;
                 }
@@ -75,7 +74,7 @@ impl SubscriberQueue {
                     let from_queue = excess.min(st.items.len());
                     st.items.drain(..from_queue);
                     st.dropped += excess as u64;
-                    metrics::counter!("sensorgate_fanout_dropped_total").increment(excess as u64);
+                    crate::events::ReadingsSkipped(excess as u64).emit();
                     // More new items than the whole queue holds: keep the newest.
                     let skip_new = excess - from_queue;
                     st.items.extend(items.skip(skip_new));

@@ -405,7 +405,7 @@ impl Session {
             }
             let taken = self.queue.take(FRAME_ITEMS);
             if taken.dropped > 0 {
-                metrics::counter!("sensorgate_subscriber_lagged_notices_total").increment(1);
+                crate::events::SlowSubscriber::Lagged.emit();
                 self.notice(&Notice::Lagged {
                     dropped: taken.dropped,
                 })
@@ -492,8 +492,7 @@ impl Session {
             r = tokio::time::timeout(self.write_timeout, self.socket.send(msg)) => match r {
                 Ok(r) => r.map_err(|_| End::Gone),
                 Err(_) => {
-                    metrics::counter!("sensorgate_write_timeouts_total", "peer" => "subscriber")
-                        .increment(1);
+                    crate::events::WriteTimedOut { peer: "subscriber" }.emit();
                     Err(End::Idle)
                 }
             },

@@ -97,7 +97,7 @@ impl Gate {
         }
         *n += 1;
         *total += 1;
-        metrics::gauge!("sensorgate_pending_handshakes").set(*total as f64);
+        crate::events::PendingHandshakes(*total).emit();
         Ok(Pending {
             gate: self.inner.clone(),
             ip,
@@ -121,7 +121,7 @@ impl Drop for Pending {
                 per_ip.remove(&self.ip);
             }
         }
-        metrics::gauge!("sensorgate_pending_handshakes").set(*total as f64);
+        crate::events::PendingHandshakes(*total).emit();
     }
 }
 
@@ -129,8 +129,10 @@ impl Drop for Pending {
 /// fresh socket's send buffer is empty, so the non-blocking write takes the
 /// whole (small) response or the peer gets a bare close: never a wait.
 pub fn refuse(tcp: TcpStream, why: Refused) {
-    metrics::counter!("sensorgate_handshakes_rejected_total", "reason" => why.as_str())
-        .increment(1);
+    crate::events::HandshakeRejected {
+        reason: why.as_str(),
+    }
+    .emit();
     // A close with the request unread may reset the connection before the
     // peer reads this; acceptable for a refused peer.
     let _ = tcp.try_write(why.response().as_bytes());

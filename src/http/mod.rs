@@ -188,8 +188,10 @@ pub fn handshake_rate_refusal(state: &AppState, peer: SocketAddr) -> Option<Resp
     let Err(retry) = state.handshakes.check(peer.ip()) else {
         return None;
     };
-    metrics::counter!("sensorgate_handshakes_rejected_total", "reason" => "rate_limited")
-        .increment(1);
+    crate::events::HandshakeRejected {
+        reason: "rate_limited",
+    }
+    .emit();
     let mut resp = (
         StatusCode::TOO_MANY_REQUESTS,
         Json(
@@ -225,8 +227,7 @@ async fn ingest(
     ) {
         Ok(identity) => identity,
         Err(e) => {
-            metrics::counter!("sensorgate_handshakes_rejected_total", "reason" => "auth")
-                .increment(1);
+            crate::events::HandshakeRejected { reason: "auth" }.emit();
             return e.into_response();
         }
     };

@@ -84,7 +84,7 @@ pub async fn accept_loop(listener: TcpListener, server: Server) {
             Err(e) => {
                 // Usually EMFILE/ENFILE. The pending connection stays in the
                 // kernel's backlog; retrying at once would spin a core.
-                metrics::counter!("sensorgate_accept_errors_total").increment(1);
+                crate::events::AcceptFailed.emit();
                 tracing::warn!(error = %e, ?backoff, "accept failed; backing off");
                 tokio::select! {
                     _ = server.shutdown.cancelled() => return,
@@ -181,8 +181,7 @@ async fn http<I>(
             _ = &mut first_rx, if !started => started = true,
             _ = tokio::time::sleep_until(handshake_deadline), if !started => {
                 tracing::debug!(%peer, "no request headers within the handshake timeout");
-                metrics::counter!("sensorgate_handshakes_rejected_total", "reason" => "timeout")
-                    .increment(1);
+                crate::events::HandshakeRejected { reason: "timeout" }.emit();
                 return;
             }
             _ = server.shutdown.cancelled(), if !draining => {

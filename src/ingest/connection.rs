@@ -73,7 +73,7 @@ struct Conn {
 /// close frame, and a broken socket just ends it).
 pub async fn run(socket: WebSocket, device: Arc<str>, ingest: Arc<Ingest>) {
     let registration = ingest.registry.register(device.clone());
-    metrics::counter!("sensorgate_device_connections_total").increment(1);
+    crate::events::DeviceConnected.emit();
     let mut conn = Conn {
         socket,
         device,
@@ -277,6 +277,7 @@ impl Conn {
             reply,
         });
         let timeout = self.ingest.config.ingest.enqueue_timeout;
+        let waiting = std::time::Instant::now();
         match self
             .ingest
             .writer
@@ -301,7 +302,10 @@ impl Conn {
                 (seq, rx.await.unwrap_or(CommitOutcome::Failed))
             }));
         }
-        metrics::counter!("sensorgate_batches_accepted_total").increment(1);
+        crate::events::BatchAccepted {
+            queue_wait: waiting.elapsed(),
+        }
+        .emit();
         Ok(())
     }
 
@@ -324,7 +328,7 @@ impl Conn {
             CommitOutcome::Duplicate => {
                 // Resends cost a writer round trip but no storage (and no
                 // rate tokens, SPEC §10); counted on their own.
-                metrics::counter!("sensorgate_duplicate_batches_total").increment(1);
+                crate::events::DuplicateBatch.emit();
                 self.send(&AckFrame::new(seq, true)).await
             }
             CommitOutcome::OutOfOrder { expected } => {
@@ -357,8 +361,10 @@ impl Conn {
     /// Sends a rejection; too many malformed frames in a row end the
     /// connection with 1008.
     async fn reject(&mut self, err: ErrorFrame) -> Result<(), End> {
-        metrics::counter!("sensorgate_frames_rejected_total", "code" => err.code.as_str())
-            .increment(1);
+        crate::events::FrameRejected {
+            code: err.code.as_str(),
+        }
+        .emit();
         let counts = err.code.counts_as_bad_frame();
         self.send(&err).await?;
         if counts {
@@ -408,8 +414,7 @@ impl Conn {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(_)) => Err(End::Gone),
                 Err(_) => {
-                    metrics::counter!("sensorgate_write_timeouts_total", "peer" => "device")
-                        .increment(1);
+                    crate::events::WriteTimedOut { peer: "device" }.emit();
                     Err(End::Idle)
                 }
             },

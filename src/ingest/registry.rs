@@ -45,7 +45,7 @@ impl Registry {
         if let Some(old) = old {
             old.replaced.cancel();
         }
-        metrics::gauge!("sensorgate_devices_connected").set(self.connected() as f64);
+        crate::events::DevicesConnected(self.connected()).emit();
         Registration {
             registry: self.clone(),
             device,
@@ -80,7 +80,7 @@ impl Drop for Registration {
         }
         let n = live.len();
         drop(live);
-        metrics::gauge!("sensorgate_devices_connected").set(n as f64);
+        crate::events::DevicesConnected(n).emit();
     }
 }
 

@@ -304,14 +304,17 @@ impl Store {
             rec.db.flush()?;
             last_id = mark;
         }
+        // What sled recovered or created is made durable before the mark
+        // says anything about it.
+        let mut files = FileSync::open(path).map_err(StoreError::Sync)?;
         let hwm = HighWaterMark::create_or_open(path, last_id)?;
         // From now on the store knows it has a mark: a mark file that goes
         // missing later is a damage, not a new store.
         if rec.db.get(HWM_KEPT_KEY)?.is_none() {
             rec.db.insert(HWM_KEPT_KEY, &[1u8][..])?;
             rec.db.flush()?;
+            files.sync().map_err(StoreError::Sync)?;
         }
-        let files = FileSync::open(path).map_err(StoreError::Sync)?;
         let store = Arc::new(Store {
             path: path.to_path_buf(),
             db: RwLock::new(Some(rec.db)),
@@ -324,7 +327,7 @@ impl Store {
             epoch: Instant::now(),
         });
         poke_stuck_flushes(Arc::downgrade(&store));
-        metrics::gauge!("sensorgate_store_writable").set(1.0);
+        crate::events::StoreWritable(true).emit();
         Ok(store)
     }
 
@@ -514,11 +517,7 @@ impl Store {
                 Some(why) => tracing::error!(reason = %why, "store refuses writes"),
                 None => tracing::info!("store accepts writes again"),
             }
-            metrics::gauge!("sensorgate_store_writable").set(if reason.is_none() {
-                1.0
-            } else {
-                0.0
-            });
+            crate::events::StoreWritable(reason.is_none()).emit();
             *r = reason;
         }
     }

@@ -82,12 +82,11 @@ pub async fn run(
             tokio::task::spawn_blocking(move || store.prune(now, retention, max_bytes)).await;
         match result {
             Ok(Ok(p)) if p.segments > 0 => {
-                metrics::counter!("sensorgate_retention_pruned_bytes_total").increment(p.bytes);
-                tracing::info!(
-                    segments = p.segments,
-                    bytes = p.bytes,
-                    "retention pruned old readings"
-                );
+                crate::events::RetentionPruned {
+                    segments: p.segments,
+                    bytes: p.bytes,
+                }
+                .emit();
             }
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "retention pass failed"),

@@ -72,6 +72,11 @@ pub enum WriteRequest {
         device: Arc<str>,
         reply: oneshot::Sender<CommitOutcome>,
     },
+    /// The systemd watchdog's liveness probe: answered as soon as the
+    /// writer thread takes it from the queue.
+    Ping {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// What happened to a batch, sent once it is decided (for stored batches:
@@ -217,8 +222,11 @@ impl Writer {
             }
             match received {
                 Some(0) => unreachable!("handled above"),
-                Some(_) => {
+                Some(batches) => {
+                    let started = Instant::now();
                     let applied = self.apply(buf.drain(..));
+                    let took = started.elapsed();
+                    crate::events::GroupCommitted { batches, took }.emit();
                     match self.sync {
                         SyncMode::Batch => self.flush_and_release(vec![applied]),
                         SyncMode::Interval => self.pending.push(applied),
@@ -285,6 +293,10 @@ impl Writer {
                     replies.push((reply, outcome));
                     continue;
                 }
+                WriteRequest::Ping { reply } => {
+                    let _ = reply.send(());
+                    continue;
+                }
             };
             let outcome = match self.check_seq(&batch) {
                 Ok(outcome) => outcome,
@@ -342,8 +354,11 @@ impl Writer {
                 // assumed is as unfounded as its stores.
                 let refused = fail_stored(&mut replies, true);
                 if refused > 0 {
-                    metrics::counter!("sensorgate_store_refused_batches_total", "reason" => fault.label())
-                        .increment(refused);
+                    crate::events::StoreRefused {
+                        reason: fault.label(),
+                        batches: refused,
+                    }
+                    .emit();
                 }
                 readings.clear();
             }
@@ -462,7 +477,7 @@ impl Writer {
             }
         }
         self.store.set_refusal(Some(reason));
-        metrics::counter!("sensorgate_store_failures_total").increment(1);
+        crate::events::StoreFailed.emit();
         self.store.close();
     }
 
@@ -548,8 +563,7 @@ impl Writer {
             }
             if let Some(last) = readings.last() {
                 self.store.mark_durable(last.id);
-                metrics::counter!("sensorgate_readings_stored_total")
-                    .increment(readings.len() as u64);
+                crate::events::ReadingsStored(readings.len()).emit();
                 let readings: Arc<[Reading]> = readings.into();
                 for l in &self.listeners {
                     l.on_commit(&readings);
@@ -572,8 +586,10 @@ impl Writer {
             .db()
             .and_then(|db| self.store.make_durable(&db, last_id));
         self.last_flush = Instant::now();
-        metrics::histogram!("sensorgate_store_flush_seconds")
-            .record(started.elapsed().as_secs_f64());
+        crate::events::StoreFlushed {
+            took: started.elapsed(),
+        }
+        .emit();
         match synced {
             Ok(()) => {
                 self.dirty = false;
