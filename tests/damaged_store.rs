@@ -10,47 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
+use common::blob_batches::{batch_for, config_for, last_id_of};
 use common::*;
-use serde_json::{json, Value};
-
-/// Readings per batch: every 5th batch is 500 readings with long strings,
-/// over sled's blob threshold, so part of the store lives in `blobs/` files.
-fn readings_in(seq: u64) -> u64 {
-    if seq % 5 == 0 {
-        500
-    } else {
-        40
-    }
-}
-
-/// The newest id after batches `1..=seq` (one device, a fresh store).
-fn last_id_of(seq: u64) -> u64 {
-    (1..=seq).map(readings_in).sum()
-}
-
-fn batch_for(seq: u64) -> Value {
-    let readings: Vec<Value> = (0..readings_in(seq))
-        .map(|i| {
-            let ts = (seq * 1000 + i) as i64;
-            let value = if seq % 5 == 0 {
-                json!(format!("{ts:0>250}"))
-            } else {
-                json!(ts)
-            };
-            json!({"sensor": "s", "ts": ts, "value": value})
-        })
-        .collect();
-    json!({"seq": seq, "readings": readings})
-}
-
-fn config_for(dir: &Path, port: u16) -> PathBuf {
-    let config = write_config(dir, port, "");
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("[limits]\n", "[limits]\nmax_frame_bytes = \"1MiB\"\n");
-    std::fs::write(&config, text).unwrap();
-    config
-}
+use serde_json::json;
 
 /// Sends batches `from..=to` one by one, each acked.
 async fn send_acked(base: &str, from: u64, to: u64) {

@@ -94,20 +94,6 @@ async fn get_json(base: &str, path: &str) -> (u16, Value) {
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
-async fn metric(base: &str, line_start: &str) -> f64 {
-    let text = reqwest::get(format!("http://{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// Batch `seq` of `n` readings, reading `i` at `ts = seq * 1000 + i`.
 fn seq_batch(seq: u64, n: usize) -> Value {
     let readings: Vec<Value> = (0..n)
@@ -230,7 +216,8 @@ async fn a_full_disk_refuses_batches_reports_not_ready_and_recovers_by_itself() 
     );
     let counted = metric(
         &base,
-        "sensorgate_store_refused_batches_total{reason=\"disk_full\"}",
+        "sensorgate_store_refused_batches_total",
+        "reason=\"disk_full\"",
     )
     .await;
     assert!(counted >= 1.0, "refusals counted: {counted}");

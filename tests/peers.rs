@@ -77,22 +77,6 @@ fn closed_by_server(tcp: &TcpStream) -> bool {
     }
 }
 
-/// One metric's value from `/metrics` (the sum over its label sets that
-/// contain `labels`), 0 when absent.
-async fn metric(base: &str, name: &str, labels: &str) -> f64 {
-    let text = reqwest::get(format!("http://{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name) && l.contains(labels))
-        .filter(|l| l[name.len()..].starts_with([' ', '{']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Waits (up to 30 s) until `check` holds.
 async fn eventually<F: std::future::Future<Output = bool>>(
     what: &str,

@@ -28,18 +28,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::blob_batches::{batch_for, config_for, last_id_of, readings_in};
 use common::*;
 use futures_util::StreamExt;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
-/// Readings in a small batch.
-const SMALL: u64 = 20;
-/// Readings in a big batch: with 250-byte strings its segment is over sled's
-/// blob threshold (a quarter of its 512 KiB log segment).
-const BIG: u64 = 500;
-/// Every `BIG_EVERY`th batch is big.
-const BIG_EVERY: u64 = 7;
 /// Batches sent ahead of their acks.
 const WINDOW: u64 = 8;
 /// Batches acked before the kill.
@@ -47,34 +41,6 @@ const ACKS_BEFORE_KILL: u64 = 60;
 
 const SYSCALLS: &str = "openat,open,creat,mkdir,mkdirat,rename,renameat,renameat2,\
 write,pwrite64,writev,pwritev,pwritev2,sendto,sendmsg,fsync,fdatasync,ftruncate,fallocate";
-
-fn readings_in(seq: u64) -> u64 {
-    if seq % BIG_EVERY == 0 {
-        BIG
-    } else {
-        SMALL
-    }
-}
-
-/// The last id of batch `seq`: one device on a fresh store, batches stored
-/// in seq order, so ids are the running count of readings.
-fn last_id_of(seq: u64) -> u64 {
-    (1..=seq).map(readings_in).sum()
-}
-
-fn batch_for(seq: u64) -> Value {
-    let readings: Vec<Value> = (0..readings_in(seq))
-        .map(|i| {
-            let ts = (seq * 1000 + i) as i64;
-            if seq % BIG_EVERY == 0 {
-                json!({"sensor": "note", "ts": ts, "value": format!("{ts:0>250}")})
-            } else {
-                json!({"sensor": "s", "ts": ts, "value": ts})
-            }
-        })
-        .collect();
-    json!({"seq": seq, "readings": readings})
-}
 
 /// One syscall from the log, unfinished/resumed halves joined.
 #[derive(Debug, Clone)]
@@ -432,17 +398,6 @@ fn cut_back(r: &Replay) {
             f.set_len(synced).unwrap();
         }
     }
-}
-
-/// The test daemon's config: big batches need more than the default 64 KiB
-/// frame limit.
-fn config_for(dir: &Path, port: u16) -> PathBuf {
-    let config = write_config(dir, port, "");
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("[limits]\n", "[limits]\nmax_frame_bytes = \"1MiB\"\n");
-    std::fs::write(&config, text).unwrap();
-    config
 }
 
 /// Streams batches until `ACKS_BEFORE_KILL` are acked, sends a few more

@@ -546,3 +546,65 @@ pub fn rss_kib() -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS in /proc/self/status")
 }
+
+/// One metric's value from the daemon at `base` (`host:port`): the sum over
+/// its samples whose labels contain `labels`; 0 when absent.
+pub async fn metric(base: &str, name: &str, labels: &str) -> f64 {
+    let text = reqwest::get(format!("http://{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(labels))
+        .filter(|l| l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Batches of one device on a fresh store, every 5th one big enough (500
+/// readings of 250-byte strings) that sled writes part of the store to
+/// `blobs/` files: what the durability tests need to cover every file kind.
+pub mod blob_batches {
+    use serde_json::{json, Value};
+
+    pub fn readings_in(seq: u64) -> u64 {
+        if seq % 5 == 0 {
+            500
+        } else {
+            20
+        }
+    }
+
+    /// The newest id after batches `1..=seq`: ids are the running count of
+    /// readings when one device's batches are stored in seq order.
+    pub fn last_id_of(seq: u64) -> u64 {
+        (1..=seq).map(readings_in).sum()
+    }
+
+    /// Batch `seq`; reading `i` has `ts = seq * 1000 + i`.
+    pub fn batch_for(seq: u64) -> Value {
+        let readings: Vec<Value> = (0..readings_in(seq))
+            .map(|i| {
+                let ts = (seq * 1000 + i) as i64;
+                if seq % 5 == 0 {
+                    json!({"sensor": "note", "ts": ts, "value": format!("{ts:0>250}")})
+                } else {
+                    json!({"sensor": "s", "ts": ts, "value": ts})
+                }
+            })
+            .collect();
+        json!({"seq": seq, "readings": readings})
+    }
+
+    /// [`super::write_config`] with a frame limit the big batches fit in.
+    pub fn config_for(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
+        let config = super::write_config(dir, port, "");
+        let text = std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("[limits]\n", "[limits]\nmax_frame_bytes = \"1MiB\"\n");
+        std::fs::write(&config, text).unwrap();
+        config
+    }
+}
