@@ -81,6 +81,9 @@ pub enum StoreError {
     /// unknown, so nothing may be acknowledged.
     #[error("syncing the store's files: {0}")]
     Sync(std::io::Error),
+    /// Another process (a running daemon) holds the store's lock.
+    #[error("storage.path {path}: the store is in use by another process ({detail}); stop it first")]
+    Locked { path: PathBuf, detail: String },
     /// The store was closed after a failure and is not reopened yet.
     #[error("the store is closed after a failure and not reopened yet")]
     Closed,
@@ -231,7 +234,10 @@ fn recover(path: &Path) -> Result<Recovered, StoreError> {
     scanned.map_err(|e| match e {
         // Another live process holding the lock is not damage.
         StoreError::Sled(sled::Error::Io(io)) if io.to_string().contains("lock") => {
-            StoreError::Sled(sled::Error::Io(io))
+            StoreError::Locked {
+                path: path.to_path_buf(),
+                detail: io.to_string(),
+            }
         }
         other => unreadable(other.to_string()),
     })
