@@ -82,7 +82,9 @@ pub enum StoreError {
     #[error("syncing the store's files: {0}")]
     Sync(std::io::Error),
     /// Another process (a running daemon) holds the store's lock.
-    #[error("storage.path {path}: the store is in use by another process ({detail}); stop it first")]
+    #[error(
+        "storage.path {path}: the store is in use by another process ({detail}); stop it first"
+    )]
     Locked { path: PathBuf, detail: String },
     /// The store was closed after a failure and is not reopened yet.
     #[error("the store is closed after a failure and not reopened yet")]
