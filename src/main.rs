@@ -76,6 +76,7 @@ fn main() -> ExitCode {
     };
     let open = sensorgate::store::OpenOptions {
         accept_data_loss: cli.accept_data_loss,
+        restart_in_place: true,
     };
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(config, open),
@@ -171,7 +172,9 @@ const DRAIN_SLACK: std::time::Duration = std::time::Duration::from_millis(200);
 
 fn run(config: Config, open: sensorgate::store::OpenOptions) -> ExitCode {
     sensorgate::telemetry::init_logging(&config.log);
-    raise_open_files_limit();
+    // Raised first (connections need it), reported once the daemon is up, so
+    // a failing start leaves only its one line of reason.
+    let nofile = sensorgate::http::serve::raise_open_files_limit();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -193,6 +196,7 @@ fn run(config: Config, open: sensorgate::store::OpenOptions) -> ExitCode {
                 };
             }
         };
+        report_open_files_limit(nofile);
         sensorgate::systemd::notify_ready();
         wait_for_signal().await;
         tracing::info!("shutting down");
@@ -214,10 +218,10 @@ fn run(config: Config, open: sensorgate::store::OpenOptions) -> ExitCode {
     code
 }
 
-/// Every connection is a descriptor: raise the soft open-files limit to
-/// the hard one, and say what it is.
-fn raise_open_files_limit() {
-    match sensorgate::http::serve::raise_open_files_limit() {
+/// Every connection is a descriptor: say what the open-files limit is
+/// after raising the soft limit to the hard one.
+fn report_open_files_limit(raised: std::io::Result<((u64, u64), u64)>) {
+    match raised {
         Ok(((soft, hard), now)) => {
             tracing::info!(before = soft, hard, now, "open-files limit (RLIMIT_NOFILE)")
         }

@@ -111,6 +111,12 @@ pub struct OpenOptions {
     /// Continue when the store holds less than its high-water mark; ids then
     /// continue above the mark so none is ever handed out twice.
     pub accept_data_loss: bool,
+    /// When sled is wedged after a failed write (it can neither finish nor
+    /// drop, so its file lock is never released), re-execute the process in
+    /// place once space is back: the one way to reopen the store without a
+    /// supervisor. Only the daemon's `main` sets this; a library user (the
+    /// tests' in-process daemon) keeps refusing instead.
+    pub restart_in_place: bool,
 }
 
 /// The opened store. Cheap to share (`Arc<Store>`); sled is internally
@@ -131,6 +137,9 @@ pub struct Store {
     retained_bytes: AtomicU64,
     /// Why the store refuses writes right now (`None`: it accepts them).
     refusal: Mutex<Option<String>>,
+    /// Set when a sled closed after a failure could not be dropped.
+    wedged: Arc<std::sync::atomic::AtomicBool>,
+    restart_in_place: bool,
     /// When the flush in progress started (ms since `epoch`, 0 = none): see
     /// [`poke_stuck_flushes`].
     flush_started_ms: AtomicU64,
@@ -331,6 +340,8 @@ impl Store {
             last_durable_id: AtomicU64::new(last_id),
             retained_bytes: AtomicU64::new(rec.retained_bytes),
             refusal: Mutex::new(None),
+            wedged: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            restart_in_place: opts.restart_in_place,
             flush_started_ms: AtomicU64::new(0),
             epoch: Instant::now(),
         });
@@ -536,13 +547,25 @@ impl Store {
     fn close(&self) {
         *self.files.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let db = self.db.write().unwrap_or_else(|e| e.into_inner()).take();
-        // sled's drop flushes and `sync_all().unwrap()`s when it has not
-        // seen an error itself (our own fsync failed): that may panic or
-        // block, so it happens on a throwaway thread, never the writer's.
+        // Dropping the last handle flushes (and, when sled has not seen an
+        // error itself, `sync_all().unwrap()`s): that may panic, or sleep on
+        // sled's lost wake-up. So it happens on a throwaway thread, after
+        // flushes that wake each other have all returned.
+        let wedged = self.wedged.clone();
         let dropped = std::thread::Builder::new()
             .name("sensorgate-store-close".into())
             .spawn(move || {
-                let _ = without_panics(move || drop(db));
+                if let Some(db) = db {
+                    if flush_until_settled(&db) {
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+                            move || drop(db),
+                        ));
+                    } else {
+                        tracing::error!("sled does not finish flushing after a failure; its lock stays held until the process restarts");
+                        wedged.store(true, Ordering::Release);
+                        std::mem::forget(db);
+                    }
+                }
             });
         if let Err(e) = dropped {
             tracing::warn!(error = %e, "could not start a thread to close the store");
@@ -570,6 +593,63 @@ impl Store {
         *self.db.write().unwrap_or_else(|e| e.into_inner()) = Some(rec.db);
         Ok(rec.last_id)
     }
+}
+
+impl Store {
+    /// True when a sled closed after a failure can never be released in this
+    /// process (see [`OpenOptions::restart_in_place`]).
+    pub fn is_wedged(&self) -> bool {
+        self.wedged.load(Ordering::Acquire)
+    }
+
+    fn restart_in_place(&self) -> bool {
+        self.restart_in_place
+    }
+}
+
+/// Re-executes this process with its own arguments: every descriptor (the
+/// wedged store's lock, the listener) is closed on exec, and the new image
+/// opens the store afresh. Acknowledged readings are durable, so nothing
+/// promised is lost; connections drop and devices resend. Returns only if
+/// the exec failed.
+fn reexec() -> std::io::Error {
+    use std::os::unix::process::CommandExt;
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => return e,
+    };
+    let mut args = std::env::args_os();
+    args.next();
+    std::process::Command::new(exe).args(args).exec()
+}
+
+/// Flushes a failed sled until no flush is left waiting: each flush runs on
+/// a short-lived thread, and while the newest has not returned within a
+/// second another one is started — a flush that finds sled's recorded
+/// error wakes every waiter (see [`poke_stuck_flushes`]). False when flushes
+/// still hang after 5 tries (a write sled abandoned: it will never complete
+/// nor fail).
+fn flush_until_settled(db: &sled::Db) -> bool {
+    let mut flushes: Vec<std::thread::JoinHandle<()>> = Vec::new();
+    for _ in 0..5 {
+        let d = db.clone();
+        match std::thread::Builder::new()
+            .name("sensorgate-flush-poke".into())
+            .spawn(move || {
+                let _ = d.flush();
+            }) {
+            Ok(h) => flushes.push(h),
+            Err(_) => return false,
+        }
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(1) {
+            if flushes.iter().all(|h| h.is_finished()) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    false
 }
 
 /// How long a flush may take before [`poke_stuck_flushes`] steps in.

@@ -490,6 +490,13 @@ impl Writer {
         if free < self.min_free {
             return;
         }
+        if fault == Fault::StoreFailed && self.store.is_wedged() && self.store.restart_in_place() {
+            tracing::error!(
+                "the failed store cannot be released in this process; space is back, restarting in place"
+            );
+            let e = super::reexec();
+            tracing::error!(error = %e, "restarting in place failed");
+        }
         if fault == Fault::StoreFailed {
             match self
                 .store
