@@ -400,6 +400,14 @@ fn cut_back(r: &Replay) {
     }
 }
 
+fn with_storage(config: PathBuf, storage: &str) -> PathBuf {
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("[storage]\n", &format!("[storage]\n{storage}"));
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
 /// Streams batches until `ACKS_BEFORE_KILL` are acked, sends a few more
 /// and returns the highest acked seq (the socket dies with the kill).
 async fn stream(ws: &mut Ws) -> u64 {
@@ -430,10 +438,24 @@ async fn stream(ws: &mut Ws) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_ack_follows_fsync_of_what_it_depends_on_and_survives_a_power_cut() {
+    power_cut("").await;
+}
+
+/// The same in interval mode: acks wait for the periodic flush, and that
+/// flush is the durable point they rely on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_interval_mode_too_every_ack_follows_fsync_and_survives_a_power_cut() {
+    power_cut("sync = \"interval\"\nflush_interval = \"20ms\"\n").await;
+}
+
+/// Streams under strace, kills, checks the trace, cuts the store back to
+/// what was synced and checks every ack survived; `storage` is added to the
+/// daemon's `[storage]` section.
+async fn power_cut(storage: &str) {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let port = free_port();
-    let config = config_for(dir.path(), port);
+    let config = with_storage(config_for(dir.path(), port), storage);
     let trace = dir.path().join("trace.txt");
     let log = dir.path().join("daemon.log");
     let trace_arg = trace.display().to_string();
@@ -491,7 +513,11 @@ async fn every_ack_follows_fsync_of_what_it_depends_on_and_survives_a_power_cut(
     let _ = daemon.child.wait();
 
     // Kept for whoever reads a failure.
-    let kept = Path::new(env!("CARGO_TARGET_TMPDIR")).join("power_loss-trace.txt");
+    let kept = Path::new(env!("CARGO_TARGET_TMPDIR")).join(if storage.is_empty() {
+        "power_loss-trace.txt"
+    } else {
+        "power_loss-interval-trace.txt"
+    });
     std::fs::copy(&trace, &kept).unwrap();
     let text = std::fs::read_to_string(&trace).unwrap();
     let calls = parse_trace(&text);
@@ -529,7 +555,7 @@ async fn every_ack_follows_fsync_of_what_it_depends_on_and_survives_a_power_cut(
     cut_back(&r);
     drop(daemon);
     let port = free_port();
-    let config = config_for(dir.path(), port);
+    let config = with_storage(config_for(dir.path(), port), storage);
     let daemon = ChildDaemon::start(&config, port, &log).await;
     let stored = stored_at(&daemon.base()).await;
     let mut by_ts: BTreeMap<i64, u64> = BTreeMap::new();
