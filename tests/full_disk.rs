@@ -243,6 +243,33 @@ async fn a_full_disk_refuses_batches_reports_not_ready_and_recovers_by_itself() 
     all_acked_stored(&daemon.base(), 6, 50).await;
 }
 
+/// A daemon in interval mode with `min_free = 0` (nothing stops sled itself
+/// from running into ENOSPC) whose store is on `fs` and whose log is not.
+async fn interval_daemon_on(fs: &Tmpfs) -> (ChildDaemon, PathBuf, tempfile::TempDir) {
+    let port = free_port();
+    let config = config_on(
+        fs,
+        port,
+        "min_free = \"0\"\nsync = \"interval\"\nflush_interval = \"20ms\"\n",
+    );
+    // Not on the tmpfs: a full disk must not swallow the daemon's log.
+    let logs = tempfile::tempdir().unwrap();
+    let daemon = ChildDaemon::start(&config, port, &logs.path().join("daemon.log")).await;
+    (daemon, config, logs)
+}
+
+/// Fills `fs`, then frees `room` bytes of it; returns the filler.
+fn fill_leaving(fs: &Tmpfs, room: u64) -> PathBuf {
+    let filler = fs.fill();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&filler)
+        .unwrap();
+    let len = f.metadata().unwrap().len();
+    f.set_len(len - room).unwrap();
+    filler // the handle is closed: removing the file frees its space
+}
+
 /// With `storage.min_free = 0` nothing stops sled itself from running into
 /// ENOSPC (interval mode, where the seq cache once got ahead of the disk).
 /// Whatever fails first (the space check or sled's own write), no batch is
@@ -253,30 +280,14 @@ async fn enospc_inside_the_store_is_refused_then_recovered_in_interval_mode() {
     let Some(fs) = Tmpfs::mount("32m") else {
         return;
     };
-    let port = free_port();
-    let config = config_on(
-        &fs,
-        port,
-        "min_free = \"0\"\nsync = \"interval\"\nflush_interval = \"20ms\"\n",
-    );
-    // Not on the tmpfs: a full disk must not swallow the daemon's log.
-    let logs = tempfile::tempdir().unwrap();
-    let log = logs.path().join("daemon.log");
-    let mut daemon = ChildDaemon::start(&config, port, &log).await;
-    let base = daemon.base();
+    let (mut daemon, config, logs) = interval_daemon_on(&fs).await;
+    let (base, port, log) = (daemon.base(), daemon.port, logs.path().join("daemon.log"));
     let mut ws = connect_device(&base, "d1").await;
     recv_frame(&mut ws).await;
     assert_eq!(answer(&mut ws, 1, 400).await["type"], "ack");
 
     // Leave a little room, then write until something is refused.
-    let filler = fs.fill();
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&filler)
-        .unwrap();
-    let len = f.metadata().unwrap().len();
-    f.set_len(len - 256 * 1024).unwrap();
-    drop(f); // an open handle would keep the space when the file is removed
+    let filler = fill_leaving(&fs, 256 * 1024);
     let mut acked = 1;
     let refused_seq = loop {
         let seq = acked + 1;
@@ -357,24 +368,9 @@ async fn pipelined_devices_never_get_an_ack_a_full_disk_took_back() {
     let Some(fs) = Tmpfs::mount("32m") else {
         return;
     };
-    let port = free_port();
-    let config = config_on(
-        &fs,
-        port,
-        "min_free = \"0\"\nsync = \"interval\"\nflush_interval = \"20ms\"\n",
-    );
-    let logs = tempfile::tempdir().unwrap();
-    let log = logs.path().join("daemon.log");
-    let mut daemon = ChildDaemon::start(&config, port, &log).await;
-    let base = daemon.base();
-    let filler = fs.fill();
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&filler)
-        .unwrap();
-    let len = f.metadata().unwrap().len();
-    f.set_len(len - 512 * 1024).unwrap();
-    drop(f);
+    let (mut daemon, config, logs) = interval_daemon_on(&fs).await;
+    let (base, port, log) = (daemon.base(), daemon.port, logs.path().join("daemon.log"));
+    let filler = fill_leaving(&fs, 512 * 1024);
 
     let mut streams = Vec::new();
     for d in 0..3 {
