@@ -254,6 +254,20 @@ fn recover(path: &Path) -> Result<Recovered, StoreError> {
     })
 }
 
+/// The store's content (its newest id) against the durable high-water mark:
+/// less than the mark is a store that lost acknowledged readings.
+fn check_mark(path: &Path, content: u64, mark: Option<u64>) -> Result<(), StoreError> {
+    match mark {
+        Some(mark) if mark > content => Err(StoreError::BehindHighWaterMark {
+            path: path.to_path_buf(),
+            content,
+            mark,
+            missing: mark - content,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// `--accept-data-loss` on a store sled cannot open at all: it is renamed to
 /// `<path>.damaged-<unix seconds>` (kept for forensics or a manual rescue)
 /// and an empty store starts in its place, above the old high-water mark.
@@ -295,7 +309,8 @@ impl Store {
             other => other?,
         };
         let mut last_id = rec.last_id;
-        if mark.is_none() && rec.db.get(HWM_KEPT_KEY)?.is_some() {
+        let had_mark = rec.db.get(HWM_KEPT_KEY)?.is_some();
+        if mark.is_none() && had_mark {
             if !opts.accept_data_loss {
                 return Err(StoreError::MarkMissing {
                     path: path.to_path_buf(),
@@ -303,15 +318,10 @@ impl Store {
             }
             tracing::warn!("the high-water mark file is gone; continuing above the store's own content (--accept-data-loss)");
         }
-        if let Some(mark) = mark.filter(|&m| m > rec.last_id) {
-            if !opts.accept_data_loss {
-                return Err(StoreError::BehindHighWaterMark {
-                    path: path.to_path_buf(),
-                    content: rec.last_id,
-                    mark,
-                    missing: mark - rec.last_id,
-                });
-            }
+        if let Err(behind) = check_mark(path, rec.last_id, mark) {
+            let Some(mark) = mark.filter(|_| opts.accept_data_loss) else {
+                return Err(behind);
+            };
             tracing::warn!(
                 content = rec.last_id,
                 mark,
@@ -327,7 +337,7 @@ impl Store {
         let hwm = HighWaterMark::create_or_open(path, last_id)?;
         // From now on the store knows it has a mark: a mark file that goes
         // missing later is a damage, not a new store.
-        if rec.db.get(HWM_KEPT_KEY)?.is_none() {
+        if !had_mark {
             rec.db.insert(HWM_KEPT_KEY, &[1u8][..])?;
             rec.db.flush()?;
             files.sync().map_err(StoreError::Sync)?;
@@ -578,14 +588,7 @@ impl Store {
     fn reopen(&self) -> Result<u64, StoreError> {
         let rec = recover(&self.path)?;
         let mark = self.hwm.lock().unwrap_or_else(|e| e.into_inner()).get();
-        if rec.last_id < mark {
-            return Err(StoreError::BehindHighWaterMark {
-                path: self.path.clone(),
-                content: rec.last_id,
-                mark,
-                missing: mark - rec.last_id,
-            });
-        }
+        check_mark(&self.path, rec.last_id, Some(mark))?;
         let files = FileSync::open(&self.path).map_err(StoreError::Sync)?;
         self.retained_bytes
             .store(rec.retained_bytes, Ordering::Relaxed);
@@ -632,14 +635,9 @@ fn reexec() -> std::io::Error {
 fn flush_until_settled(db: &sled::Db) -> bool {
     let mut flushes: Vec<std::thread::JoinHandle<()>> = Vec::new();
     for _ in 0..5 {
-        let d = db.clone();
-        match std::thread::Builder::new()
-            .name("sensorgate-flush-poke".into())
-            .spawn(move || {
-                let _ = d.flush();
-            }) {
-            Ok(h) => flushes.push(h),
-            Err(_) => return false,
+        match poke(db.clone()) {
+            Some(h) => flushes.push(h),
+            None => return false,
         }
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(1) {
@@ -650,6 +648,18 @@ fn flush_until_settled(db: &sled::Db) -> bool {
         }
     }
     false
+}
+
+/// One `flush` on a short-lived thread of its own: if sled recorded an error
+/// without waking its waiters, this call sees it and wakes them all. The
+/// thread holds `db` until its flush returns. `None` if no thread started.
+fn poke(db: sled::Db) -> Option<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("sensorgate-flush-poke".into())
+        .spawn(move || {
+            let _ = db.flush();
+        })
+        .ok()
 }
 
 /// How long a flush may take before [`poke_stuck_flushes`] steps in.
@@ -667,7 +677,7 @@ fn poke_stuck_flushes(store: Weak<Store>) {
         .spawn(move || {
             // At most one poke in flight; a poke that itself blocks is a
             // slow disk, not a lost wake-up, and is left to finish.
-            let mut poke: Option<std::thread::JoinHandle<()>> = None;
+            let mut in_flight: Option<std::thread::JoinHandle<()>> = None;
             loop {
                 std::thread::sleep(Duration::from_millis(250));
                 let Some(store) = store.upgrade() else { return };
@@ -675,17 +685,12 @@ fn poke_stuck_flushes(store: Weak<Store>) {
                 let now = store.epoch.elapsed().as_millis() as u64;
                 let stuck =
                     started != 0 && now.saturating_sub(started) > STUCK_FLUSH.as_millis() as u64;
-                if poke.as_ref().is_some_and(|p| !p.is_finished()) || !stuck {
+                if in_flight.as_ref().is_some_and(|p| !p.is_finished()) || !stuck {
                     continue;
                 }
                 let Ok(db) = store.db() else { continue };
                 drop(store);
-                poke = std::thread::Builder::new()
-                    .name("sensorgate-flush-poke".into())
-                    .spawn(move || {
-                        let _ = db.flush();
-                    })
-                    .ok();
+                in_flight = poke(db);
             }
         });
     if let Err(e) = spawned {
