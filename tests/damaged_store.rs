@@ -57,7 +57,8 @@ async fn fixture() -> Fixture {
     let earlier = dir.path().join("earlier");
     let mut daemon = ChildDaemon::start(&config, port, &log).await;
     send_acked(&daemon.base(), 1, 30).await;
-    stop(&mut daemon);
+    let (code, _) = daemon.sigterm(Duration::from_secs(30), &log).await;
+    assert_eq!(code, Some(0));
     copy_dir(&store, &earlier);
     let mut daemon = ChildDaemon::start(&config, port, &log).await;
     send_acked(&daemon.base(), 31, 60).await;
@@ -69,12 +70,6 @@ async fn fixture() -> Fixture {
         store,
         earlier,
     }
-}
-
-fn stop(daemon: &mut ChildDaemon) {
-    let pid = nix::unistd::Pid::from_raw(daemon.child.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    assert_eq!(daemon.child.wait().unwrap().code(), Some(0));
 }
 
 /// A fresh copy of the fixture's store in its own dir, for one damage.

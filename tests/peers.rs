@@ -10,8 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use futures_util::SinkExt;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use sensorgate::auth::{Authenticator, Role};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -30,24 +28,6 @@ async fn start(dir: &Path, server: &str) -> (ChildDaemon, std::path::PathBuf) {
     std::fs::write(&config, toml).unwrap();
     let log = dir.join("sensorgate.log");
     (ChildDaemon::start(&config, port, &log).await, log)
-}
-
-/// Sends SIGTERM and waits (up to `within`) for the exit; returns the
-/// exit code and how long it took.
-async fn sigterm(d: &mut ChildDaemon, within: Duration, log: &Path) -> (Option<i32>, Duration) {
-    let sent = Instant::now();
-    kill(Pid::from_raw(d.child.id() as i32), Signal::SIGTERM).unwrap();
-    loop {
-        if let Some(status) = d.child.try_wait().unwrap() {
-            return (status.code(), sent.elapsed());
-        }
-        assert!(
-            sent.elapsed() < within,
-            "still running {within:?} after SIGTERM: {}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// A TCP connection from `source` (another loopback address, so the
@@ -133,7 +113,7 @@ async fn half_sent_requests_neither_starve_others_nor_hold_sigterm() {
             >= (2000 - sensorgate::http::serve::PENDING_PER_IP) as f64
     );
 
-    let (code, _) = sigterm(&mut d, Duration::from_secs(3 + 3), &log).await;
+    let (code, _) = d.sigterm(Duration::from_secs(3 + 3), &log).await;
     assert_eq!(code, Some(0));
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("open-files limit"), "{text}");
@@ -212,7 +192,7 @@ async fn a_device_that_floods_and_never_reads_is_closed_by_idle_4001_and_sigterm
     // Shutdown: a flooding, non-reading device does not delay the exit.
     let _stuck = tokio::spawn(flood_without_reading(raw_device(&base, "stuck").await));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (code, _) = sigterm(&mut d, Duration::from_secs(3 + 3), &log).await;
+    let (code, _) = d.sigterm(Duration::from_secs(3 + 3), &log).await;
     assert_eq!(code, Some(0));
 }
 
@@ -256,7 +236,7 @@ async fn a_subscriber_that_never_reads_is_closed_while_readings_flow() {
         }
     }
     assert!(seq > 0);
-    let (code, _) = sigterm(&mut d, Duration::from_secs(3 + 3), &log).await;
+    let (code, _) = d.sigterm(Duration::from_secs(3 + 3), &log).await;
     assert_eq!(code, Some(0));
 }
 

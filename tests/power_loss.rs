@@ -400,14 +400,6 @@ fn cut_back(r: &Replay) {
     }
 }
 
-fn with_storage(config: PathBuf, storage: &str) -> PathBuf {
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("[storage]\n", &format!("[storage]\n{storage}"));
-    std::fs::write(&config, text).unwrap();
-    config
-}
-
 /// Streams batches until `ACKS_BEFORE_KILL` are acked, sends a few more
 /// and returns the highest acked seq (the socket dies with the kill).
 async fn stream(ws: &mut Ws) -> u64 {
@@ -455,7 +447,8 @@ async fn power_cut(storage: &str) {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let port = free_port();
-    let config = with_storage(config_for(dir.path(), port), storage);
+    let config = config_for(dir.path(), port);
+    add_keys(&config, "storage", storage);
     let trace = dir.path().join("trace.txt");
     let log = dir.path().join("daemon.log");
     let trace_arg = trace.display().to_string();
@@ -555,7 +548,8 @@ async fn power_cut(storage: &str) {
     cut_back(&r);
     drop(daemon);
     let port = free_port();
-    let config = with_storage(config_for(dir.path(), port), storage);
+    let config = config_for(dir.path(), port);
+    add_keys(&config, "storage", storage);
     let daemon = ChildDaemon::start(&config, port, &log).await;
     let stored = stored_at(&daemon.base()).await;
     let mut by_ts: BTreeMap<i64, u64> = BTreeMap::new();

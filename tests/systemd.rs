@@ -62,7 +62,7 @@ async fn notifies_ready_watchdog_and_stopping() {
     // systemd names the watched process in WATCHDOG_PID; `exec` keeps the
     // shell's pid for the daemon.
     let base = sensorgate_cmd();
-    let mut cmd = std::process::Command::new("sh");
+    let mut cmd = without_overrides(std::process::Command::new("sh"));
     cmd.args(["-c", "WATCHDOG_PID=$$ exec \"$0\" run --config \"$1\""])
         .arg(base.get_program())
         .arg(&config)
@@ -70,9 +70,6 @@ async fn notifies_ready_watchdog_and_stopping() {
         // 300 ms: the daemon pings its writer every 150 ms.
         .env("WATCHDOG_USEC", "300000")
         .stderr(std::fs::File::create(&log).unwrap());
-    for (k, _) in base.get_envs() {
-        cmd.env_remove(k);
-    }
     let mut child = KillOnDrop(cmd.spawn().unwrap());
 
     notify

@@ -254,13 +254,26 @@ level = "warn"
     path
 }
 
+/// Adds `keys` (TOML lines) to `[section]` of a config from [`write_config`]
+/// (whose `extra` lands after its last section).
+pub fn add_keys(config: &std::path::Path, section: &str, keys: &str) {
+    let header = format!("[{section}]\n");
+    let text = std::fs::read_to_string(config).unwrap();
+    assert!(
+        text.contains(&header),
+        "no {header} in {}",
+        config.display()
+    );
+    std::fs::write(config, text.replace(&header, &format!("{header}{keys}"))).unwrap();
+}
+
 /// The `sensorgate` binary with no `SENSORGATE__*` overrides inherited.
 pub fn sensorgate_cmd() -> std::process::Command {
     without_overrides(std::process::Command::new(env!("CARGO_BIN_EXE_sensorgate")))
 }
 
 /// `cmd` with no `SENSORGATE__*` variable inherited from the test's environment.
-fn without_overrides(mut cmd: std::process::Command) -> std::process::Command {
+pub fn without_overrides(mut cmd: std::process::Command) -> std::process::Command {
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("SENSORGATE__") {
             cmd.env_remove(k);
@@ -364,6 +377,30 @@ impl ChildDaemon {
 
     pub fn base(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// SIGTERM, then waits (polling, at most `within`, else the test fails
+    /// with the daemon's `log`) for the exit; returns its code and how long
+    /// it took.
+    pub async fn sigterm(
+        &mut self,
+        within: Duration,
+        log: &std::path::Path,
+    ) -> (Option<i32>, Duration) {
+        let sent = std::time::Instant::now();
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status.code(), sent.elapsed());
+            }
+            assert!(
+                sent.elapsed() < within,
+                "still running {within:?} after SIGTERM: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// SIGKILL, and reap.
@@ -601,10 +638,7 @@ pub mod blob_batches {
     /// [`super::write_config`] with a frame limit the big batches fit in.
     pub fn config_for(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
         let config = super::write_config(dir, port, "");
-        let text = std::fs::read_to_string(&config)
-            .unwrap()
-            .replace("[limits]\n", "[limits]\nmax_frame_bytes = \"1MiB\"\n");
-        std::fs::write(&config, text).unwrap();
+        super::add_keys(&config, "limits", "max_frame_bytes = \"1MiB\"\n");
         config
     }
 }
