@@ -1,11 +1,20 @@
-//! Human-readable durations and sizes, both ways.
+//! The value types the config file spells its own way, both ways.
 //!
 //! The config file writes `"20s"`, `"7d"`, `"64KiB"` (SPEC §8); the rest of the
 //! daemon only ever sees `Duration` and byte counts. The `format_*` functions
 //! are the inverse used by `check-config`, chosen so that their output parses
-//! back to the same value.
+//! back to the same value. The serde adapters ([`human_duration`],
+//! [`byte_size`], [`millis`]) put both directions on a field with one
+//! `#[serde(with = ...)]`, so the fields keep their plain `Duration` / integer
+//! types for the modules that read them. [`Secret`] is a string that never
+//! shows itself: not in `Debug`, not when serialized.
 
+use std::fmt;
+use std::ops::Deref;
 use std::time::Duration;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
 
 /// Parses a duration such as `"20s"`, `"50ms"`, `"7d"` or `"1h 30m"`.
 ///
@@ -113,6 +122,189 @@ pub fn format_duration(d: Duration) -> String {
         .find(|(_, n)| nanos % n == 0)
         .map(|(name, n)| format!("{}{name}", nanos / n))
         .unwrap_or_else(|| format!("{nanos}ns"))
+}
+
+/// `#[serde(with = "human_duration")]` on a `Duration`: written `"20s"`.
+pub(super) mod human_duration {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_duration(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        d.deserialize_any(DurationVisitor)
+    }
+
+    struct DurationVisitor;
+
+    impl DurationVisitor {
+        fn bare_number<E: de::Error>(n: impl fmt::Display) -> E {
+            E::custom(format!(
+                "expected a duration string like \"20s\" or \"7d\", got {n} (a bare number has no unit)"
+            ))
+        }
+    }
+
+    impl Visitor<'_> for DurationVisitor {
+        type Value = Duration;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a duration string like \"20s\" or \"7d\"")
+        }
+
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<Duration, E> {
+            parse_duration(s).map_err(E::custom)
+        }
+
+        fn visit_i64<E: de::Error>(self, n: i64) -> Result<Duration, E> {
+            Err(Self::bare_number(n))
+        }
+
+        fn visit_u64<E: de::Error>(self, n: u64) -> Result<Duration, E> {
+            Err(Self::bare_number(n))
+        }
+
+        fn visit_f64<E: de::Error>(self, n: f64) -> Result<Duration, E> {
+            Err(Self::bare_number(n))
+        }
+    }
+}
+
+/// `#[serde(with = "byte_size")]` on a byte count: a size string
+/// (`"64KiB"`) or a plain number of bytes; written as a size string.
+pub(super) mod byte_size {
+    use super::*;
+
+    pub fn serialize<T, S>(bytes: &T, s: S) -> Result<S::Ok, S::Error>
+    where
+        T: Copy,
+        u64: TryFrom<T>,
+        S: Serializer,
+    {
+        s.serialize_str(&format_size(u64::try_from(*bytes).unwrap_or(u64::MAX)))
+    }
+
+    pub fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+    where
+        T: TryFrom<u64>,
+        D: Deserializer<'de>,
+    {
+        let bytes = d.deserialize_any(SizeVisitor)?;
+        T::try_from(bytes)
+            .map_err(|_| de::Error::custom(format!("too large, got {bytes} bytes")))
+    }
+
+    struct SizeVisitor;
+
+    impl Visitor<'_> for SizeVisitor {
+        type Value = u64;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a size like \"64KiB\" or a number of bytes")
+        }
+
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<u64, E> {
+            parse_size(s).map_err(E::custom)
+        }
+
+        fn visit_u64<E: de::Error>(self, n: u64) -> Result<u64, E> {
+            Ok(n)
+        }
+
+        fn visit_i64<E: de::Error>(self, n: i64) -> Result<u64, E> {
+            u64::try_from(n).map_err(|_| E::custom(format!("must not be negative, got {n}")))
+        }
+
+        fn visit_f64<E: de::Error>(self, n: f64) -> Result<u64, E> {
+            Err(E::custom(format!(
+                "expected an integer, got {n} (a size is like \"64KiB\" or a whole number of bytes)"
+            )))
+        }
+    }
+}
+
+/// `#[serde(with = "millis")]` on a `Duration` kept as a plain number of
+/// milliseconds (`ingest.enqueue_timeout_ms`, named so in SPEC §10).
+pub(super) mod millis {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+/// What a [`Secret`] shows instead of itself.
+pub(super) const REDACTED: &str = "<redacted>";
+
+/// A secret string (the JWT secret, the MQTT password). Reads as a `&str`
+/// where it is used; `Debug` and `Serialize` write [`REDACTED`] instead, so
+/// neither a log line nor `check-config` can show it. An empty secret
+/// serializes as `""`: "unset", which is not worth hiding.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Deref for Secret {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Secret {
+        Secret(s)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Secret {
+        Secret(s.to_string())
+    }
+}
+
+impl From<Secret> for String {
+    fn from(s: Secret) -> String {
+        s.0
+    }
+}
+
+impl PartialEq<str> for Secret {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for Secret {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(if self.0.is_empty() { "" } else { REDACTED })
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    /// Only a string; a wrong value is not echoed, as it may be the secret.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
+        String::deserialize(d)
+            .map(Secret)
+            .map_err(|_| de::Error::custom("expected a string (value not shown)"))
+    }
 }
 
 #[cfg(test)]
