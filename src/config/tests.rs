@@ -151,6 +151,25 @@ qos = 2
 }
 
 #[test]
+fn values_are_not_coerced_across_types() {
+    // Only environment strings convert; a float is not rounded, a bool is
+    // not a number, a number is not a string. In key order, every time.
+    let p = problems(inline(&with_secret(
+        "[mqtt]\nrelay = \"yes\"\nclient_id = 123\n\
+         [limits]\nreadings_per_sec = true\nburst = 1.5\n",
+    )));
+    assert_eq!(
+        p,
+        [
+            "limits.burst: expected an integer, got 1.5",
+            "limits.readings_per_sec: expected an integer, got true",
+            "mqtt.client_id: expected a string, got 123",
+            "mqtt.relay: expected true or false, got \"yes\"",
+        ]
+    );
+}
+
+#[test]
 fn burst_below_max_readings_per_frame_is_rejected() {
     let p = problems(inline(&with_secret("[limits]\nburst = 10\n")));
     assert_eq!(
@@ -466,6 +485,17 @@ fn redacted_rendering_lists_every_key_and_loads_back() {
     let back = inline(&text).unwrap();
     c.auth.jwt_secret = "<redacted>".into();
     assert_eq!(back, c);
+}
+
+#[test]
+fn rendering_of_a_secret_from_a_file_loads_back() {
+    let f = temp_file("file-secret-9d1e\n");
+    let c = inline(&format!("[auth]\njwt_secret_file = {:?}\n", f.path())).unwrap();
+    let text = c.render_redacted();
+    assert!(!text.contains("file-secret-9d1e"), "{text}");
+    // Unset inline, so the file stays the one source when it loads back.
+    assert!(text.contains("\njwt_secret = \"\"\n"), "{text}");
+    assert_eq!(inline(&text).unwrap(), c);
 }
 
 #[test]
