@@ -31,7 +31,9 @@ where
 pub(super) fn listen<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
     checked(d, |s: String| {
         s.trim().parse().map_err(|_| {
-            format!("expected an IP address and port like \"0.0.0.0:8750\" or \"[::]:8750\", got {s:?}")
+            format!(
+                "expected an IP address and port like \"0.0.0.0:8750\" or \"[::]:8750\", got {s:?}"
+            )
         })
     })
 }

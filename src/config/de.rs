@@ -230,7 +230,9 @@ impl<'de> de::Deserializer<'de> for Strict {
     fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
         match &self.0.kind {
             ValueKind::Boolean(b) => visitor.visit_bool(*b),
-            ValueKind::String(s) if s.trim().eq_ignore_ascii_case("true") => visitor.visit_bool(true),
+            ValueKind::String(s) if s.trim().eq_ignore_ascii_case("true") => {
+                visitor.visit_bool(true)
+            }
             ValueKind::String(s) if s.trim().eq_ignore_ascii_case("false") => {
                 visitor.visit_bool(false)
             }
@@ -333,7 +335,10 @@ impl<'de> de::SeqAccess<'de> for Items {
         &mut self,
         seed: T,
     ) -> Result<Option<T::Value>, DeError> {
-        self.0.next().map(|v| seed.deserialize(Strict(v))).transpose()
+        self.0
+            .next()
+            .map(|v| seed.deserialize(Strict(v)))
+            .transpose()
     }
 }
 
@@ -370,7 +375,10 @@ impl<'de> de::MapAccess<'de> for Entries {
             .map(Some)
     }
 
-    fn next_value_seed<V: de::DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, DeError> {
+    fn next_value_seed<V: de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, DeError> {
         let value = self
             .value
             .take()

@@ -111,8 +111,7 @@ fn unknown_section_is_named() {
 
 #[test]
 fn unknown_env_key_is_named() {
-    let src =
-        ConfigSource::inline(with_secret("")).with_env("SENSORGATE__LIMITS__BRUST", "800");
+    let src = ConfigSource::inline(with_secret("")).with_env("SENSORGATE__LIMITS__BRUST", "800");
     let p = problems(load_from(src));
     assert!(has(&p, "limits.brust: unknown key"), "{p:?}");
 }

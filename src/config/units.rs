@@ -191,8 +191,7 @@ pub(super) mod byte_size {
         D: Deserializer<'de>,
     {
         let bytes = d.deserialize_any(SizeVisitor)?;
-        T::try_from(bytes)
-            .map_err(|_| de::Error::custom(format!("too large, got {bytes} bytes")))
+        T::try_from(bytes).map_err(|_| de::Error::custom(format!("too large, got {bytes} bytes")))
     }
 
     struct SizeVisitor;
