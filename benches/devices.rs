@@ -9,8 +9,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use sensorgate::fanout::devices::MAX_DEVICES;
-use sensorgate::fanout::DeviceBook;
+use sensorgate::devices::{DeviceBook, MAX_DEVICES};
 use sensorgate::protocol::{Reading, Value};
 
 const DEVICES: usize = 150_000;

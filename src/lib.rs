@@ -6,13 +6,15 @@
 //! tests (on port 0). Shutdown has one path: cancel the daemon's token; the
 //! edge (listener, connections) stops first and the pipeline behind it drains
 //! as its inputs close, every stage against one deadline ([`shutdown`]).
-//! Every task is spawned on one of two trackers: `edge` (connections) and
-//! `pipeline` (retention, limiter pruning, the MQTT bridge).
+//! Every task but the daemon's own (the accept loop, then the drain) is on
+//! one of two trackers: `edge` (connections, upgraded WebSockets, the systemd
+//! watchdog) and `pipeline` (retention, limiter pruning, the MQTT bridge).
 
 pub mod auth;
 pub mod bridge;
 pub mod cli_docs;
 pub mod config;
+pub mod devices;
 pub mod events;
 pub mod fanout;
 pub mod http;
@@ -23,6 +25,7 @@ pub mod store;
 pub mod systemd;
 pub mod telemetry;
 pub mod time;
+pub mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,6 +39,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::devices::DeviceBook;
 use crate::ingest::{DeviceLimiter, HandshakeLimiter, Ingest, Registry};
 use crate::shutdown::Shutdown;
 use crate::store::{OpenOptions, Store, StoreError};
@@ -134,12 +138,16 @@ impl Daemon {
             bridge::Bridge::start(&config.mqtt, store.clone(), hub.clone(), &pipeline).await?;
         let mut listeners: Vec<Arc<dyn store::CommitListener>> = Vec::new();
         listeners.extend(bridge.as_ref().map(|b| b.listener()));
-        let (seed_hub, seed_store) = (hub.clone(), store.clone());
+        // The device book behind `/v1/devices`: seeded from the store, then
+        // fed by the writer after every commit.
+        let devices = Arc::new(DeviceBook::default());
+        let (seed_book, seed_store) = (devices.clone(), store.clone());
         if let Ok(Err(e)) =
-            tokio::task::spawn_blocking(move || seed_hub.seed_devices(&seed_store)).await
+            tokio::task::spawn_blocking(move || seed_book.seed_from(&seed_store)).await
         {
             tracing::warn!(error = %e, "could not seed /v1/devices from the store");
         }
+        listeners.push(devices.clone());
         listeners.push(hub.clone());
 
         let (writer, writer_thread) = store::writer::spawn(
@@ -167,12 +175,10 @@ impl Daemon {
         let handshakes = HandshakeLimiter::new(config.limits.handshakes_per_ip);
         let ingest = Arc::new(Ingest {
             config: config.clone(),
-            auth: auth.clone(),
             registry: Arc::new(Registry::default()),
             limiter: limiter.clone(),
             writer,
             shutdown: shutdown.clone(),
-            tracker: edge.clone(),
         });
         let state = http::AppState {
             config: config.clone(),
@@ -183,6 +189,9 @@ impl Daemon {
             metrics: telemetry::metrics_handle(),
             bridge: bridge.as_ref().map(|b| b.status()),
             hub,
+            devices,
+            shutdown: shutdown.clone(),
+            edge: edge.clone(),
         };
 
         pipeline.spawn(store::retention::run(
@@ -244,11 +253,6 @@ impl Daemon {
     /// The shutdown deadline (fixed when shutdown begins).
     pub fn deadline(&self) -> Instant {
         self.shutdown.deadline()
-    }
-
-    /// Waits until the daemon stops (after its token is cancelled).
-    pub async fn wait(self) {
-        let _ = self.done.await;
     }
 }
 

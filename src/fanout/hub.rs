@@ -17,7 +17,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use super::devices::DeviceBook;
 use super::filter::{Level, TopicFilter};
 use super::queue::SubscriberQueue;
 use super::wire::Item;
@@ -134,7 +133,6 @@ pub struct Hub {
     subscribers: AtomicU64,
     queue_capacity: usize,
     policy: SlowPolicy,
-    devices: DeviceBook,
 }
 
 impl Hub {
@@ -146,7 +144,6 @@ impl Hub {
             subscribers: AtomicU64::new(0),
             queue_capacity,
             policy,
-            devices: DeviceBook::default(),
         })
     }
 
@@ -162,23 +159,14 @@ impl Hub {
         }
     }
 
-    pub fn subscriber_count(&self) -> u64 {
-        self.subscribers.load(Ordering::Relaxed)
-    }
-
     /// The highest stored id whose commit has been routed to every queue.
     /// Any live item with a smaller id is already queued.
     pub fn announced(&self) -> u64 {
         self.announced.load(Ordering::Acquire)
     }
 
-    pub fn devices(&self) -> &DeviceBook {
-        &self.devices
-    }
-
     /// Routes durable readings (one commit, in id order) to subscribers.
     pub fn publish(&self, readings: &[Reading]) {
-        self.devices.observe(readings);
         let items = readings
             .iter()
             .map(|r| Arc::new(Item::new(r.clone(), None)));
@@ -383,10 +371,6 @@ mod tests {
         assert_eq!(taken.items.len(), 1);
         assert_eq!(taken.items[0].origin.as_deref(), Some("sensorgate-b-8750"));
         assert_eq!(hub.announced(), 0, "relayed ids are not this instance's");
-        assert!(
-            hub.devices().list(&[]).is_empty(),
-            "relayed readings are not stored here"
-        );
     }
 
     #[test]

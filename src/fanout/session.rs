@@ -12,15 +12,15 @@
 //!
 //! Bounded: every send gives way to shutdown and, with `disconnect`, to an
 //! overflow, and fails after `server.idle_timeout` (a peer that reads
-//! nothing is dropped as idle); the replay reads the store in steps of at
-//! most [`ScanBound::REQUEST`], looking at the socket between steps.
+//! nothing is dropped as idle: [`ws::send`]); the replay reads the store in
+//! steps of at most [`ScanBound::REQUEST`], looking at the socket between
+//! steps. Close codes and the keep-alive are [`crate::ws`]'s.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use axum::extract::ws::{Message, WebSocket};
 use futures_util::FutureExt;
-use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::shutdown::Shutdown;
@@ -31,9 +31,10 @@ use super::wire::{decode_op, readings_frame, Encoding, ErrorCode, Frame, Item, N
 use super::TopicFilter;
 use crate::config::Config;
 use crate::store::{ScanBound, Store};
+use crate::ws::{self, Due, End, KeepAlive, Peer};
 
 /// Readings per `readings` frame (live and replay).
-pub const FRAME_ITEMS: usize = 500;
+const FRAME_ITEMS: usize = 500;
 /// Readings read from the store per replay page (each page also stops at
 /// [`ScanBound::REQUEST`]).
 const REPLAY_PAGE: usize = 2000;
@@ -43,16 +44,7 @@ const MAX_DEFERRED: usize = 16;
 /// Frames sent per wake-up before the loop looks at the socket again.
 const FRAMES_PER_TURN: usize = 8;
 /// Filters one connection may hold, so the index stays bounded per socket.
-pub const MAX_FILTERS: usize = 256;
-/// How long a closing handshake may take to leave a stuck socket (never
-/// past the shutdown drain deadline).
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
-
-mod close {
-    pub const NORMAL: u16 = 1000;
-    pub const GOING_AWAY: u16 = 1001;
-    pub const LAGGED: u16 = 4008;
-}
+const MAX_FILTERS: usize = 256;
 
 /// What the handshake decided.
 pub struct Params {
@@ -63,14 +55,6 @@ pub struct Params {
     pub topics: Vec<String>,
     /// `since=` of the URL (raw).
     pub since: Option<String>,
-}
-
-#[derive(Debug)]
-enum End {
-    Shutdown,
-    Lagged,
-    Idle,
-    Gone,
 }
 
 /// Live readings with `id <= floor` matching `filters` but not `prior`
@@ -128,22 +112,17 @@ pub async fn run(
     };
     let end = s.serve(&config, params.topics, params.since).await;
     tracing::debug!(?end, "subscriber connection ended");
-    let (code, reason) = match end {
-        End::Shutdown => (close::GOING_AWAY, "server shutting down"),
-        End::Lagged => (close::LAGGED, "subscriber too slow"),
-        End::Idle => (close::NORMAL, "idle timeout"),
-        End::Gone => return,
-    };
-    if matches!(end, End::Lagged) {
+    let Session {
+        mut socket,
+        sub,
+        shutdown,
+        ..
+    } = s;
+    if end == End::Lagged {
         // Free the queue's share of memory now; only the socket remains.
-        drop(s.sub);
+        drop(sub);
     }
-    let frame = Message::Close(Some(CloseFrame {
-        code,
-        reason: reason.into(),
-    }));
-    let by = s.shutdown.close_by(CLOSE_TIMEOUT);
-    let _ = tokio::time::timeout_at(by, s.socket.send(frame)).await;
+    ws::close(&mut socket, end, &shutdown).await;
 }
 
 impl Session {
@@ -151,29 +130,28 @@ impl Session {
         if let Err(end) = self.initial(topics, since).await {
             return end;
         }
-        let (ping_every, idle_after) = (config.server.ping_interval, config.server.idle_timeout);
-        let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
-        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut last_activity = Instant::now();
+        let server = &config.server;
+        let mut keep_alive = KeepAlive::start(server.ping_interval, server.idle_timeout);
         let shutdown = self.shutdown.clone();
         let overflowed = self.overflowed.clone();
         let queue = self.queue.clone();
         loop {
-            let idle_deadline = last_activity + idle_after;
             let step = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => Err(End::Shutdown),
                 _ = overflowed.cancelled() => Err(End::Lagged),
                 msg = self.socket.recv() => {
-                    last_activity = Instant::now();
+                    keep_alive.activity();
                     match msg {
                         None | Some(Err(_)) => Err(End::Gone),
                         Some(Ok(msg)) => self.on_message_and_deferred(msg).await,
                     }
                 }
                 _ = queue.notified() => self.flush_queue(false).await,
-                _ = ping.tick() => self.send_msg(Message::Ping(Default::default())).await,
-                _ = tokio::time::sleep_until(idle_deadline) => Err(End::Idle),
+                due = keep_alive.due() => match due {
+                    Due::Ping => self.send_msg(Message::Ping(Default::default())).await,
+                    Due::Idle => Err(End::Idle),
+                },
             };
             if let Err(end) = step {
                 return end;
@@ -482,20 +460,23 @@ impl Session {
 
     /// Sends one message, giving up at shutdown, when the queue overflows
     /// under `disconnect`, or after the write timeout (a peer that does not
-    /// read never holds us). The sink's send is cancel-safe per message: a
-    /// frame is queued whole or not at all.
+    /// read never holds us).
     async fn send_msg(&mut self, msg: Message) -> Result<(), End> {
-        tokio::select! {
-            biased;
-            _ = self.shutdown.cancelled() => Err(End::Shutdown),
-            _ = self.overflowed.cancelled() => Err(End::Lagged),
-            r = tokio::time::timeout(self.write_timeout, self.socket.send(msg)) => match r {
-                Ok(r) => r.map_err(|_| End::Gone),
-                Err(_) => {
-                    crate::events::WriteTimedOut { peer: "subscriber" }.emit();
-                    Err(End::Idle)
-                }
-            },
-        }
+        let (shutdown, overflowed) = (&self.shutdown, &self.overflowed);
+        let stop = async {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => End::Shutdown,
+                _ = overflowed.cancelled() => End::Lagged,
+            }
+        };
+        ws::send(
+            &mut self.socket,
+            msg,
+            self.write_timeout,
+            Peer::Subscriber,
+            stop,
+        )
+        .await
     }
 }

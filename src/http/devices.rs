@@ -1,7 +1,7 @@
 //! `GET /v1/devices` (SPEC §5): every known device with `connected` (from
 //! the ingest registry), `last_seen` (Unix ms, server clock, of its newest
 //! stored reading) and `sensors`. The book lives in memory
-//! ([`crate::fanout::DeviceBook`]): updated by every commit, seeded at
+//! ([`crate::devices::DeviceBook`]): updated by every commit, seeded at
 //! start-up from the newest stored readings. A token's `topics` claim
 //! limits which devices and sensors it sees.
 
@@ -30,7 +30,7 @@ pub async fn get(
         Err(e) => return e.into_response(),
     };
     let connected = state.ingest.registry.connected_devices();
-    let mut devices = state.hub.devices().list(&connected);
+    let mut devices = state.devices.list(&connected);
     if let Some(allowed) = identity.and_then(|i| i.topics) {
         let allowed: Vec<TopicFilter> = allowed
             .iter()

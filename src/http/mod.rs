@@ -1,10 +1,13 @@
 //! The HTTP surface (SPEC §5): routing, handshake checks, JSON errors, and
-//! the small read-only routes. WebSocket routes hand off to their module
-//! ([`crate::ingest`]) once the request is authenticated.
+//! the small read-only routes. The two WebSocket handshakes sit side by side
+//! ([`ingest`], [`stream`]) and hand the upgraded socket to their loop
+//! ([`crate::ingest::connection`], [`crate::fanout::session`]), tracked on
+//! the `edge` tracker ([`crate::ws::on_upgrade`]).
 
 mod dashboard;
 mod devices;
 pub mod gate;
+mod ingest;
 mod readings;
 pub mod serve;
 mod stream;
@@ -13,18 +16,19 @@ pub mod tls;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Deserialize;
 use serde_json::json;
+use tokio_util::task::TaskTracker;
 
 use crate::auth::{AuthError, Authenticator, Identity, Role};
 use crate::config::Config;
+use crate::devices::DeviceBook;
 use crate::ingest::{HandshakeLimiter, Ingest};
+use crate::shutdown::Shutdown;
 use crate::store::Store;
 
 /// Everything the routes need, cheap to clone.
@@ -38,8 +42,13 @@ pub struct AppState {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// The MQTT bridge state, `None` when the bridge is off.
     pub bridge: Option<Arc<crate::bridge::BridgeStatus>>,
-    /// The fan-out hub behind `/v1/stream` and `/v1/devices`.
+    /// The fan-out hub behind `/v1/stream`.
     pub hub: Arc<crate::fanout::Hub>,
+    /// The known devices behind `/v1/devices`.
+    pub devices: Arc<DeviceBook>,
+    pub shutdown: Shutdown,
+    /// The daemon's `edge` tracker: every upgraded WebSocket holds a token.
+    pub edge: TaskTracker,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -47,7 +56,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/v1/ingest", get(ingest))
+        .route("/v1/ingest", get(ingest::get))
         .route("/v1/readings", get(readings::get))
         .route("/v1/stream", get(stream::get))
         .route("/v1/devices", get(devices::get))
@@ -140,11 +149,6 @@ pub fn authenticate_subscriber(
     authenticate(&state.auth, headers, query_token, Role::Subscriber).map(Some)
 }
 
-#[derive(Deserialize)]
-struct TokenQuery {
-    access_token: Option<String>,
-}
-
 async fn healthz() -> &'static str {
     "ok\n"
 }
@@ -205,36 +209,4 @@ pub fn handshake_rate_refusal(state: &AppState, peer: SocketAddr) -> Option<Resp
         resp.headers_mut().insert(header::RETRY_AFTER, v);
     }
     Some(resp)
-}
-
-/// `GET /v1/ingest`: handshake rate per IP first (before any token work),
-/// then the device token, then the upgrade.
-async fn ingest(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Query(q): Query<TokenQuery>,
-    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
-) -> Response {
-    if let Some(refused) = handshake_rate_refusal(&state, peer) {
-        return refused;
-    }
-    let identity = match authenticate(
-        &state.auth,
-        &headers,
-        q.access_token.as_deref(),
-        Role::Device,
-    ) {
-        Ok(identity) => identity,
-        Err(e) => {
-            crate::events::HandshakeRejected { reason: "auth" }.emit();
-            return e.into_response();
-        }
-    };
-    match ws {
-        Ok(ws) => state.ingest.upgrade(ws, identity),
-        Err(rejection) => {
-            ApiError::invalid(format!("not a WebSocket upgrade: {rejection}")).into_response()
-        }
-    }
 }

@@ -16,8 +16,8 @@
 //! - every connection task is in the daemon's [`TaskTracker`]; at shutdown
 //!   the listener closes at once, requests in progress may finish until
 //!   [`Shutdown::drain_deadline`], and whatever is still open then is
-//!   dropped. Upgraded WebSockets are tracked and bounded by their own
-//!   loops ([`crate::ingest`], [`crate::fanout::session`]).
+//!   dropped. Upgraded WebSockets hold a token of the same tracker and are
+//!   bounded by their own loops ([`crate::ws`]).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

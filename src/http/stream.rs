@@ -1,6 +1,6 @@
 //! `GET /v1/stream` (SPEC §4): the subscriber handshake. Handshake rate
-//! per IP, then origin, then token, then the upgrade with the chosen subprotocol; the connection
-//! itself runs in [`crate::fanout::session`].
+//! per IP, then origin, then token, then the upgrade with the chosen
+//! subprotocol; the connection itself runs in [`crate::fanout::session`].
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
@@ -14,6 +14,7 @@ use super::{authenticate_subscriber, handshake_rate_refusal, ApiError, AppState}
 use crate::fanout::session::{self, Params};
 use crate::fanout::wire::{Encoding, PROTO_JSON, PROTO_MSGPACK};
 use crate::fanout::TopicFilter;
+use crate::ws;
 
 /// Query parameters of `/v1/stream`; `topic` may repeat.
 #[derive(Debug, Default, PartialEq)]
@@ -126,20 +127,18 @@ pub async fn get(
         topics: q.topics,
         since: q.since,
     };
+    let ws = ws
+        .read_buffer_size(ws::READ_BUFFER)
+        // Small client messages only (ops).
+        .max_message_size(64 * 1024)
+        .max_frame_size(64 * 1024);
     let hub = state.hub.clone();
     let store = state.store.clone();
     let config = state.config.clone();
-    let shutdown = state.ingest.shutdown.clone();
-    let token = state.ingest.tracker.token();
-    ws.read_buffer_size(4 * 1024)
-        // Small client messages only (ops).
-        .max_message_size(64 * 1024)
-        .max_frame_size(64 * 1024)
-        .on_upgrade(move |socket| async move {
-            session::run(socket, hub, store, config, shutdown, params).await;
-            drop(token);
-        })
-        .into_response()
+    let shutdown = state.shutdown.clone();
+    ws::on_upgrade(ws, &state.edge, move |socket| {
+        session::run(socket, hub, store, config, shutdown, params)
+    })
 }
 
 #[cfg(test)]

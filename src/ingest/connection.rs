@@ -8,18 +8,18 @@
 //! of memory growing here.
 //!
 //! Every send is raced against shutdown, replacement and a write timeout
-//! (`server.idle_timeout`: a peer that takes nothing for that long is as
-//! idle as one that sends nothing), so a device that stops reading never
-//! holds the loop, its replacement, or the daemon's shutdown.
+//! ([`ws::send`]), so a device that stops reading never holds the loop, its
+//! replacement, or the daemon's shutdown. Close codes and the keep-alive are
+//! [`crate::ws`]'s.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use axum::extract::ws::{Message, WebSocket};
 use futures_util::stream::FuturesOrdered;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Ingest;
@@ -27,27 +27,12 @@ use crate::protocol::{
     decode_batch, encode_frame, AckFrame, Batch, ErrorCode, ErrorFrame, WelcomeFrame,
 };
 use crate::store::{CommitOutcome, IngestBatch, WriteRequest};
+use crate::ws::{self, Due, End, KeepAlive, Peer};
 
 /// Batches with `seq` a connection may have queued and not yet answered.
 /// Bounds per-connection memory (at most this many batches of at most
 /// `max_frame_bytes` each) while allowing a deep pipeline per device.
 const MAX_IN_FLIGHT: usize = 128;
-
-/// How long the closing frame may take to leave (never past the shutdown
-/// drain deadline); a peer that does not take it just loses the socket.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Close codes (RFC 6455 and SPEC §3).
-mod close {
-    pub const NORMAL: u16 = 1000;
-    pub const GOING_AWAY: u16 = 1001;
-    pub const PROTOCOL: u16 = 1002;
-    pub const BAD_DATA: u16 = 1007;
-    pub const POLICY: u16 = 1008;
-    pub const TOO_BIG: u16 = 1009;
-    pub const INTERNAL: u16 = 1011;
-    pub const REPLACED: u16 = 4001;
-}
 
 /// A queued batch with `seq`, waiting for its outcome.
 type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = (u64, CommitOutcome)> + Send>>;
@@ -86,48 +71,8 @@ pub async fn run(socket: WebSocket, device: Arc<str>, ingest: Arc<Ingest>) {
     };
     let end = conn.serve().await;
     tracing::debug!(device = %conn.device, ?end, "device connection ended");
-    if let Some((code, reason)) = end.close() {
-        let frame = Message::Close(Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        }));
-        let by = conn.ingest.shutdown.close_by(CLOSE_TIMEOUT);
-        let _ = tokio::time::timeout_at(by, conn.socket.send(frame)).await;
-    }
+    ws::close(&mut conn.socket, end, &conn.ingest.shutdown).await;
     drop(registration);
-}
-
-#[derive(Debug)]
-enum End {
-    Shutdown,
-    Replaced,
-    Idle,
-    TooManyErrors,
-    TooBig,
-    /// An RFC 6455 violation (unmasked, oversized control or fragmented
-    /// control frame, bad opcode...).
-    Protocol,
-    /// A text frame that is not UTF-8.
-    BadData,
-    StoreFailed,
-    /// The device closed or the socket broke: nothing more to send.
-    Gone,
-}
-
-impl End {
-    fn close(&self) -> Option<(u16, &'static str)> {
-        Some(match self {
-            End::Shutdown => (close::GOING_AWAY, "server shutting down"),
-            End::Replaced => (close::REPLACED, "replaced"),
-            End::Idle => (close::NORMAL, "idle timeout"),
-            End::TooManyErrors => (close::POLICY, "too many consecutive errors"),
-            End::TooBig => (close::TOO_BIG, "frame too big"),
-            End::Protocol => (close::PROTOCOL, "protocol error"),
-            End::BadData => (close::BAD_DATA, "invalid UTF-8 in a text frame"),
-            End::StoreFailed => (close::INTERNAL, "store unavailable"),
-            End::Gone => return None,
-        })
-    }
 }
 
 impl Conn {
@@ -151,13 +96,9 @@ impl Conn {
         }
 
         let server = &ingest.config.server;
-        let (ping_every, idle_after) = (server.ping_interval, server.idle_timeout);
-        let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
-        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut last_activity = Instant::now();
+        let mut keep_alive = KeepAlive::start(server.ping_interval, server.idle_timeout);
 
         loop {
-            let idle_deadline = last_activity + idle_after;
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
@@ -171,7 +112,7 @@ impl Conn {
                     }
                 }
                 msg = self.socket.recv(), if self.pending.len() < MAX_IN_FLIGHT => {
-                    last_activity = Instant::now();
+                    keep_alive.activity();
                     match msg {
                         None => return End::Gone,
                         Some(Err(e)) => return classify_socket_error(e),
@@ -182,12 +123,14 @@ impl Conn {
                         }
                     }
                 }
-                _ = ping.tick() => {
-                    if let Err(end) = self.send_msg(Message::Ping(Default::default())).await {
-                        return end;
+                due = keep_alive.due() => match due {
+                    Due::Ping => {
+                        if let Err(end) = self.send_msg(Message::Ping(Default::default())).await {
+                            return end;
+                        }
                     }
-                }
-                _ = tokio::time::sleep_until(idle_deadline) => return End::Idle,
+                    Due::Idle => return End::Idle,
+                },
             }
         }
     }
@@ -394,31 +337,26 @@ impl Conn {
             .await
     }
 
-    /// Sends one message unless shutdown, replacement or the write timeout
-    /// comes first. Cancelling the sink's send is safe per message: a frame
-    /// is queued whole or not at all, and the connection ends anyway.
+    /// Sends one message unless shutdown (once draining: the drain
+    /// deadline), replacement or the write timeout comes first.
     async fn send_msg(&mut self, msg: Message) -> Result<(), End> {
         let write_timeout = self.ingest.config.server.idle_timeout;
         let draining = self.draining_until;
+        let (shutdown, replaced) = (&self.ingest.shutdown, &self.replaced);
         let stop = async {
-            match draining {
-                Some(by) => tokio::time::sleep_until(by).await,
-                None => self.ingest.shutdown.cancelled().await,
+            let shutdown = async {
+                match draining {
+                    Some(by) => tokio::time::sleep_until(by).await,
+                    None => shutdown.cancelled().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = shutdown => End::Shutdown,
+                _ = replaced.cancelled() => End::Replaced,
             }
         };
-        tokio::select! {
-            biased;
-            _ = stop => Err(End::Shutdown),
-            _ = self.replaced.cancelled() => Err(End::Replaced),
-            r = tokio::time::timeout(write_timeout, self.socket.send(msg)) => match r {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(_)) => Err(End::Gone),
-                Err(_) => {
-                    crate::events::WriteTimedOut { peer: "device" }.emit();
-                    Err(End::Idle)
-                }
-            },
-        }
+        ws::send(&mut self.socket, msg, write_timeout, Peer::Device, stop).await
     }
 }
 

@@ -1,11 +1,14 @@
-//! What `/v1/devices` reports besides connection state: per device, when
+//! The registry of known devices: what `/v1/devices` reports besides
+//! connection state (that is [`crate::ingest::Registry`]'s), per device, when
 //! its last reading was stored and which sensors it has reported.
 //!
-//! Kept in memory, updated from every commit (on the writer thread, under a
-//! short lock), and seeded at start-up from the newest stored readings
-//! ([`DeviceBook::seed`]). Bounded: at most [`MAX_DEVICES`] devices (the
-//! least recently seen is forgotten past that) and [`MAX_SENSORS`] sensor
-//! names per device.
+//! Kept in memory, fed by the writer: the [`DeviceBook`] is a
+//! [`CommitListener`], updated from every durable commit (on the writer
+//! thread, under a short lock), and seeded at start-up from the newest stored
+//! readings ([`DeviceBook::seed_from`]). Relayed readings of other instances
+//! (`mqtt.relay`) are not stored here and never reach it. Bounded: at most
+//! [`MAX_DEVICES`] devices (the least recently seen is forgotten past that)
+//! and [`MAX_SENSORS`] sensor names per device.
 //!
 //! Every operation per reading is O(log n) in the number of devices: an
 //! ordered index by last-seen time finds the device to forget without a
@@ -19,9 +22,12 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 use crate::protocol::Reading;
+use crate::store::{CommitListener, Store, StoreError};
 
 pub const MAX_DEVICES: usize = 100_000;
 pub const MAX_SENSORS: usize = 256;
+/// Readings read back at start-up to learn the devices of `/v1/devices`.
+pub const SEED_READINGS: u64 = 100_000;
 
 #[derive(Default)]
 pub struct DeviceBook {
@@ -70,9 +76,13 @@ impl DeviceBook {
         self.len() == 0
     }
 
-    /// Seeds from stored readings (start-up): same as observing them.
-    pub fn seed(&self, readings: &[Reading]) {
-        self.observe(readings)
+    /// Seeds the book from the newest [`SEED_READINGS`] stored readings.
+    /// Blocking (sled): call before serving, or from `spawn_blocking`.
+    pub fn seed_from(&self, store: &Store) -> Result<(), StoreError> {
+        let since = store.last_id().saturating_sub(SEED_READINGS);
+        let readings = store.read_since(since, SEED_READINGS as usize, |_| true)?;
+        self.observe(&readings);
+        Ok(())
     }
 
     /// Every known device plus every connected one, sorted by id.
@@ -101,6 +111,12 @@ impl DeviceBook {
         }
         out.sort_by(|a, b| a.device.cmp(&b.device));
         out
+    }
+}
+
+impl CommitListener for DeviceBook {
+    fn on_commit(&self, readings: &Arc<[Reading]>) {
+        self.observe(readings);
     }
 }
 

@@ -1,0 +1,231 @@
+//! WebSocket connection plumbing shared by the two socket loops: devices on
+//! `/v1/ingest` ([`crate::ingest::connection`]) and subscribers on
+//! `/v1/stream` ([`crate::fanout::session`]).
+//!
+//! Owns: why a connection ends and the close code each ending gets (RFC 6455,
+//! SPEC §3 and §4: [`End`]); the keep-alive, a ping every
+//! `server.ping_interval` and an end after `server.idle_timeout` without a
+//! frame from the peer ([`KeepAlive`]); the bounded send ([`send`]) and the
+//! bounded closing handshake ([`close`]); and tracking every upgraded socket
+//! on the daemon's `edge` tracker ([`on_upgrade`]).
+//!
+//! Never: waits on a peer without a bound. A peer that takes nothing for
+//! `server.idle_timeout` is as idle as one that sends nothing, and a closing
+//! frame gets [`CLOSE_TIMEOUT`], never past the shutdown drain deadline.
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::response::{IntoResponse, Response};
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio_util::task::TaskTracker;
+
+use crate::shutdown::Shutdown;
+
+/// How long the closing frame may take to leave (never past the shutdown
+/// drain deadline); a peer that does not take it just loses the socket.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What tungstenite reads into, allocated up front per connection (128 KiB
+/// by default). Client frames are usually far smaller; 4 KiB keeps tens of
+/// thousands of idle sockets cheap, and the buffer grows as needed.
+pub const READ_BUFFER: usize = 4 * 1024;
+
+/// Close codes (RFC 6455 §7.4.1, SPEC §3 and §4).
+mod code {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL: u16 = 1002;
+    pub const BAD_DATA: u16 = 1007;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+    pub const INTERNAL: u16 = 1011;
+    pub const REPLACED: u16 = 4001;
+    pub const LAGGED: u16 = 4008;
+}
+
+/// Why a connection ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    Shutdown,
+    /// A newer connection of the same device took over (devices only).
+    Replaced,
+    /// The subscriber's queue overflowed under `disconnect` (subscribers only).
+    Lagged,
+    /// Nothing from the peer for `server.idle_timeout`, or a send it did
+    /// not take within that.
+    Idle,
+    TooManyErrors,
+    TooBig,
+    /// An RFC 6455 violation (unmasked, oversized control or fragmented
+    /// control frame, bad opcode...).
+    Protocol,
+    /// A text frame that is not UTF-8.
+    BadData,
+    StoreFailed,
+    /// The peer closed or the socket broke: nothing more to send.
+    Gone,
+}
+
+impl End {
+    /// The close code and reason to send; `None` when the socket is gone.
+    pub fn close_frame(self) -> Option<(u16, &'static str)> {
+        Some(match self {
+            End::Shutdown => (code::GOING_AWAY, "server shutting down"),
+            End::Replaced => (code::REPLACED, "replaced"),
+            End::Lagged => (code::LAGGED, "subscriber too slow"),
+            End::Idle => (code::NORMAL, "idle timeout"),
+            End::TooManyErrors => (code::POLICY, "too many consecutive errors"),
+            End::TooBig => (code::TOO_BIG, "frame too big"),
+            End::Protocol => (code::PROTOCOL, "protocol error"),
+            End::BadData => (code::BAD_DATA, "invalid UTF-8 in a text frame"),
+            End::StoreFailed => (code::INTERNAL, "store unavailable"),
+            End::Gone => return None,
+        })
+    }
+}
+
+/// Which kind of peer a socket serves, for the write-timeout metric.
+#[derive(Debug, Clone, Copy)]
+pub enum Peer {
+    Device,
+    Subscriber,
+}
+
+impl Peer {
+    fn as_str(self) -> &'static str {
+        match self {
+            Peer::Device => "device",
+            Peer::Subscriber => "subscriber",
+        }
+    }
+}
+
+/// Sends one message unless `stop` comes first (checked first: a loop's
+/// shutdown, replacement or overflow wins over a send that is ready) or the
+/// peer does not take it within `write_timeout` (then [`End::Idle`]).
+/// Cancelling the sink's send is safe per message: a frame is queued whole
+/// or not at all, and the connection ends anyway.
+pub async fn send(
+    socket: &mut WebSocket,
+    msg: Message,
+    write_timeout: Duration,
+    peer: Peer,
+    stop: impl Future<Output = End>,
+) -> Result<(), End> {
+    tokio::select! {
+        biased;
+        end = stop => Err(end),
+        r = tokio::time::timeout(write_timeout, socket.send(msg)) => match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::Gone),
+            Err(_) => {
+                crate::events::WriteTimedOut { peer: peer.as_str() }.emit();
+                Err(End::Idle)
+            }
+        },
+    }
+}
+
+/// Sends the close frame for `end` (if any), bounded by [`CLOSE_TIMEOUT`]
+/// and the shutdown drain deadline.
+pub async fn close(socket: &mut WebSocket, end: End, shutdown: &Shutdown) {
+    let Some((code, reason)) = end.close_frame() else {
+        return;
+    };
+    let frame = Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }));
+    let by = shutdown.close_by(CLOSE_TIMEOUT);
+    let _ = tokio::time::timeout_at(by, socket.send(frame)).await;
+}
+
+/// What the keep-alive asks the loop to do next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Due {
+    Ping,
+    Idle,
+}
+
+/// A ping every `server.ping_interval`, and the idle deadline
+/// `server.idle_timeout` after the peer's last frame (SPEC §10: any frame,
+/// pongs included, counts as activity).
+pub struct KeepAlive {
+    ping: Interval,
+    idle_after: Duration,
+    last_activity: Instant,
+}
+
+impl KeepAlive {
+    /// Starts both clocks now: the first ping is due one interval from now.
+    pub fn start(ping_every: Duration, idle_after: Duration) -> KeepAlive {
+        let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        KeepAlive {
+            ping,
+            idle_after,
+            last_activity: Instant::now(),
+        }
+    }
+
+    /// The peer sent something (or the socket reported on it).
+    pub fn activity(&mut self) {
+        self.last_activity = Instant::now();
+    }
+
+    /// Resolves when a ping is due, or (checked second) when the peer has
+    /// been silent too long. Cancel-safe: select on it in the loop.
+    pub async fn due(&mut self) -> Due {
+        let idle_deadline = self.last_activity + self.idle_after;
+        tokio::select! {
+            biased;
+            _ = self.ping.tick() => Due::Ping,
+            _ = tokio::time::sleep_until(idle_deadline) => Due::Idle,
+        }
+    }
+}
+
+/// Finishes the upgrade and runs `serve` on the socket, holding a token of
+/// `edge` until it returns, so that shutdown waits for the connection (up to
+/// the drain deadline). axum spawns the task itself; the token is how it is
+/// tracked.
+pub fn on_upgrade<F, Fut>(ws: WebSocketUpgrade, edge: &TaskTracker, serve: F) -> Response
+where
+    F: FnOnce(WebSocket) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let token = edge.token();
+    ws.on_upgrade(move |socket| async move {
+        serve(socket).await;
+        drop(token);
+    })
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_codes_follow_the_spec() {
+        assert_eq!(End::Shutdown.close_frame().unwrap().0, 1001);
+        assert_eq!(End::Replaced.close_frame().unwrap().0, 4001);
+        assert_eq!(End::Lagged.close_frame().unwrap().0, 4008);
+        assert_eq!(End::TooManyErrors.close_frame().unwrap().0, 1008);
+        assert_eq!(End::TooBig.close_frame().unwrap().0, 1009);
+        assert_eq!(End::Idle.close_frame().unwrap().0, 1000);
+        assert_eq!(End::Gone.close_frame(), None);
+    }
+
+    #[tokio::test]
+    async fn keep_alive_pings_then_gives_up_on_a_silent_peer() {
+        let hour = Duration::from_secs(3600);
+        let mut ka = KeepAlive::start(Duration::from_millis(5), hour);
+        assert_eq!(ka.due().await, Due::Ping);
+        assert_eq!(ka.due().await, Due::Ping, "the interval keeps ticking");
+        let mut ka = KeepAlive::start(hour, Duration::from_millis(5));
+        assert_eq!(ka.due().await, Due::Idle);
+    }
+}
