@@ -1,11 +1,12 @@
-//! The wire model shared by the daemon and device-sim (SPEC §2, §3): what a
+//! The wire model shared by the daemon and device-sim (SPEC §2–§4): what a
 //! device sends, what the server answers, and the token that admits it.
 //!
 //! Owns: the reading and its value ([`Reading`], [`Value`]), decoding and
 //! validating a device's MessagePack batch ([`decode_batch`]), the
 //! server → device frames and their decoding on the device side
 //! ([`WelcomeFrame`], [`AckFrame`], [`ErrorFrame`], [`ServerFrame`]), the
-//! name rule ([`is_valid_name`]), the JWT claim set with minting and
+//! items subscribers receive ([`StreamItem`]), the name rule
+//! ([`is_valid_name`]), the JWT claim set with minting and
 //! verification ([`auth`]), and the clock readings are stamped with
 //! ([`unix_ms`]).
 //!
@@ -19,6 +20,7 @@ mod batch;
 mod frames;
 mod name;
 mod reading;
+mod stream;
 mod time;
 
 pub use batch::{decode_batch, Batch, FrameError, ReadingIn, MAX_SEQ};
@@ -28,4 +30,5 @@ pub use frames::{
 };
 pub use name::{is_valid_name, MAX_NAME_LEN, MAX_STRING_VALUE_BYTES, MAX_UNIT_BYTES};
 pub use reading::{Reading, Value};
+pub use stream::StreamItem;
 pub use time::unix_ms;
