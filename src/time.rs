@@ -1,11 +1,4 @@
-//! Wall-clock helpers: readings carry Unix milliseconds (SPEC §2).
+//! Wall-clock helpers: readings carry Unix milliseconds (SPEC §2). Defined
+//! in the wire crate, which device-sim shares; re-exported here.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-/// Server clock now, in Unix milliseconds.
-pub fn unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use sensorgate_wire::unix_ms;

@@ -15,7 +15,6 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde::Deserialize;
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 
@@ -24,7 +23,7 @@ use crate::scenario::{self, Interval, Scenario};
 use crate::sendlog::{self, SendLog};
 use crate::stats::Stats;
 use crate::values::{BatchOut, Sensors};
-use sensorgate::time::unix_ms;
+use sensorgate_wire::{unix_ms, AckFrame, ErrorCode, ErrorFrame, ServerFrame, WelcomeFrame};
 
 /// Most batches a device keeps unacked (sent or not) before it stops
 /// sampling: bounds memory while the server is unreachable.
@@ -57,22 +56,6 @@ pub struct Plan {
     pub send_log: Option<Arc<SendLog>>,
     /// Every device samples at the same instants (no random phase).
     pub aligned: bool,
-}
-
-/// A server → device frame; every field but `type` is optional.
-#[derive(Debug, Deserialize)]
-struct ServerFrame {
-    #[serde(rename = "type")]
-    kind: String,
-    seq: Option<u64>,
-    last_seq: Option<u64>,
-    max_readings_per_frame: Option<usize>,
-    code: Option<String>,
-    detail: Option<String>,
-    retry_after_ms: Option<u64>,
-    expected: Option<u64>,
-    #[serde(default)]
-    duplicate: bool,
 }
 
 /// A batch kept until the server confirms it stored.
@@ -218,9 +201,11 @@ impl Device {
                 .drain_end
                 .saturating_duration_since(Instant::now()),
         );
-        let welcome = match timeout(limit, next_frame(&mut ws)).await {
-            Ok(Some(f)) if f.kind == "welcome" => f,
-            _ => return Outcome::Dropped,
+        let Ok(Some(first)) = timeout(limit, next_binary(&mut ws)).await else {
+            return Outcome::Dropped;
+        };
+        let Ok(ServerFrame::Welcome(welcome)) = ServerFrame::decode(&first) else {
+            return Outcome::Dropped;
         };
         self.on_welcome(&welcome);
         let stats = self.stats.clone();
@@ -266,7 +251,7 @@ impl Device {
             }
             tokio::select! {
                 msg = ws.next() => match msg {
-                    Some(Ok(Message::Binary(b))) => match rmp_serde::from_slice::<ServerFrame>(&b) {
+                    Some(Ok(Message::Binary(b))) => match ServerFrame::decode(&b) {
                         Ok(f) => self.on_frame(f),
                         Err(_) => self.stats.reject("undecodable_reply"),
                     },
@@ -278,15 +263,15 @@ impl Device {
         }
     }
 
-    fn on_welcome(&mut self, w: &ServerFrame) {
-        let last_seq = w.last_seq.unwrap_or(0);
+    fn on_welcome(&mut self, w: &WelcomeFrame<'_>) {
+        let last_seq = w.last_seq;
         self.welcomes += 1;
         if self.welcomes == 1 {
             Stats::add(&self.stats.devices_connected_ever, 1);
         } else {
             Stats::add(&self.stats.reconnects, 1);
         }
-        self.max_readings = w.max_readings_per_frame.unwrap_or(usize::MAX).max(1);
+        self.max_readings = w.max_readings_per_frame.max(1);
         if self.seq_known {
             // Go-back-N: everything up to `last_seq` is stored.
             self.confirm_through(last_seq, None);
@@ -402,49 +387,50 @@ impl Device {
         Ok(())
     }
 
-    fn on_frame(&mut self, f: ServerFrame) {
-        match f.kind.as_str() {
-            // A duplicate ack means "already stored": as good as an ack.
-            "ack" => {
-                if f.duplicate {
-                    Stats::add(&self.stats.duplicate_acks, 1);
-                }
-                if let Some(seq) = f.seq {
-                    self.confirm_through(seq, Some(Instant::now()));
+    fn on_frame(&mut self, f: ServerFrame<'_>) {
+        match f {
+            ServerFrame::Ack(ack) => self.on_ack(ack),
+            ServerFrame::Error(err) => self.on_error(err),
+            // Only the first frame of a connection is a welcome.
+            ServerFrame::Welcome(_) => {}
+        }
+    }
+
+    /// A duplicate ack means "already stored": as good as an ack.
+    fn on_ack(&mut self, ack: AckFrame) {
+        if ack.duplicate {
+            Stats::add(&self.stats.duplicate_acks, 1);
+        }
+        self.confirm_through(ack.seq, Some(Instant::now()));
+    }
+
+    fn on_error(&mut self, err: ErrorFrame) {
+        self.stats.reject(err.code.as_str());
+        match (err.code, err.seq) {
+            (ErrorCode::OutOfOrder, _) => {
+                if let Some(expected) = err.expected {
+                    self.confirm_through(expected.saturating_sub(1), None);
+                    if self.rewound_to != Some(expected) {
+                        self.rewind(expected);
+                    }
                 }
             }
-            "error" => {
-                let code = f.code.as_deref().unwrap_or("unknown");
-                self.stats.reject(code);
-                match (code, f.seq) {
-                    ("out_of_order", _) => {
-                        if let Some(expected) = f.expected {
-                            self.confirm_through(expected.saturating_sub(1), None);
-                            if self.rewound_to != Some(expected) {
-                                self.rewind(expected);
-                            }
-                        }
-                    }
-                    ("rate_limited" | "overloaded", Some(seq)) => {
-                        let wait = f
-                            .retry_after_ms
-                            .map_or(DEFAULT_RETRY, Duration::from_millis);
-                        self.paused_until = Some(Instant::now() + wait);
-                        self.rewind(seq);
-                    }
-                    ("invalid", Some(seq)) if self.kept.iter().any(|k| k.seq == seq) => {
-                        // Our own batch was refused: a bug in the simulator
-                        // or a server that disagrees with the protocol. Its
-                        // seq cannot be skipped, so this device stops.
-                        *self.stats.last_error.lock().unwrap() = Some(format!(
-                            "device {}: batch {seq} rejected as invalid: {}",
-                            self.index,
-                            f.detail.unwrap_or_default()
-                        ));
-                        self.gave_up = true;
-                    }
-                    _ => {}
-                }
+            (ErrorCode::RateLimited | ErrorCode::Overloaded, Some(seq)) => {
+                let wait = err
+                    .retry_after_ms
+                    .map_or(DEFAULT_RETRY, Duration::from_millis);
+                self.paused_until = Some(Instant::now() + wait);
+                self.rewind(seq);
+            }
+            (ErrorCode::Invalid, Some(seq)) if self.kept.iter().any(|k| k.seq == seq) => {
+                // Our own batch was refused: a bug in the simulator or a
+                // server that disagrees with the protocol. Its seq cannot
+                // be skipped, so this device stops.
+                *self.stats.last_error.lock().unwrap() = Some(format!(
+                    "device {}: batch {seq} rejected as invalid: {}",
+                    self.index, err.detail
+                ));
+                self.gave_up = true;
             }
             _ => {}
         }
@@ -488,11 +474,11 @@ impl Drop for Gauge<'_> {
     }
 }
 
-/// The next MessagePack frame from the server (pings skipped).
-async fn next_frame(ws: &mut Ws) -> Option<ServerFrame> {
+/// The next binary (MessagePack) frame from the server, pings skipped.
+async fn next_binary(ws: &mut Ws) -> Option<Bytes> {
     loop {
         match ws.next().await? {
-            Ok(Message::Binary(b)) => return rmp_serde::from_slice(&b).ok(),
+            Ok(Message::Binary(b)) => return Some(b),
             Ok(Message::Ping(_) | Message::Pong(_)) => continue,
             _ => return None,
         }

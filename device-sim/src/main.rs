@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use sensorgate::auth::{Authenticator, Role};
+use sensorgate_wire::auth::{Authenticator, Role};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -127,7 +127,7 @@ impl Args {
             problems.push("--sensors must be at least 1".into());
         }
         let last = format!("{}{}", self.device_prefix, self.devices);
-        if !sensorgate::protocol::is_valid_name(&last) {
+        if !sensorgate_wire::is_valid_name(&last) {
             problems.push(format!(
                 "--device-prefix {:?}: device ids such as {last:?} must be 1-64 characters of [A-Za-z0-9_.:-]",
                 self.device_prefix
@@ -177,7 +177,7 @@ fn generate_assets() -> Option<ExitCode> {
         eprintln!("device-sim: --generate-assets needs a directory");
         return Some(ExitCode::from(2));
     };
-    Some(match sensorgate::cli_docs::write(Args::command(), &dir) {
+    Some(match sensorgate_cli_docs::write(Args::command(), &dir) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("device-sim: --generate-assets {}: {e}", dir.display());

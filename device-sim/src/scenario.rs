@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::ValueEnum;
 use rand::Rng;
+use sensorgate_wire::ErrorCode;
 use serde::Serialize;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -119,16 +120,16 @@ fn frame<V: Serialize>(sensor: &str, ts: i64, values: Vec<V>) -> Message {
 /// Malformed frame number `kind % GARBAGE_KINDS` (none carries a `seq`, so
 /// the rejections never interfere with the device's good batches). Returns
 /// the frame and the error code the server must answer with.
-pub fn garbage(kind: usize, ts: i64, max_readings: usize) -> (Message, &'static str) {
+pub fn garbage(kind: usize, ts: i64, max_readings: usize) -> (Message, ErrorCode) {
     match kind % GARBAGE_KINDS {
         0 => (
             Message::Text(r#"{"readings":[]}"#.into()),
-            "unsupported_frame",
+            ErrorCode::UnsupportedFrame,
         ),
         // A MessagePack array, not a map.
         1 => (
             Message::Binary(rmp_serde::to_vec(&[1, 2, 3]).expect("array").into()),
-            "invalid",
+            ErrorCode::Invalid,
         ),
         // A map without `readings`.
         2 => {
@@ -136,16 +137,19 @@ pub fn garbage(kind: usize, ts: i64, max_readings: usize) -> (Message, &'static 
             rmp::encode::write_map_len(&mut buf, 1).expect("vec write");
             rmp::encode::write_str(&mut buf, "seqq").expect("vec write");
             rmp::encode::write_uint(&mut buf, 1).expect("vec write");
-            (Message::Binary(buf.into()), "invalid")
+            (Message::Binary(buf.into()), ErrorCode::Invalid)
         }
-        3 => (frame("bad sensor/name!", ts, vec![1.0]), "invalid"),
-        4 => (frame("temp", ts, vec![f64::NAN]), "invalid"),
-        5 => (frame("label", ts, vec!["x".repeat(300)]), "invalid"),
+        3 => (frame("bad sensor/name!", ts, vec![1.0]), ErrorCode::Invalid),
+        4 => (frame("temp", ts, vec![f64::NAN]), ErrorCode::Invalid),
+        5 => (
+            frame("label", ts, vec!["x".repeat(300)]),
+            ErrorCode::Invalid,
+        ),
         // Capped: a welcome without `max_readings_per_frame` must not make
         // us build an absurd frame.
         _ => (
             frame("temp", ts, vec![1.0; max_readings.min(10_000) + 1]),
-            "invalid",
+            ErrorCode::Invalid,
         ),
     }
 }
@@ -160,10 +164,10 @@ mod tests {
         for kind in 0..GARBAGE_KINDS {
             let (msg, code) = garbage(kind, 1, 500);
             match msg {
-                Message::Text(_) => assert_eq!(code, "unsupported_frame"),
+                Message::Text(_) => assert_eq!(code, ErrorCode::UnsupportedFrame),
                 Message::Binary(b) => {
-                    let e = sensorgate::protocol::decode_batch(&b, 500).unwrap_err();
-                    assert_eq!(e.code.as_str(), code, "kind {kind}: {e}");
+                    let e = sensorgate_wire::decode_batch(&b, 500).unwrap_err();
+                    assert_eq!(e.code, code, "kind {kind}: {e}");
                 }
                 other => panic!("{other:?}"),
             }

@@ -16,6 +16,8 @@ use std::time::Duration;
 use anyhow::Context;
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
+use sensorgate_wire::StreamItem;
+use serde::de::IgnoredAny;
 use serde::Deserialize;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
@@ -28,22 +30,17 @@ use crate::stats::{self, Stats};
 /// How often a connection folds its latencies into the shared histogram.
 const MERGE_EVERY: Duration = Duration::from_millis(250);
 
-/// A server message, reduced to what is measured. Device ids and `type`
-/// never need JSON escapes (SPEC §2 names), so they borrow from the frame.
+/// Any server message, flattened to what is measured: `items` of a
+/// `readings` message, `dropped` of a `lagged` one. The items are the wire
+/// crate's, borrowing from the frame, with their values skipped unparsed.
 #[derive(Deserialize)]
 struct Frame<'a> {
     #[serde(rename = "type")]
     kind: &'a str,
     #[serde(default, borrow)]
-    items: Vec<Item<'a>>,
+    items: Vec<StreamItem<'a, IgnoredAny>>,
     #[serde(default)]
     dropped: u64,
-}
-
-#[derive(Deserialize)]
-struct Item<'a> {
-    device: &'a str,
-    ts: i64,
 }
 
 /// One subscriber connection's measurements.

@@ -146,7 +146,7 @@ mod tests {
             readings: &readings,
         })
         .unwrap();
-        let batch = sensorgate::protocol::decode_batch(&bytes, 10).unwrap();
+        let batch = sensorgate_wire::decode_batch(&bytes, 10).unwrap();
         assert_eq!(batch.seq, Some(3));
         assert_eq!(batch.readings[0].sensor, "temp");
     }

@@ -6,12 +6,13 @@
 //! first use), and [`readings_frame`] splices those bytes into a
 //! `{"type":"readings","items":[...]}` frame without re-serializing them.
 
+use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::{Reading, Value};
+use crate::protocol::{Reading, StreamItem};
 
 /// The encoding a subscriber chose at the handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,21 +47,6 @@ pub struct Item {
     msgpack: OnceLock<Bytes>,
 }
 
-/// The fields of a §4 item, in the order they are written.
-#[derive(Serialize)]
-struct WireItem<'a> {
-    id: u64,
-    device: &'a str,
-    sensor: &'a str,
-    ts: i64,
-    value: &'a Value,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    unit: Option<&'a str>,
-    received: i64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    origin: Option<&'a str>,
-}
-
 impl Item {
     pub fn new(reading: Reading, origin: Option<Arc<str>>) -> Item {
         Item {
@@ -79,17 +65,18 @@ impl Item {
         self.origin.is_some()
     }
 
-    fn wire(&self) -> WireItem<'_> {
+    /// The fields of a §4 item, as the wire crate defines them.
+    fn wire(&self) -> StreamItem<'_> {
         let r = &self.reading;
-        WireItem {
+        StreamItem {
             id: r.id,
             device: &r.device,
             sensor: &r.sensor,
             ts: r.ts,
             value: &r.value,
-            unit: r.unit.as_deref(),
+            unit: r.unit.as_deref().map(Cow::Borrowed),
             received: r.received,
-            origin: self.origin.as_deref(),
+            origin: self.origin.as_deref().map(Cow::Borrowed),
         }
     }
 
@@ -231,6 +218,7 @@ pub fn decode_op(text: Option<&str>, binary: Option<&[u8]>) -> Result<Op, String
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::Value;
     use serde_json::json;
 
     fn item(id: u64) -> Arc<Item> {

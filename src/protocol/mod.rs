@@ -1,50 +1,26 @@
-//! The wire model: readings, device batches, and the frames each side sends
-//! (SPEC §2, §3).
+//! The wire model (SPEC §2, §3): readings, device batches, and the frames
+//! each side sends.
 //!
-//! Owns: decoding and validating a device's MessagePack batch into typed
-//! values ([`decode_batch`]), the server→device frames, and the reading as
-//! clients see it. Pure functions over bytes and plain types; no sockets, no
-//! clocks. Everything a device can get wrong becomes a [`FrameError`] with the
-//! SPEC's error code, never a panic.
+//! The model itself lives in the `sensorgate-wire` crate, shared with
+//! device-sim, so a protocol change is made once; it is re-exported here so
+//! the daemon, tests and benches keep using `sensorgate::protocol::*`. What
+//! stays here is what needs the daemon: how its configured limits become
+//! the limits a welcome announces.
 
-mod batch;
-mod frames;
-mod reading;
+pub use sensorgate_wire::{
+    decode_batch, encode_frame, is_valid_name, AckFrame, Batch, ErrorCode, ErrorFrame, FrameError,
+    Limits, Reading, ReadingIn, ServerFrame, StreamItem, Value, WelcomeFrame, MAX_NAME_LEN,
+    MAX_SEQ, MAX_STRING_VALUE_BYTES, MAX_UNIT_BYTES,
+};
 
-pub use batch::{decode_batch, Batch, FrameError, ReadingIn};
-pub use frames::{encode as encode_frame, AckFrame, ErrorCode, ErrorFrame, WelcomeFrame};
-pub use reading::{Reading, Value};
+use crate::config::LimitsConfig;
 
-/// Longest device id or sensor name (SPEC §2).
-pub const MAX_NAME_LEN: usize = 64;
-/// Longest string `value`, in bytes.
-pub const MAX_STRING_VALUE_BYTES: usize = 256;
-/// Longest `unit`, in bytes.
-pub const MAX_UNIT_BYTES: usize = 16;
-
-/// 1–64 characters of `[A-Za-z0-9_.:-]`: the rule for sensors and device ids.
-/// It also keeps MQTT wildcards (`+`, `#`) and the level separator `/` out of
-/// topics, so `<device>/<sensor>` always has exactly two literal levels.
-pub fn is_valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= MAX_NAME_LEN
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn name_rule() {
-        assert!(is_valid_name("temp"));
-        assert!(is_valid_name("a.b:c-d_e9"));
-        assert!(is_valid_name(&"x".repeat(64)));
-        assert!(!is_valid_name(&"x".repeat(65)));
-        assert!(!is_valid_name(""));
-        for bad in ["a/b", "a+b", "a#", "a b", "é"] {
-            assert!(!is_valid_name(bad), "{bad}");
+impl From<&LimitsConfig> for Limits {
+    fn from(c: &LimitsConfig) -> Limits {
+        Limits {
+            max_frame_bytes: c.max_frame_bytes,
+            max_readings_per_frame: c.max_readings_per_frame,
+            readings_per_sec: c.readings_per_sec,
         }
     }
 }

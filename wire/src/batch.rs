@@ -7,7 +7,7 @@
 
 use rmpv::ValueRef;
 
-use super::{is_valid_name, ErrorCode, Value, MAX_STRING_VALUE_BYTES, MAX_UNIT_BYTES};
+use crate::{is_valid_name, ErrorCode, Value, MAX_STRING_VALUE_BYTES, MAX_UNIT_BYTES};
 
 /// Nesting allowed while decoding a frame. A batch needs three levels
 /// (map → array → map); unknown keys may carry a little more, but a frame of
