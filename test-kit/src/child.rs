@@ -52,62 +52,74 @@ pub fn add_keys(config: &Path, section: &str, keys: &str) {
     std::fs::write(config, text.replace(&header, &format!("{header}{keys}"))).unwrap();
 }
 
-/// The `sensorgate` binary of this build, built on demand.
+/// The `sensorgate` binary of this build.
 ///
 /// A library cannot use `env!("CARGO_BIN_EXE_sensorgate")`: cargo defines
 /// it only while compiling the integration tests of the package that owns
-/// the binary. A recent cargo also sets it in the environment it runs
-/// those tests in, and that binary is fresh. Any other test run by cargo
-/// (device-sim's, or the daemon's under an older cargo)
-/// gets `cargo build -p sensorgate --bin sensorgate` for its profile, once
-/// per test process: a no-op when the binary is fresh, and never a stale
-/// daemon.
+/// the binary. A recent cargo also sets it in the environment it runs those
+/// tests in. Any other test (device-sim's, or the daemon's under an older
+/// cargo) takes `target/<profile>/sensorgate`, which `cargo test
+/// --workspace` builds along with every test. It is not built here: a
+/// nested `cargo build -p sensorgate` resolves other dependency features
+/// than a test build does, so it would build the daemon a second time.
+///
+/// # Panics
+///
+/// When that binary is missing or older than the daemon's sources (a run of
+/// `cargo test -p device-sim` alone after an edit), naming the command that
+/// builds it.
 pub fn sensorgate_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| match std::env::var_os("CARGO_BIN_EXE_sensorgate") {
         Some(bin) => PathBuf::from(bin),
-        None => build_sensorgate(),
+        None => built_sensorgate(),
     })
 }
 
-/// Builds the daemon into the directory this test executable was built in
-/// (`target/<profile>/`) and returns its path there.
-fn build_sensorgate() -> PathBuf {
+/// `target/<profile>/sensorgate`, checked to exist and to be no older than
+/// the sources it is built from.
+fn built_sensorgate() -> PathBuf {
     let profile_dir = profile_dir();
     let bin = profile_dir.join("sensorgate");
-    let Some(cargo) = std::env::var_os("CARGO") else {
-        // Run by hand rather than by cargo: use what the last build left.
-        assert!(
-            bin.exists(),
-            "no {}: run `cargo build --bin sensorgate` first",
-            bin.display()
-        );
-        return bin;
+    let build = match profile_dir.file_name().and_then(|p| p.to_str()) {
+        Some("debug") | None => "cargo build -p sensorgate --bin sensorgate".to_string(),
+        Some("release") => "cargo build --release -p sensorgate --bin sensorgate".to_string(),
+        Some(p) => format!("cargo build --profile {p} -p sensorgate --bin sensorgate"),
     };
-    let mut cmd = std::process::Command::new(cargo);
-    cmd.args(["build", "-p", "sensorgate", "--bin", "sensorgate"]);
-    match profile_dir.file_name().and_then(|p| p.to_str()) {
-        Some("debug") => {}
-        Some("release") => {
-            cmd.arg("--release");
-        }
-        Some(profile) => {
-            cmd.args(["--profile", profile]);
-        }
-        None => panic!("no profile directory above {}", profile_dir.display()),
+    let Ok(built) = bin.metadata().and_then(|m| m.modified()) else {
+        panic!("no {}: build it with `{build}`", bin.display());
+    };
+    if let Some(newer) = source_newer_than(built) {
+        panic!(
+            "{} is older than {}: rebuild it with `{build}`",
+            bin.display(),
+            newer.display()
+        );
     }
-    let out = cmd.output().expect("running cargo build");
-    assert!(
-        out.status.success(),
-        "`cargo build -p sensorgate --bin sensorgate` failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        bin.exists(),
-        "cargo built sensorgate, but not at {} (another --target-dir?)",
-        bin.display()
-    );
     bin
+}
+
+/// A source of the daemon (`Cargo.toml`, `Cargo.lock`, `src/**`) modified
+/// after `built`, if any: the binary would then be stale.
+fn source_newer_than(built: std::time::SystemTime) -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("test-kit/ is in the workspace root");
+    let mut todo = vec![
+        root.join("Cargo.toml"),
+        root.join("Cargo.lock"),
+        root.join("src"),
+    ];
+    while let Some(path) = todo.pop() {
+        let Ok(meta) = path.metadata() else { continue };
+        if meta.is_dir() {
+            let entries = std::fs::read_dir(&path).into_iter().flatten().flatten();
+            todo.extend(entries.map(|e| e.path()));
+        } else if meta.modified().is_ok_and(|m| m > built) {
+            return Some(path);
+        }
+    }
+    None
 }
 
 /// `target/<profile>`: test executables live in its `deps/`.
