@@ -10,15 +10,10 @@
 //!
 //! Default: 100000 readings, JSON payloads, no MQTT subscribers.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-#[path = "../tests/common/mosquitto.rs"]
-mod mosquitto;
-
 use std::time::{Duration, Instant};
 
-use common::*;
-use mosquitto::Mosquitto;
+use sensorgate_test_kit::mosquitto::Mosquitto;
+use sensorgate_test_kit::*;
 
 fn main() {
     let readings = std::env::args()

@@ -2,10 +2,8 @@
 //! 403 for a valid token with another role, 429 past the per-IP handshake
 //! rate, and never an upgrade without a device token.
 
-mod common;
-
-use common::*;
 use sensorgate::auth::{Authenticator, Role};
+use sensorgate_test_kit::*;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Error as WsError;

@@ -2,15 +2,13 @@
 //! rejected batch gets the table's `code`, stores nothing, and leaves the
 //! connection usable; the connection-ending limits (1008, 1009, idle) close it.
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
 use futures_util::{SinkExt, StreamExt};
+use sensorgate_test_kit::*;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;

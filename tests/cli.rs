@@ -2,16 +2,14 @@
 //! exit code 2 on bad configuration, and a clean exit 0 on SIGTERM/SIGINT
 //! with devices closed by 1001.
 
-mod common;
-
 use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use sensorgate::auth::{Authenticator, Role};
+use sensorgate_test_kit::*;
 use serde_json::json;
 
 fn run(args: &[&str], config: Option<&Path>) -> Output {

@@ -4,14 +4,12 @@
 //! batch is half stored, ids only grow and are never reused, and the welcome's
 //! `last_seq` covers every ack (the device resumes from it, go-back-N).
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::*;
 use futures_util::StreamExt;
 use rand::Rng;
+use sensorgate_test_kit::*;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;

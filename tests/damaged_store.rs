@@ -4,14 +4,12 @@
 //! flag it starts and new ids continue above the old high-water mark.
 //! `check-store` reports the damage read-only.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use common::blob_batches::{batch_for, config_for, last_id_of};
-use common::*;
+use sensorgate_test_kit::blob_batches::{batch_for, config_for, last_id_of};
+use sensorgate_test_kit::*;
 use serde_json::json;
 
 /// Sends batches `from..=to` one by one, each acked.

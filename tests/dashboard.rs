@@ -7,16 +7,12 @@
 //! Needs Debian's `chromium` and `chromium-driver` (`scripts/test`
 //! installs them). A missing browser fails these tests, it never skips them.
 
-#[path = "common/browser.rs"]
-mod browser;
-mod common;
-
 use std::time::{Duration, Instant};
 
-use browser::{Browser, ONE_BROWSER};
-use common::*;
 use futures_util::{SinkExt, StreamExt};
 use sensorgate::auth::{Authenticator, Role};
+use sensorgate_test_kit::browser::{Browser, ONE_BROWSER};
+use sensorgate_test_kit::*;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;

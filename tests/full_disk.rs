@@ -8,14 +8,12 @@
 //! in CI). Where mounting is not allowed the test says so and passes without
 //! running, except in CI (`CI` set), where that is a failure.
 
-mod common;
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::*;
 use futures_util::StreamExt;
+use sensorgate_test_kit::*;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 

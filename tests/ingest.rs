@@ -1,8 +1,6 @@
 //! Device ingest over a real WebSocket (SPEC §3): the acknowledgement rules.
 
-mod common;
-
-use common::*;
+use sensorgate_test_kit::*;
 use serde_json::json;
 
 #[tokio::test]

@@ -2,11 +2,9 @@
 //! tuning costs as real histograms, and every metric of `src/events.rs`
 //! listed in `docs/operations.md`.
 
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::*;
+use sensorgate_test_kit::*;
 use serde_json::json;
 
 /// Metric names (`sensorgate_*`) defined in `src/events.rs`.

@@ -1,17 +1,13 @@
 //! The MQTT bridge against a real Mosquitto (SPEC §6): store-and-forward
 //! publishing, outages, restarts, the backlog bound.
 
-mod common;
-#[path = "common/mosquitto.rs"]
-mod mosquitto;
-
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::*;
-use mosquitto::{id_of, Mosquitto, Msg, Subscriber};
 use sensorgate::config::{Config, Payload};
+use sensorgate_test_kit::mosquitto::{id_of, Mosquitto, Msg, Subscriber};
+use sensorgate_test_kit::*;
 use serde_json::Value;
 
 const PREFIX: &str = "sg";

@@ -3,14 +3,12 @@
 //! Each test runs the real binary on loopback and asserts on what the
 //! peers and `/metrics` see, with generous "eventually" bounds.
 
-mod common;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::*;
 use futures_util::SinkExt;
 use sensorgate::auth::{Authenticator, Role};
+use sensorgate_test_kit::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;

@@ -22,15 +22,13 @@
 //!
 //! Needs `strace` (installed by `scripts/test`); without it the test fails.
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::blob_batches::{batch_for, config_for, last_id_of, readings_in};
-use common::*;
 use futures_util::StreamExt;
+use sensorgate_test_kit::blob_batches::{batch_for, config_for, last_id_of, readings_in};
+use sensorgate_test_kit::*;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 

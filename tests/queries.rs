@@ -3,10 +3,8 @@
 //! `ScanBound::REQUEST` of the store whatever the filter matches, and
 //! `next` lets the client continue past a scanned range with no match.
 
-mod common;
-
-use common::*;
 use sensorgate::store::ScanBound;
+use sensorgate_test_kit::*;
 use serde_json::Value;
 
 /// Readings stored by [`fill`]: 2.5 times the per-request readings bound.

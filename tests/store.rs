@@ -1,13 +1,11 @@
 //! Storage rules (SPEC §7): retention, id high-water mark, interval sync.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
 use sensorgate::config::SyncMode;
 use sensorgate::store::Store;
+use sensorgate_test_kit::*;
 
 /// Streams `batches` acked batches of `n` readings as device `dev`.
 async fn publish(d: &TestDaemon, dev: &str, batches: u64, n: usize) {

@@ -2,13 +2,11 @@
 //! auth, the replay/live seam, truncation, slow subscribers, shutdown; and
 //! `/v1/devices` (SPEC §5).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use futures_util::SinkExt;
 use sensorgate::auth::{Authenticator, Role};
+use sensorgate_test_kit::*;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;

@@ -3,14 +3,12 @@
 //! serving, WATCHDOG=1 while the writer answers, STOPPING=1 on SIGTERM;
 //! logs for files and the journal; failing starts explained in one line.
 
-mod common;
-
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
-use common::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use sensorgate_test_kit::*;
 
 /// A notification socket like systemd's: one datagram per `sd_notify`.
 struct NotifySocket {

@@ -1,12 +1,10 @@
 //! TLS termination (SPEC §5): with `server.tls_cert`/`server.tls_key` set, the
 //! daemon speaks `https://` and `wss://` only.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::*;
 use rustls::pki_types::{CertificateDer, ServerName};
+use sensorgate_test_kit::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;

@@ -1,103 +1,13 @@
 //! device-sim against the real daemon: sensorgate started in-process on
-//! 127.0.0.1:0 with a temp store (as the daemon's own tests do), the built
-//! `device-sim` binary run with `--json`, and its report checked against what
-//! the daemon actually stored.
+//! 127.0.0.1:0 with a temp store, or as the built binary where a test
+//! SIGKILLs it (both from sensorgate-test-kit, as the daemon's own tests
+//! do), the built `device-sim` binary run with `--json`, and its report
+//! checked against what the daemon actually stored.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use sensorgate::auth::{Authenticator, Role};
-use sensorgate::config::Config;
-use sensorgate::Daemon;
+use sensorgate_test_kit::*;
 use serde_json::Value;
-
-const SECRET: &str = "sim-test-secret";
-
-struct TestDaemon {
-    daemon: Option<Daemon>,
-    config: Config,
-    _dir: tempfile::TempDir,
-}
-
-impl TestDaemon {
-    async fn start(tweak: impl FnOnce(&mut Config)) -> TestDaemon {
-        let dir = tempfile::tempdir().unwrap();
-        let mut c = Config::with_secret(SECRET);
-        c.server.listen = "127.0.0.1:0".parse().unwrap();
-        c.storage.path = dir.path().join("store");
-        c.limits.readings_per_sec = 1_000_000;
-        c.limits.burst = 1_000_000;
-        c.limits.handshakes_per_ip = 10_000;
-        tweak(&mut c);
-        let daemon = Daemon::start(Arc::new(c.clone()))
-            .await
-            .expect("daemon starts");
-        // A restart must come back on the same port.
-        c.server.listen = daemon.local_addr();
-        TestDaemon {
-            daemon: Some(daemon),
-            config: c,
-            _dir: dir,
-        }
-    }
-
-    /// Starts the daemon again on the same port and store.
-    async fn restart(&mut self) {
-        self.stop().await;
-        let daemon = Daemon::start(Arc::new(self.config.clone()))
-            .await
-            .expect("daemon restarts");
-        self.daemon = Some(daemon);
-    }
-
-    fn base(&self) -> String {
-        self.config.server.listen.to_string()
-    }
-
-    fn ingest(&self) -> String {
-        format!("ws://{}/v1/ingest", self.base())
-    }
-
-    /// How many readings `GET /v1/readings` holds (following `next`).
-    async fn stored_count(&self) -> usize {
-        let token = Authenticator::new(SECRET).mint(Role::Subscriber, "tests", None, None);
-        let client = reqwest::Client::new();
-        let mut since = 0u64;
-        let mut count = 0;
-        loop {
-            let body: Value = client
-                .get(format!("http://{}/v1/readings", self.base()))
-                .query(&[("since", since.to_string()), ("limit", "10000".into())])
-                .bearer_auth(&token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let items = body["items"].as_array().unwrap();
-            if items.is_empty() {
-                return count;
-            }
-            count += items.len();
-            since = body["next"].as_u64().unwrap();
-        }
-    }
-
-    async fn healthz(&self) -> u16 {
-        reqwest::get(format!("http://{}/healthz", self.base()))
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
-    }
-
-    async fn stop(&mut self) {
-        if let Some(d) = self.daemon.take() {
-            d.shutdown().await;
-        }
-    }
-}
 
 struct Run {
     code: i32,
@@ -140,8 +50,8 @@ fn assert_nothing_lost(run: &Run) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn steady_run_acks_exactly_what_the_daemon_stored() {
-    let mut d = TestDaemon::start(|_| {}).await;
-    let url = d.ingest();
+    let mut d = TestDaemon::start().await;
+    let url = d.ws("/v1/ingest");
     let run = sim(&[
         "--url",
         &url,
@@ -161,7 +71,7 @@ async fn steady_run_acks_exactly_what_the_daemon_stored() {
     assert_nothing_lost(&run);
     let acked = run.report["acked_readings"].as_u64().unwrap();
     assert!(acked >= 4 * 200, "{}", run.report);
-    assert_eq!(d.stored_count().await as u64, acked, "{}", run.report);
+    assert_eq!(d.stored("#").await.len() as u64, acked, "{}", run.report);
     assert_eq!(run.report["rejected"], serde_json::json!({}));
     assert!(run.report["readings_per_sec"].as_f64().unwrap() > 0.0);
     assert!(run.report["duration_s"].as_f64().unwrap() >= 2.0);
@@ -170,8 +80,8 @@ async fn steady_run_acks_exactly_what_the_daemon_stored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_run_continues_from_the_welcome_last_seq() {
-    let mut d = TestDaemon::start(|_| {}).await;
-    let url = d.ingest();
+    let mut d = TestDaemon::start().await;
+    let url = d.ws("/v1/ingest");
     let args = [
         "--url",
         &url,
@@ -195,14 +105,14 @@ async fn a_second_run_continues_from_the_welcome_last_seq() {
     assert_nothing_lost(&second);
     let total = first.report["acked_readings"].as_u64().unwrap()
         + second.report["acked_readings"].as_u64().unwrap();
-    assert_eq!(d.stored_count().await as u64, total);
+    assert_eq!(d.stored("#").await.len() as u64, total);
     d.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_restart_mid_run_loses_nothing() {
-    let mut d = TestDaemon::start(|_| {}).await;
-    let url = d.ingest();
+    let mut d = TestDaemon::start().await;
+    let url = d.ws("/v1/ingest");
     let run = tokio::spawn(async move {
         sim(&[
             "--url",
@@ -230,93 +140,22 @@ async fn a_daemon_restart_mid_run_loses_nothing() {
     let r = &run.report;
     assert!(r["reconnects"].as_u64().unwrap() >= 4, "{r}");
     assert_eq!(
-        d.stored_count().await as u64,
+        d.stored("#").await.len() as u64,
         r["acked_readings"].as_u64().unwrap(),
         "{r}"
     );
     d.stop().await;
 }
 
-/// The `sensorgate` binary next to ours, when the workspace built it
-/// (`cargo test --workspace` does; `cargo test -p device-sim` may not).
-fn sensorgate_bin() -> Option<std::path::PathBuf> {
-    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_device-sim")).with_file_name("sensorgate");
-    bin.exists().then_some(bin)
-}
-
-/// A `sensorgate run` child process, SIGKILLed when dropped.
-struct Child(tokio::process::Child);
-
-impl Child {
-    async fn start(bin: &std::path::Path, config: &std::path::Path, base: &str) -> Child {
-        let mut cmd = tokio::process::Command::new(bin);
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("SENSORGATE__") {
-                cmd.env_remove(k);
-            }
-        }
-        let child = cmd
-            .args(["run", "--config"])
-            .arg(config)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("sensorgate starts");
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let up = reqwest::get(format!("http://{base}/healthz"))
-                .await
-                .is_ok_and(|r| r.status() == 200);
-            if up {
-                return Child(child);
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no /healthz within 30s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn sigkill(&mut self) {
-        self.0.kill().await.unwrap();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_sigkill_mid_run_loses_no_acked_reading() {
-    let Some(bin) = sensorgate_bin() else {
-        eprintln!("skipped: no sensorgate binary beside device-sim (run cargo test --workspace)");
-        return;
-    };
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let base = format!("127.0.0.1:{port}");
-    let config = dir.path().join("sensorgate.toml");
-    let toml = format!(
-        r#"[server]
-listen = "{base}"
-[auth]
-jwt_secret = "{SECRET}"
-[limits]
-readings_per_sec = 1000000
-burst = 1000000
-handshakes_per_ip = 10000
-[storage]
-path = "{store}"
-[log]
-level = "warn"
-"#,
-        store = dir.path().join("store").display()
-    );
-    std::fs::write(&config, toml).unwrap();
-    let mut child = Child::start(&bin, &config, &base).await;
+    // The restarted daemon must come back on the same port.
+    let port = restartable_port();
+    let config = write_config(dir.path(), port, "");
+    let log = dir.path().join("sensorgate.log");
+    let mut child = ChildDaemon::start(&config, port, &log).await;
+    let base = child.base();
     let url = format!("ws://{base}/v1/ingest");
     let run = tokio::spawn(async move {
         sim(&[
@@ -339,46 +178,26 @@ level = "warn"
         .await
     });
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    child.sigkill().await;
-    let _child = Child::start(&bin, &config, &base).await;
+    child.kill();
+    let _child = ChildDaemon::start(&config, port, &log).await;
     let run = run.await.unwrap();
     assert_nothing_lost(&run);
     let r = &run.report;
     assert!(r["reconnects"].as_u64().unwrap() >= 4, "{r}");
     // Every reading the simulator counted as acked is stored, and none
     // twice: exactly-once storage across the resends.
-    let token = Authenticator::new(SECRET).mint(Role::Subscriber, "tests", None, None);
-    let client = reqwest::Client::new();
-    let (mut since, mut stored) = (0u64, 0u64);
-    loop {
-        let body: Value = client
-            .get(format!("http://{base}/v1/readings"))
-            .query(&[("since", since.to_string()), ("limit", "10000".into())])
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let items = body["items"].as_array().unwrap();
-        if items.is_empty() {
-            break;
-        }
-        stored += items.len() as u64;
-        since = body["next"].as_u64().unwrap();
-    }
+    let stored = stored_at(&base).await.len() as u64;
     assert_eq!(stored, r["acked_readings"].as_u64().unwrap(), "{r}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flood_is_rate_limited_and_every_batch_is_still_acked() {
-    let mut d = TestDaemon::start(|c| {
+    let mut d = TestDaemon::start_with(|c| {
         c.limits.readings_per_sec = 500;
         c.limits.burst = 500;
     })
     .await;
-    let url = d.ingest();
+    let url = d.ws("/v1/ingest");
     let run = sim(&[
         "--url",
         &url,
@@ -402,14 +221,14 @@ async fn flood_is_rate_limited_and_every_batch_is_still_acked() {
     // About 500/s per device (plus the burst): the retries were honoured.
     let acked = r["acked_readings"].as_u64().unwrap();
     assert!(acked >= 2 * 500, "{r}");
-    assert_eq!(d.stored_count().await as u64, acked, "{r}");
+    assert_eq!(d.stored("#").await.len() as u64, acked, "{r}");
     d.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ramp_connects_every_device_and_loses_nothing() {
-    let mut d = TestDaemon::start(|_| {}).await;
-    let url = d.ingest();
+    let mut d = TestDaemon::start().await;
+    let url = d.ws("/v1/ingest");
     let run = sim(&[
         "--url",
         &url,
@@ -431,7 +250,7 @@ async fn ramp_connects_every_device_and_loses_nothing() {
     assert_nothing_lost(&run);
     assert_eq!(run.report["devices_connected"], 5, "{}", run.report);
     assert_eq!(
-        d.stored_count().await as u64,
+        d.stored("#").await.len() as u64,
         run.report["acked_readings"].as_u64().unwrap()
     );
     d.stop().await;
@@ -439,8 +258,8 @@ async fn ramp_connects_every_device_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn churn_reconnects_and_loses_nothing() {
-    let mut d = TestDaemon::start(|_| {}).await;
-    let url = d.ingest();
+    let mut d = TestDaemon::start().await;
+    let url = d.ws("/v1/ingest");
     let run = sim(&[
         "--url",
         &url,
@@ -466,7 +285,7 @@ async fn churn_reconnects_and_loses_nothing() {
         run.report
     );
     assert_eq!(
-        d.stored_count().await as u64,
+        d.stored("#").await.len() as u64,
         run.report["acked_readings"].as_u64().unwrap()
     );
     d.stop().await;
@@ -474,8 +293,8 @@ async fn churn_reconnects_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_is_rejected_and_the_daemon_keeps_serving() {
-    let mut d = TestDaemon::start(|_| {}).await;
-    let url = d.ingest();
+    let mut d = TestDaemon::start().await;
+    let url = d.ws("/v1/ingest");
     let run = sim(&[
         "--url",
         &url,
@@ -502,10 +321,11 @@ async fn garbage_is_rejected_and_the_daemon_keeps_serving() {
         "{r}"
     );
     assert_eq!(r["reconnects"], 0, "no 1008 close: {r}");
-    assert_eq!(d.healthz().await, 200);
+    let health = reqwest::get(d.http("/healthz")).await.unwrap().status();
+    assert_eq!(health, 200);
     // The garbage stored nothing: only the good batches are there.
     assert_eq!(
-        d.stored_count().await as u64,
+        d.stored("#").await.len() as u64,
         r["acked_readings"].as_u64().unwrap()
     );
     let good = sim(&[
@@ -531,9 +351,9 @@ async fn garbage_is_rejected_and_the_daemon_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_subscriber_connection_gets_every_reading_and_latency_is_reported() {
-    let mut d = TestDaemon::start(|_| {}).await;
-    let url = d.ingest();
-    let stream = format!("ws://{}/v1/stream", d.base());
+    let mut d = TestDaemon::start().await;
+    let url = d.ws("/v1/ingest");
+    let stream = d.ws("/v1/stream");
     let run = sim(&[
         "--url",
         &url,
@@ -570,8 +390,8 @@ async fn every_subscriber_connection_gets_every_reading_and_latency_is_reported(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_that_cannot_connect_exits_non_zero() {
-    let mut d = TestDaemon::start(|_| {}).await;
-    let url = d.ingest();
+    let mut d = TestDaemon::start().await;
+    let url = d.ws("/v1/ingest");
     let run = sim(&[
         "--url",
         &url,
@@ -590,12 +410,7 @@ async fn a_run_that_cannot_connect_exits_non_zero() {
     d.stop().await;
 
     // Nothing listening at all.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("ws://127.0.0.1:{port}/v1/ingest");
+    let url = format!("ws://127.0.0.1:{}/v1/ingest", free_port());
     let run = sim(&[
         "--url",
         &url,

@@ -5,7 +5,6 @@
 //! in a temp dir, saved on SIGTERM), so a test subscriber with
 //! `clean_session = false` misses nothing while it reconnects after a broker
 //! restart, whoever reconnects first.
-#![allow(dead_code)]
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -25,7 +24,7 @@ pub struct Mosquitto {
 
 impl Mosquitto {
     pub async fn start() -> Mosquitto {
-        let port = crate::common::restartable_port();
+        let port = crate::restartable_port();
         let dir = tempfile::tempdir().unwrap();
         let conf = format!(
             "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\

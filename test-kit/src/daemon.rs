@@ -1,0 +1,136 @@
+//! The daemon in-process: [`TestDaemon`] runs `sensorgate::Daemon` on
+//! 127.0.0.1:0 with its sled store in a temp dir, and hands out tokens, URLs
+//! and clients for it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sensorgate::auth::{Authenticator, Role};
+use sensorgate::config::Config;
+use sensorgate::Daemon;
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::{connect_stream_with, recv_frame, stored_matching, Ws, SECRET};
+
+pub struct TestDaemon {
+    pub daemon: Option<Daemon>,
+    pub config: Arc<Config>,
+    pub dir: tempfile::TempDir,
+}
+
+/// A config for tests: loopback port 0, store in `dir`, limits generous
+/// unless a test tightens them through `tweak`.
+pub fn test_config(dir: &std::path::Path) -> Config {
+    let mut c = Config::with_secret(SECRET);
+    c.server.listen = "127.0.0.1:0".parse().unwrap();
+    c.storage.path = dir.join("store");
+    c.limits.readings_per_sec = 1_000_000;
+    c.limits.burst = 1_000_000;
+    c.limits.handshakes_per_ip = 10_000;
+    c
+}
+
+impl TestDaemon {
+    pub async fn start() -> TestDaemon {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestDaemon {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir.path());
+        tweak(&mut config);
+        Self::start_in(dir, config).await
+    }
+
+    pub async fn start_in(dir: tempfile::TempDir, config: Config) -> TestDaemon {
+        let config = Arc::new(config);
+        let daemon = Daemon::start(config.clone()).await.expect("daemon starts");
+        TestDaemon {
+            daemon: Some(daemon),
+            config,
+            dir,
+        }
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.daemon.as_ref().unwrap().local_addr()
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr(), path)
+    }
+
+    pub fn token(&self, role: Role, sub: &str) -> String {
+        Authenticator::new(&self.config.auth.jwt_secret).mint(
+            role,
+            sub,
+            Some(Duration::from_secs(3600)),
+            None,
+        )
+    }
+
+    /// Connects device `sub` and returns the socket and its welcome.
+    pub async fn device(&self, sub: &str) -> (Ws, Value) {
+        let mut ws = self
+            .connect_ingest(&self.token(Role::Device, sub))
+            .await
+            .expect("device connects");
+        let welcome = recv_frame(&mut ws).await;
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        (ws, welcome)
+    }
+
+    pub async fn connect_ingest(
+        &self,
+        token: &str,
+    ) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+        let mut req = format!("ws://{}/v1/ingest", self.addr())
+            .into_client_request()
+            .unwrap();
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        tokio_tungstenite::connect_async(req)
+            .await
+            .map(|(ws, _)| ws)
+    }
+
+    /// Stored readings via `GET /v1/readings` (all of them, following `next`).
+    pub async fn stored(&self, topic: &str) -> Vec<Value> {
+        stored_matching(&self.addr().to_string(), topic).await
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(d) = self.daemon.take() {
+            d.shutdown().await;
+        }
+    }
+
+    /// Stops the daemon and starts it again on the same port and store,
+    /// so clients reconnect to the address they already have.
+    pub async fn restart(&mut self) {
+        let addr = self.addr();
+        self.stop().await;
+        let mut config = (*self.config).clone();
+        config.server.listen = addr;
+        self.config = Arc::new(config);
+        let daemon = Daemon::start(self.config.clone())
+            .await
+            .expect("daemon restarts");
+        self.daemon = Some(daemon);
+    }
+
+    /// `ws://host:port{path}` of this daemon.
+    pub fn ws(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr(), path)
+    }
+
+    /// A JSON subscriber on `/v1/stream?{query}` with a subscriber token.
+    pub async fn subscriber(&self, query: &str) -> Ws {
+        let token = self.token(Role::Subscriber, "web");
+        connect_stream_with(self.addr(), query, Some(&token), None, None)
+            .await
+            .expect("subscriber connects")
+            .0
+    }
+}
