@@ -231,6 +231,21 @@ async fn damaged_and_rolled_back_stores_are_refused_clearly_and_the_flag_continu
             }),
         ),
         (
+            // The same without the write-ahead log, which would otherwise
+            // restore the commits it still holds.
+            "db minus its last 100 bytes of data, log records zeroed",
+            Box::new(|s: &Path| {
+                let bytes = std::fs::read(s.join("db")).unwrap();
+                let end = bytes.iter().rposition(|&b| b != 0).unwrap() as u64 + 1;
+                truncate(&s.join("db"), |_| end - 100);
+                // Past the log's header and its two mark sectors.
+                let log = s.join("sensorgate.wal");
+                let mut bytes = std::fs::read(&log).unwrap();
+                bytes[3 * 512..].fill(0);
+                std::fs::write(&log, bytes).unwrap();
+            }),
+        ),
+        (
             "db bytes flipped",
             Box::new(|s: &Path| flip_bytes(&s.join("db"), &[0.3, 0.6, 0.9])),
         ),
@@ -267,7 +282,7 @@ async fn damaged_and_rolled_back_stores_are_refused_clearly_and_the_flag_continu
     eprintln!("refused: {refused:?}");
     for must in [
         "db truncated to 0",
-        "db minus its last 100 bytes of data",
+        "db minus its last 100 bytes of data, log records zeroed",
         "every blob deleted",
     ] {
         assert!(
@@ -316,6 +331,26 @@ async fn damaged_and_rolled_back_stores_are_refused_clearly_and_the_flag_continu
         Outcome::Refused
     );
     continues_above_the_mark(&config, "mark deleted").await;
+
+    // The write-ahead log likewise: zeroed (header and marks gone) is
+    // refused even with the flag; deleted is refused, and the flag then
+    // continues above the store's own content and the mark file.
+    let (dir, config) = scratch(&f, "log_damaged");
+    let log = dir.join("store").join("sensorgate.wal");
+    let len = std::fs::metadata(&log).unwrap().len() as usize;
+    std::fs::write(&log, vec![0u8; len]).unwrap();
+    assert_eq!(
+        start_on_damaged(&config, "log zeroed").await,
+        Outcome::Refused
+    );
+    let out = run_binary(&["run", "--accept-data-loss"], &config);
+    assert_eq!(out.status.code(), Some(3), "a zeroed log with the flag");
+    std::fs::remove_file(&log).unwrap();
+    assert_eq!(
+        start_on_damaged(&config, "log deleted").await,
+        Outcome::Refused
+    );
+    continues_above_the_mark(&config, "log deleted").await;
 
     // The undamaged store: check-store calls it healthy and counts it.
     let (_, config) = scratch(&f, "intact");

@@ -3,19 +3,22 @@
 //! The real binary runs under `strace -f` while a device streams batches (some
 //! big enough that sled writes them to `blobs/` files); then it is SIGKILLed.
 //! From the syscall log the test checks, for every ack written to the
-//! device's socket:
-//! - the high-water-mark record covering the ack's ids was written and
-//!   `fdatasync`ed before the ack, and
-//! - when that record was written, every other store file written before
-//!   it had been `fsync`/`fdatasync`ed after its last write, and every new
-//!   file's (and directory's) parent directory fsynced after the creation.
+//! device's socket, that its ids were durable before the ack: either a
+//! write-ahead-log record covering them was written and the log
+//! `fdatasync`ed after it (the log's name made durable by a directory
+//! fsync), or a checkpoint's high-water-mark record covering them was
+//! synced — and when a checkpoint syncs that record, every other store file
+//! written before had been `fsync`/`fdatasync`ed after its last write, and
+//! every new file's (and directory's) parent directory fsynced after the
+//! creation.
 //!
 //! (The check is anchored on the durable point rather than on the ack itself
 //! because sled may already be writing the *next* commit while an ack is on
 //! its way: those writes are not what the ack promised.)
 //!
 //! Then it simulates what a power cut may leave: every store file is cut
-//! back to its size at its last completed sync, and names created but never
+//! back to its size at its last completed sync, the log's records written
+//! after its last completed sync are zeroed, and names created but never
 //! made durable by a directory fsync are removed. The daemon restarts on
 //! that and every acknowledged reading must be there, exactly once, with ids
 //! going on above them.
@@ -173,6 +176,7 @@ fn parent(path: &str) -> String {
 struct Replay {
     store: String,
     hwm: String,
+    wal: String,
     /// `->127.0.0.1:<device port>]`: how strace names the device's socket.
     device: String,
     size: HashMap<String, u64>,
@@ -190,6 +194,12 @@ struct Replay {
     hwm_written: Option<(u64, usize)>,
     /// Newest high-water mark whose record was synced after being written.
     durable: u64,
+    /// Write-ahead-log records: (newest id, line written).
+    wal_records: Vec<(u64, usize)>,
+    /// Every write to the log: (offset, length, line written).
+    wal_writes: Vec<(u64, u64, usize)>,
+    /// Start line of the log's last completed sync.
+    wal_synced: Option<usize>,
     acks_checked: u64,
     log_syncs: u64,
     violations: Vec<String>,
@@ -203,7 +213,8 @@ impl Replay {
     /// Everything the high-water-mark record about to be written relies on.
     fn check_durable_point(&mut self, line: usize, value: u64) {
         for (file, &written) in &self.last_write {
-            if *file == self.hwm {
+            // The log's unsynced records are redundant once sled is synced.
+            if *file == self.hwm || *file == self.wal {
                 continue;
             }
             let synced = self.synced.get(file).map(|s| s.0);
@@ -245,12 +256,11 @@ impl Replay {
             // A sync persists what was written before it started.
             let size = self.size.get(path).copied().unwrap_or(0);
             self.sync_started.insert(c.start, size);
-        }
-        if path == self.hwm && c.name.starts_with("pwrite") {
-            let bytes = first_bytes(&c.args);
-            if bytes.len() >= 16 {
-                let value = u64::from_be_bytes(bytes[8..16].try_into().unwrap());
-                self.check_durable_point(c.start, value);
+            // A checkpoint: the mark is synced once sled's files are.
+            if path == self.hwm {
+                if let Some((value, _)) = self.hwm_written {
+                    self.check_durable_point(c.start, value);
+                }
             }
         }
     }
@@ -308,6 +318,13 @@ impl Replay {
                     let value = u64::from_be_bytes(bytes[8..16].try_into().unwrap());
                     self.hwm_written = Some((value, c.end));
                 }
+                if path == self.wal {
+                    self.wal_writes.push((at, returned, c.end));
+                    if bytes.len() >= 24 && bytes.starts_with(b"SGWAL001") {
+                        let next = u64::from_be_bytes(bytes[16..24].try_into().unwrap());
+                        self.wal_records.push((next - 1, c.end));
+                    }
+                }
             }
             "ftruncate" | "fallocate" if ok => {
                 let Some(path) = fd_path(&c.args) else { return };
@@ -343,8 +360,44 @@ impl Replay {
                         }
                     }
                 }
+                if path == self.wal {
+                    self.on_log_synced(c.start);
+                }
             }
             _ => {}
+        }
+    }
+}
+
+impl Replay {
+    /// A completed sync of the write-ahead log started at line `start`:
+    /// every record written before makes its ids durable, if the log's
+    /// name is.
+    fn on_log_synced(&mut self, start: usize) {
+        self.wal_synced = Some(start);
+        let named = self
+            .created
+            .iter()
+            .filter(|(p, _)| *p == self.wal)
+            .all(|(_, made)| {
+                self.dir_synced
+                    .get(&parent(&self.wal))
+                    .is_some_and(|&s| s > *made && s < start)
+            });
+        if !named {
+            self.violations.push(format!(
+                "line {start}: the log synced while its name was not durable"
+            ));
+            return;
+        }
+        if let Some(v) = self
+            .wal_records
+            .iter()
+            .filter(|(_, written)| *written < start)
+            .map(|(v, _)| *v)
+            .max()
+        {
+            self.durable = self.durable.max(v);
         }
     }
 }
@@ -354,6 +407,7 @@ fn replay(calls: &[Call], store: &Path, device_port: u16) -> Replay {
     let mut r = Replay {
         store: store.display().to_string(),
         hwm: store.join("sensorgate.hwm").display().to_string(),
+        wal: store.join("sensorgate.wal").display().to_string(),
         device: format!("->127.0.0.1:{device_port}]"),
         ..Replay::default()
     };
@@ -391,9 +445,30 @@ fn cut_back(r: &Replay) {
     }
     for (path, size) in &r.size {
         let synced = r.synced.get(path).map_or(0, |s| s.1);
+        // The log is written whole when created and overwritten in place.
+        if *path == r.wal {
+            continue;
+        }
         if Path::new(path).is_file() && *size > synced {
             let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
             f.set_len(synced).unwrap();
+        }
+    }
+}
+
+/// Zeroes the log's records written after its last completed sync began
+/// (a power cut may leave their sectors as they were). The mark sectors
+/// are kept as written: they never claim more than the sync before made
+/// durable, so either content is a possible outcome.
+fn cut_back_log(r: &Replay) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&r.wal)
+        .unwrap();
+    for &(at, len, written) in &r.wal_writes {
+        if at >= 3 * 512 && r.wal_synced.is_none_or(|s| written > s) {
+            f.write_all_at(&vec![0u8; len as usize], at).unwrap();
         }
     }
 }
@@ -544,6 +619,7 @@ async fn power_cut(storage: &str) {
 
     // The power cut: only what was synced is left.
     cut_back(&r);
+    cut_back_log(&r);
     drop(daemon);
     let port = free_port();
     let config = config_for(dir.path(), port);

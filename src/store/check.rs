@@ -6,6 +6,9 @@
 //! the durable high-water mark against the content, and the MQTT bridge's
 //! outbox cursor. sled itself has no read-only mode: opening replays its log
 //! exactly as the daemon's next start would, and this writes nothing else.
+//! The write-ahead log ([`super::wal`]) is read, not applied: its commits
+//! that sled lacks are reported (and count towards the content, as the
+//! daemon's next start would apply them).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -13,7 +16,8 @@ use std::path::Path;
 
 use super::StoreError;
 use super::{
-    codec, hwm, recover, SegmentMeta, BRIDGE_CURSOR_KEY, INDEX_PREFIX, SEGMENT_PREFIX, SEQ_PREFIX,
+    codec, hwm, recover_with, wal, SegmentMeta, BRIDGE_CURSOR_KEY, INDEX_PREFIX, SEGMENT_PREFIX,
+    SEQ_PREFIX,
 };
 
 /// What `check-store` found.
@@ -30,8 +34,12 @@ pub struct Report {
     pub damaged: Vec<String>,
     /// Newest id the id bookkeeping accounts for.
     pub content_last_id: u64,
-    /// The durable high-water mark, or why it could not be read.
+    /// The durable high-water mark (the higher of the mark file and the
+    /// write-ahead log's newest commit), or why it could not be read.
     pub high_water_mark: Result<Option<u64>, String>,
+    /// Commits in the write-ahead log that sled does not hold yet: the
+    /// daemon's next start applies them.
+    pub log_commits: usize,
     pub bridge_cursor: Option<u64>,
     pub devices: BTreeMap<String, u64>,
 }
@@ -48,8 +56,12 @@ impl Report {
 /// Opens the store at `path` and reads all of it. Fails only when sled
 /// cannot open it at all (that error says why).
 pub fn check(path: &Path) -> Result<Report, StoreError> {
-    let high_water_mark = hwm::read(path).map_err(|e| e.to_string());
-    let rec = recover(path)?;
+    let log = wal::read(path)?.unwrap_or_default();
+    let log_newest = log.newest_id;
+    let high_water_mark = hwm::read(path)
+        .map(|m| m.max(log_newest))
+        .map_err(|e| e.to_string());
+    let rec = recover_with(path, false)?;
     let db = rec.db;
     let high_water_mark = match high_water_mark {
         Ok(None) if db.get(super::HWM_KEPT_KEY)?.is_some() => {
@@ -66,6 +78,7 @@ pub fn check(path: &Path) -> Result<Report, StoreError> {
         damaged: Vec::new(),
         content_last_id: rec.last_id,
         high_water_mark,
+        log_commits: rec.log_commits,
         bridge_cursor: None,
         devices: BTreeMap::new(),
     };
@@ -111,6 +124,24 @@ pub fn check(path: &Path) -> Result<Report, StoreError> {
             Err(e) => report.damaged.push(e.to_string()),
         }
     }
+    // What the next start adds from the write-ahead log, as it would serve it.
+    for r in super::pending(super::stored_next_id(&db)?, &log.records) {
+        for (k, v) in &r.entries {
+            if k.starts_with(SEGMENT_PREFIX) {
+                match codec::decode_segment(k, v) {
+                    Ok(rs) => report.readings += rs.len() as u64,
+                    Err(e) => report.damaged.push(format!("write-ahead log: {e}")),
+                }
+            } else if let Some(device) = k.strip_prefix(SEQ_PREFIX) {
+                if let Ok(seq) = codec::decode_u64(k, v) {
+                    let device = String::from_utf8_lossy(device).into_owned();
+                    report.devices.insert(device, seq);
+                }
+            }
+        }
+        let first = report.id_range.map_or(r.first_id, |(f, _)| f);
+        report.id_range = Some((first, r.next_id - 1));
+    }
     report.bridge_cursor = db
         .get(BRIDGE_CURSOR_KEY)?
         .and_then(|v| codec::decode_u64(BRIDGE_CURSOR_KEY, &v).ok());
@@ -135,6 +166,13 @@ impl fmt::Display for Report {
             None => writeln!(f, "id range:        (no readings retained)")?,
         }
         writeln!(f, "last id:         {}", self.content_last_id)?;
+        if self.log_commits > 0 {
+            writeln!(
+                f,
+                "write-ahead log: {} commits not yet in sled (applied at the next start)",
+                self.log_commits
+            )?;
+        }
         match &self.high_water_mark {
             Ok(Some(m)) if *m > self.content_last_id => writeln!(
                 f,

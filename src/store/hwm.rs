@@ -41,8 +41,10 @@ pub enum HwmError {
 pub struct HighWaterMark {
     file: File,
     path: PathBuf,
-    /// The value last made durable, so an unchanged mark costs no sync.
+    /// The value last written, so an unchanged mark costs nothing.
     current: u64,
+    /// `current` was written by [`HighWaterMark::note`] and not synced yet.
+    unsynced: bool,
 }
 
 /// What is on disk before the store is opened.
@@ -118,22 +120,43 @@ impl HighWaterMark {
             file,
             path,
             current: u64::MAX,
+            unsynced: false,
         };
         mark.set(id)?;
         Ok(mark)
     }
 
     /// Records `id` as durable: rewrites the record and `fdatasync`s it.
-    /// A no-op when `id` is already the recorded value.
+    /// A no-op when `id` is already the recorded and synced value.
     pub fn set(&mut self, id: u64) -> Result<(), HwmError> {
-        if id == self.current {
+        if id == self.current && !self.unsynced {
             return Ok(());
         }
+        self.write(id)?;
+        self.file
+            .sync_data()
+            .map_err(|source| io(&self.path, source))?;
+        self.unsynced = false;
+        Ok(())
+    }
+
+    /// Records `id`, already durable elsewhere (the write-ahead log), without
+    /// a sync of its own: a store rolled back or restored without its mark
+    /// is still caught, while a power cut may only leave an older mark, which
+    /// the log's own mark covers. The next [`HighWaterMark::set`] syncs it.
+    pub fn note(&mut self, id: u64) -> Result<(), HwmError> {
+        if id != self.current {
+            self.write(id)?;
+            self.unsynced = true;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, id: u64) -> Result<(), HwmError> {
         let record = encode(id);
         self.file
             .write_all_at(&record, 0)
             .and_then(|()| self.file.write_all_at(&record, SECOND))
-            .and_then(|()| self.file.sync_data())
             .map_err(|source| io(&self.path, source))?;
         self.current = id;
         Ok(())

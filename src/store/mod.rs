@@ -32,6 +32,7 @@ mod codec;
 pub mod durability;
 pub mod hwm;
 pub mod retention;
+pub mod wal;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
@@ -51,6 +52,8 @@ const NEXT_ID_KEY: &[u8] = b"m/next_id";
 const BRIDGE_CURSOR_KEY: &[u8] = b"m/bridge_cursor";
 /// Present once the store has a high-water-mark file ([`hwm`]).
 const HWM_KEPT_KEY: &[u8] = b"m/hwm_kept";
+/// Present once the store has a write-ahead log file ([`wal`]).
+const WAL_KEPT_KEY: &[u8] = b"m/wal_kept";
 const SEQ_PREFIX: &[u8] = b"q/";
 const SEGMENT_PREFIX: &[u8] = b"s/";
 const INDEX_PREFIX: &[u8] = b"i/";
@@ -81,6 +84,13 @@ pub enum StoreError {
     /// unknown, so nothing may be acknowledged.
     #[error("syncing the store's files: {0}")]
     Sync(std::io::Error),
+    /// Reading, writing or syncing the write-ahead log failed, or it is
+    /// damaged.
+    #[error("storage.path: {0}")]
+    Log(#[from] wal::WalError),
+    /// The store once had a write-ahead log and its file is gone.
+    #[error("storage.path {path}: the write-ahead log file {} is missing although this store had one; inspect with `sensorgate check-store`, restore it, or start with --accept-data-loss to continue above the store's own content", wal::FILE_NAME)]
+    LogMissing { path: PathBuf },
     /// Another process (a running daemon) holds the store's lock.
     #[error(
         "storage.path {path}: the store is in use by another process ({detail}); stop it first"
@@ -100,6 +110,8 @@ impl StoreError {
             StoreError::Unreadable { .. }
                 | StoreError::BehindHighWaterMark { .. }
                 | StoreError::MarkMissing { .. }
+                | StoreError::LogMissing { .. }
+                | StoreError::Log(wal::WalError::Damaged { .. })
                 | StoreError::HighWaterMark(hwm::HwmError::Damaged { .. })
         )
     }
@@ -129,6 +141,9 @@ pub struct Store {
     /// What makes sled's writes power-loss safe; `None` while closed.
     files: Mutex<Option<FileSync>>,
     hwm: Mutex<HighWaterMark>,
+    /// Where commits become durable between checkpoints; only the writer
+    /// appends.
+    wal: Mutex<wal::Wal>,
     /// Newest id that is durable and visible (0 when none yet). Fan-out uses
     /// it as the seam between replay and live delivery.
     last_durable_id: AtomicU64,
@@ -206,21 +221,79 @@ struct Recovered {
     /// Newest id the content accounts for (0 when empty).
     last_id: u64,
     retained_bytes: u64,
+    /// The write-ahead log, its records already applied to `db`.
+    wal: wal::Wal,
+    /// Newest id the log held (it was acknowledged if the log's sync
+    /// returned), for the check against what the store now holds.
+    log_mark: Option<u64>,
+    /// Commits the log added to sled (or, not applying it, would add).
+    log_commits: usize,
 }
 
-/// Opens sled and reads what the id bookkeeping needs, every sled failure or
-/// panic becoming [`StoreError::Unreadable`].
+/// Applies the log's commits that sled does not hold (sled recovers a
+/// prefix of its own commits, so those are the log's last ones) . A log that
+/// resumes above sled's content leaves a gap: nothing after it is applied,
+/// and the log's newest id makes the check against the high-water mark
+/// report the loss.
+///
+/// With `apply` false nothing is written (`check-store`): it only counts.
+/// Returns the next id after the replay and how many commits were (or
+/// would be) applied.
+fn replay(db: &sled::Db, records: &[wal::Record], apply: bool) -> Result<(u64, usize), StoreError> {
+    let stored_next = stored_next_id(db)?;
+    let pending = pending(stored_next, records);
+    if apply {
+        for r in &pending {
+            let mut batch = sled::Batch::default();
+            for (k, v) in &r.entries {
+                batch.insert(k.as_slice(), v.as_slice());
+            }
+            db.apply_batch(batch)?;
+        }
+    }
+    let next = pending.last().map_or(stored_next, |r| r.next_id);
+    Ok((next, pending.len()))
+}
+
+/// The log's commits that continue a store whose next id is `next`.
+fn pending(mut next: u64, records: &[wal::Record]) -> Vec<&wal::Record> {
+    let mut out = Vec::new();
+    for r in records {
+        if r.next_id <= next || r.first_id != next {
+            continue; // held already, or past a gap
+        }
+        next = r.next_id;
+        out.push(r);
+    }
+    out
+}
+
+fn stored_next_id(db: &sled::Db) -> Result<u64, StoreError> {
+    Ok(match db.get(NEXT_ID_KEY)? {
+        Some(v) => codec::decode_u64(NEXT_ID_KEY, &v)?,
+        None => 1,
+    })
+}
+
+/// Opens sled, applies the write-ahead log and reads what the id
+/// bookkeeping needs, every sled failure or panic becoming
+/// [`StoreError::Unreadable`].
 fn recover(path: &Path) -> Result<Recovered, StoreError> {
+    recover_with(path, true)
+}
+
+/// [`recover`], applying the log only when `replay` is set; otherwise
+/// `last_id` still counts what a replay would add.
+fn recover_with(path: &Path, apply_log: bool) -> Result<Recovered, StoreError> {
     let unreadable = |detail: String| StoreError::Unreadable {
         path: path.to_path_buf(),
         detail,
     };
     let scanned = without_panics(|| -> Result<Recovered, StoreError> {
         let db = open_sled(path)?;
-        let next_id = match db.get(NEXT_ID_KEY)? {
-            Some(v) => codec::decode_u64(NEXT_ID_KEY, &v)?,
-            None => 1,
-        };
+        let (wal, contents) = wal::Wal::open(path)?;
+        let (next_id, log_commits) = replay(&db, &contents.records, apply_log)?;
+        let log_mark = contents.newest_id;
         let mut last_id = next_id - 1;
         let mut bytes = 0u64;
         for entry in db.scan_prefix(INDEX_PREFIX) {
@@ -239,6 +312,9 @@ fn recover(path: &Path) -> Result<Recovered, StoreError> {
             db,
             last_id,
             retained_bytes: bytes,
+            wal,
+            log_mark,
+            log_commits,
         })
     })
     .map_err(unreadable)?;
@@ -250,6 +326,8 @@ fn recover(path: &Path) -> Result<Recovered, StoreError> {
                 detail: io.to_string(),
             }
         }
+        // The log's own I/O error (a full disk creating it, say) names it.
+        StoreError::Log(e) => StoreError::Log(e),
         other => unreadable(other.to_string()),
     })
 }
@@ -300,7 +378,11 @@ impl Store {
         // A damaged mark is refused even with --accept-data-loss: without
         // it nothing says which ids were handed out. Deleting the file is
         // the operator's explicit way past it (see MarkMissing).
-        let mark = hwm::read(path)?;
+        // Commits since the last checkpoint are acknowledged from the
+        // write-ahead log: the mark is the higher of the two.
+        let log = wal::read(path)?;
+        let mark_file = hwm::read(path)?;
+        let mark = mark_file.max(log.as_ref().and_then(|c| c.newest_id));
         let rec = match recover(path) {
             Err(StoreError::Unreadable { detail, .. }) if opts.accept_data_loss => {
                 set_aside(path, &detail)?;
@@ -310,7 +392,15 @@ impl Store {
         };
         let mut last_id = rec.last_id;
         let had_mark = rec.db.get(HWM_KEPT_KEY)?.is_some();
-        if mark.is_none() && had_mark {
+        if log.is_none() && rec.db.get(WAL_KEPT_KEY)?.is_some() {
+            if !opts.accept_data_loss {
+                return Err(StoreError::LogMissing {
+                    path: path.to_path_buf(),
+                });
+            }
+            tracing::warn!("the write-ahead log file is gone; continuing above the store's own content (--accept-data-loss)");
+        }
+        if mark_file.is_none() && had_mark {
             if !opts.accept_data_loss {
                 return Err(StoreError::MarkMissing {
                     path: path.to_path_buf(),
@@ -331,14 +421,20 @@ impl Store {
             rec.db.flush()?;
             last_id = mark;
         }
-        // What sled recovered or created is made durable before the mark
-        // says anything about it.
+        // What sled recovered, replayed from the log or created is made
+        // durable before the mark says anything about it, and before the
+        // log is written over.
+        rec.db.flush()?;
         let mut files = FileSync::open(path).map_err(StoreError::Sync)?;
         let hwm = HighWaterMark::create_or_open(path, last_id)?;
         // From now on the store knows it has a mark: a mark file that goes
         // missing later is a damage, not a new store.
-        if !had_mark {
+        let mut wal = rec.wal;
+        let new_log = !wal.exists();
+        wal.reset()?;
+        if !had_mark || new_log {
             rec.db.insert(HWM_KEPT_KEY, &[1u8][..])?;
+            rec.db.insert(WAL_KEPT_KEY, &[1u8][..])?;
             rec.db.flush()?;
             files.sync().map_err(StoreError::Sync)?;
         }
@@ -347,6 +443,7 @@ impl Store {
             db: RwLock::new(Some(rec.db)),
             files: Mutex::new(Some(files)),
             hwm: Mutex::new(hwm),
+            wal: Mutex::new(wal),
             last_durable_id: AtomicU64::new(last_id),
             retained_bytes: AtomicU64::new(rec.retained_bytes),
             refusal: Mutex::new(None),
@@ -515,15 +612,45 @@ impl Store {
             .map_err(StoreError::Sync)
     }
 
-    /// Makes every commit applied so far durable and records `last_id` as
-    /// the durable high-water mark. Only the writer calls this.
-    fn make_durable(&self, db: &sled::Db, last_id: u64) -> Result<(), StoreError> {
+    /// A checkpoint: makes every commit applied so far durable in sled
+    /// itself, records `last_id` as the durable high-water mark, and lets
+    /// the write-ahead log start again. Only the writer calls this.
+    fn checkpoint(&self, db: &sled::Db, last_id: u64) -> Result<(), StoreError> {
         self.sync_files(db)?;
         self.hwm
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .set(last_id)?;
+        self.wal.lock().unwrap_or_else(|e| e.into_inner()).reset()?;
         Ok(())
+    }
+
+    /// Writes one applied commit to the write-ahead log (not yet synced).
+    /// False when it does not fit: then only a checkpoint makes it durable.
+    fn log_commit(
+        &self,
+        first_id: u64,
+        next_id: u64,
+        entries: &[(&[u8], &[u8])],
+    ) -> Result<bool, StoreError> {
+        let mut wal = self.wal.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(wal.append(first_id, next_id, entries)?)
+    }
+
+    /// Makes every commit logged so far durable: the log's `fdatasync`.
+    /// Returns the bytes of log in use, for the writer to decide when a
+    /// checkpoint is due.
+    fn sync_log(&self) -> Result<u64, StoreError> {
+        let mut wal = self.wal.lock().unwrap_or_else(|e| e.into_inner());
+        wal.sync()?;
+        Ok(wal.used())
+    }
+
+    /// After [`Store::sync_log`] made commits up to `last_id` durable: the
+    /// mark file notes it (written, not synced; see [`HighWaterMark::note`]).
+    fn note_durable(&self, last_id: u64) -> Result<(), StoreError> {
+        let mut hwm = self.hwm.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(hwm.note(last_id)?)
     }
 
     fn mark_durable(&self, last_id: u64) {
@@ -588,8 +715,14 @@ impl Store {
     fn reopen(&self) -> Result<u64, StoreError> {
         let rec = recover(&self.path)?;
         let mark = self.hwm.lock().unwrap_or_else(|e| e.into_inner()).get();
-        check_mark(&self.path, rec.last_id, Some(mark))?;
+        check_mark(&self.path, rec.last_id, Some(mark).max(rec.log_mark))?;
+        // The log's commits are in sled now: durable there before the log
+        // is written over (the writer's own checkpoint moves the mark).
+        rec.db.flush()?;
         let files = FileSync::open(&self.path).map_err(StoreError::Sync)?;
+        let mut wal = rec.wal;
+        wal.reset()?;
+        *self.wal.lock().unwrap_or_else(|e| e.into_inner()) = wal;
         self.retained_bytes
             .store(rec.retained_bytes, Ordering::Relaxed);
         *self.files.lock().unwrap_or_else(|e| e.into_inner()) = Some(files);

@@ -9,10 +9,14 @@
 //! could take back. While one group is being flushed, the next one gathers in
 //! the queue, which is what makes the commits grow under load.
 //!
-//! Durable means power-loss safe: sled's flush, then `fdatasync`/`fsync` of
-//! its files and directories, then the high-water mark ([`Store::make_durable`]).
-//! A group whose batches were all duplicates or probes writes nothing and
-//! costs no flush.
+//! Durable means power-loss safe. A group's sled entries are also written
+//! to the write-ahead log ([`super::wal`]), and its durable point is that
+//! log's `fdatasync`: one write and one sync per commit. Checkpoints make
+//! sled itself durable (sled's flush, `fdatasync`/`fsync` of its files and
+//! directories, the high-water mark: [`Store::checkpoint`]) every
+//! [`CHECKPOINT_EVERY`] while commits arrive, when the log is half full, and
+//! for a group too large for what is left of the log. A group whose batches
+//! were all duplicates or probes writes nothing and costs no sync.
 //!
 //! Faults: before writing, the writer checks the free space of the store's
 //! filesystem against `storage.min_free` and refuses the group's batches
@@ -48,6 +52,13 @@ const MAX_READINGS_PER_SEGMENT: usize = 8192;
 const SEQ_CACHE_MAX: usize = 200_000;
 /// How often a refusing writer checks whether it can write again.
 pub const RECOVERY_EVERY: Duration = Duration::from_secs(1);
+/// Longest time commits stay durable in the write-ahead log alone before a
+/// checkpoint puts them in sled's durable files: bounds what a restart
+/// replays and how long the bridge cursor (flushed with sled) lags.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// A checkpoint is also taken once this much of the log is in use, so a
+/// commit rarely finds the log full.
+const CHECKPOINT_AT_LOG_BYTES: u64 = super::wal::WAL_SIZE / 2;
 
 /// A validated batch on its way to storage.
 pub struct IngestBatch {
@@ -142,6 +153,9 @@ pub fn spawn(
         fault: None,
         last_flush: Instant::now(),
         last_recovery: Instant::now(),
+        last_checkpoint: Instant::now(),
+        since_checkpoint: false,
+        unlogged: false,
     };
     let join = std::thread::Builder::new()
         .name("sensorgate-writer".into())
@@ -191,6 +205,12 @@ struct Writer {
     fault: Option<Fault>,
     last_flush: Instant,
     last_recovery: Instant,
+    last_checkpoint: Instant,
+    /// Something was made durable through the log since the last checkpoint.
+    since_checkpoint: bool,
+    /// A group did not fit in the log: only a checkpoint makes it durable,
+    /// and nothing more is logged until then (the log's chain must not skip it).
+    unlogged: bool,
 }
 
 /// A commit applied to sled, waiting for its flush before being announced.
@@ -238,9 +258,22 @@ impl Writer {
                 let pending = std::mem::take(&mut self.pending);
                 self.flush_and_release(pending);
             }
+            if self.pending.is_empty()
+                && self.since_checkpoint
+                && self.fault.is_none()
+                && self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY
+            {
+                // Quiet for a while: sled's files catch up with the log.
+                let _ = self.make_durable(true);
+            }
         }
         let pending = std::mem::take(&mut self.pending);
         self.flush_and_release(pending);
+        if self.since_checkpoint && self.fault.is_none() {
+            // A clean stop leaves sled's files and the mark complete: the
+            // next start replays nothing.
+            let _ = self.make_durable(true);
+        }
         tracing::debug!("writer drained and flushed");
     }
 
@@ -250,10 +283,12 @@ impl Writer {
         let recovery = self
             .fault
             .map(|_| RECOVERY_EVERY.saturating_sub(self.last_recovery.elapsed()));
-        match (self.time_until_flush(), recovery) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let checkpoint = (self.since_checkpoint && self.fault.is_none())
+            .then(|| CHECKPOINT_EVERY.saturating_sub(self.last_checkpoint.elapsed()));
+        [self.time_until_flush(), recovery, checkpoint]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Interval mode with unflushed commits: how long until the next flush is due.
@@ -403,7 +438,7 @@ impl Writer {
         if readings.is_empty() {
             return Ok(());
         }
-        let mut batch = sled::Batch::default();
+        let mut entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut added_bytes = 0;
         for chunk in readings.chunks(MAX_READINGS_PER_SEGMENT) {
             let bytes = codec::encode_segment(chunk);
@@ -414,25 +449,47 @@ impl Writer {
                 bytes: bytes.len() as u64,
             };
             added_bytes += meta.bytes;
-            batch.insert(&segment_key(meta.first_id)[..], bytes);
-            batch.insert(&index_key(meta.first_id)[..], &meta.encode()[..]);
+            entries.push((segment_key(meta.first_id).to_vec(), bytes));
+            entries.push((index_key(meta.first_id).to_vec(), meta.encode().to_vec()));
         }
         for (device, seq) in seq_updates {
-            batch.insert(seq_key(device), &seq.to_be_bytes()[..]);
+            entries.push((seq_key(device), seq.to_be_bytes().to_vec()));
         }
         let next_id = first_id + readings.len() as u64;
-        batch.insert(NEXT_ID_KEY, &next_id.to_be_bytes()[..]);
+        entries.push((NEXT_ID_KEY.to_vec(), next_id.to_be_bytes().to_vec()));
         // sled's log holds the group (and may need a new segment file
         // region) before old space is reclaimed: ask for twice its size.
         self.check_space(2 * added_bytes)?;
-        let applied = self.store.db().and_then(|db| Ok(db.apply_batch(batch)?));
-        if let Err(e) = applied {
+        if let Err(e) = self.apply_and_log(first_id, next_id, &entries) {
             self.fail(format!("writing to the store failed: {e}"));
             return Err(Fault::StoreFailed);
         }
         self.store
             .retained_bytes
             .fetch_add(added_bytes, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Applies one group's entries to sled (one atomic batch) and appends
+    /// them to the write-ahead log, unless an earlier group missed the log.
+    fn apply_and_log(
+        &mut self,
+        first_id: u64,
+        next_id: u64,
+        entries: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for (k, v) in entries {
+            batch.insert(k.as_slice(), v.as_slice());
+        }
+        self.store.db()?.apply_batch(batch)?;
+        if !self.unlogged {
+            let entries: Vec<(&[u8], &[u8])> = entries
+                .iter()
+                .map(|(k, v)| (k.as_slice(), v.as_slice()))
+                .collect();
+            self.unlogged = !self.store.log_commit(first_id, next_id, &entries)?;
+        }
         Ok(())
     }
 
@@ -467,6 +524,9 @@ impl Writer {
         self.seqs.clear();
         self.next_id = self.durable_next_id;
         self.dirty = false;
+        // Reopening replays the log and flushes sled: no checkpoint is owed.
+        self.since_checkpoint = false;
+        self.unlogged = false;
         // Interval mode: groups applied since the last durable point die
         // with this sled; nothing of theirs may be acknowledged.
         for commit in std::mem::take(&mut self.pending) {
@@ -523,7 +583,7 @@ impl Writer {
     fn adopt_reopened(&mut self, last_id: u64) -> Result<(), StoreError> {
         if last_id >= self.durable_next_id {
             let db = self.store.db()?;
-            if let Err(e) = self.store.make_durable(&db, last_id) {
+            if let Err(e) = self.store.checkpoint(&db, last_id) {
                 drop(db);
                 self.store.close();
                 return Err(e);
@@ -557,7 +617,7 @@ impl Writer {
             return;
         }
         let flushed = if self.dirty {
-            self.make_durable()
+            self.make_durable(false)
         } else {
             Ok(())
         };
@@ -583,15 +643,27 @@ impl Writer {
         }
     }
 
-    /// The durable point: sled's flush, the files' syncs and the high-water
-    /// mark. On failure the writer enters [`Fault::StoreFailed`].
-    fn make_durable(&mut self) -> Result<(), ()> {
+    /// The durable point: the log's sync, or a checkpoint when one is due
+    /// (asked for, a group missed the log, the log is half full, or
+    /// [`CHECKPOINT_EVERY`] has passed). On failure the writer enters
+    /// [`Fault::StoreFailed`].
+    fn make_durable(&mut self, checkpoint: bool) -> Result<(), ()> {
         let started = Instant::now();
         let last_id = self.next_id - 1;
-        let synced = self
-            .store
-            .db()
-            .and_then(|db| self.store.make_durable(&db, last_id));
+        let checkpoint =
+            checkpoint || self.unlogged || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY;
+        let synced = if checkpoint {
+            self.checkpoint(last_id)
+        } else {
+            match self.store.sync_log() {
+                Ok(used) if used >= CHECKPOINT_AT_LOG_BYTES => self.checkpoint(last_id),
+                Ok(_) => {
+                    self.since_checkpoint = true;
+                    self.store.note_durable(last_id)
+                }
+                Err(e) => Err(e),
+            }
+        };
         self.last_flush = Instant::now();
         crate::events::StoreFlushed {
             took: started.elapsed(),
@@ -608,6 +680,18 @@ impl Writer {
                 Err(())
             }
         }
+    }
+}
+
+impl Writer {
+    fn checkpoint(&mut self, last_id: u64) -> Result<(), StoreError> {
+        self.store
+            .db()
+            .and_then(|db| self.store.checkpoint(&db, last_id))?;
+        self.last_checkpoint = Instant::now();
+        self.since_checkpoint = false;
+        self.unlogged = false;
+        Ok(())
     }
 }
 
