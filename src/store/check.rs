@@ -16,8 +16,8 @@ use std::path::Path;
 
 use super::StoreError;
 use super::{
-    codec, hwm, recover_with, wal, SegmentMeta, BRIDGE_CURSOR_KEY, INDEX_PREFIX, SEGMENT_PREFIX,
-    SEQ_PREFIX,
+    codec, hwm, recovery::recover_with, wal, SegmentMeta, BRIDGE_CURSOR_KEY, INDEX_PREFIX,
+    SEGMENT_PREFIX, SEQ_PREFIX,
 };
 
 /// What `check-store` found.
@@ -125,7 +125,7 @@ pub fn check(path: &Path) -> Result<Report, StoreError> {
         }
     }
     // What the next start adds from the write-ahead log, as it would serve it.
-    for r in super::pending(super::stored_next_id(&db)?, &log.records) {
+    for r in super::recovery::pending(super::recovery::stored_next_id(&db)?, &log.records) {
         for (k, v) in &r.entries {
             if k.starts_with(SEGMENT_PREFIX) {
                 match codec::decode_segment(k, v) {

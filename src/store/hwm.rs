@@ -152,11 +152,10 @@ impl HighWaterMark {
         Ok(())
     }
 
+    /// Both copies in one `pwrite` (the file is their two sectors).
     fn write(&mut self, id: u64) -> Result<(), HwmError> {
-        let record = encode(id);
         self.file
-            .write_all_at(&record, 0)
-            .and_then(|()| self.file.write_all_at(&record, SECOND))
+            .write_all_at(&both_copies(id), 0)
             .map_err(|source| io(&self.path, source))?;
         self.current = id;
         Ok(())
@@ -169,11 +168,16 @@ impl HighWaterMark {
 
 /// Writes a new mark file whole: temporary name, fsync, rename, fsync of
 /// the directory.
-fn create(dir: &Path, path: &Path, id: u64) -> Result<(), HwmError> {
-    let tmp = dir.join(format!("{FILE_NAME}.tmp"));
-    let mut bytes = vec![0u8; SECOND as usize + LEN];
+fn both_copies(id: u64) -> [u8; SECOND as usize + LEN] {
+    let mut bytes = [0u8; SECOND as usize + LEN];
     bytes[..LEN].copy_from_slice(&encode(id));
     bytes[SECOND as usize..].copy_from_slice(&encode(id));
+    bytes
+}
+
+fn create(dir: &Path, path: &Path, id: u64) -> Result<(), HwmError> {
+    let tmp = dir.join(format!("{FILE_NAME}.tmp"));
+    let bytes = both_copies(id);
     let written = File::create(&tmp)
         .and_then(|mut f| {
             std::io::Write::write_all(&mut f, &bytes)?;

@@ -1,0 +1,314 @@
+//! Opening a store: sled's own recovery, the write-ahead log's replay, and
+//! the checks against the high-water marks that refuse a store holding less
+//! than it acknowledged (`--accept-data-loss` continues above the mark).
+//! Used at start-up, by `check-store` (without applying the log) and when
+//! the writer reopens sled after a failure ([`super::fault`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use super::durability::{self, FileSync};
+use super::hwm::{self, HighWaterMark};
+use super::{
+    codec, fault::poke_stuck_flushes, wal, OpenOptions, SegmentMeta, Store, StoreError,
+    HWM_KEPT_KEY, INDEX_PREFIX, NEXT_ID_KEY, SEGMENT_PREFIX, WAL_KEPT_KEY,
+};
+
+/// How long `open` waits for sled's file lock to be released.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Opens sled at `path`, waiting (bounded) for its file lock: dropping a
+/// `sled::Db` releases the lock only once sled's I/O threads have let go of
+/// the file, a moment later, so a store closed and reopened in one process
+/// (a daemon restarted in place, the tests) can briefly find it held. A lock
+/// still held after [`LOCK_WAIT`] is another live process: that error is
+/// returned as is.
+fn open_sled(path: &Path) -> Result<sled::Db, sled::Error> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        let opened = sled::Config::new()
+            .path(path)
+            // sled's own background flusher is off: durability points are
+            // chosen by the writer (`storage.sync`), never by a timer we
+            // don't control.
+            .flush_every_ms(None)
+            .open();
+        match opened {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Runs `f`, turning a panic inside sled (its deserializer panics on some
+/// damaged files) into an error message instead of a crash, without the
+/// default hook's multi-line report on stderr.
+fn without_panics<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    static HOOK: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = HOOK.lock().unwrap_or_else(|e| e.into_inner());
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(previous);
+    result.map_err(|p| {
+        let msg = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        format!(
+            "sled failed reading it: {}",
+            msg.lines().next().unwrap_or("")
+        )
+    })
+}
+
+/// What a freshly opened sled holds, as far as ids go.
+pub(super) struct Recovered {
+    pub(super) db: sled::Db,
+    /// Newest id the content accounts for (0 when empty).
+    pub(super) last_id: u64,
+    pub(super) retained_bytes: u64,
+    /// The write-ahead log, its records already applied to `db`.
+    pub(super) wal: wal::Wal,
+    /// Newest id the log held (it was acknowledged if the log's sync
+    /// returned), for the check against what the store now holds.
+    pub(super) log_mark: Option<u64>,
+    /// Commits the log added to sled (or, not applying it, would add).
+    pub(super) log_commits: usize,
+}
+
+/// Applies the log's commits that sled does not hold (sled recovers a
+/// prefix of its own commits, so those are the log's last ones) . A log that
+/// resumes above sled's content leaves a gap: nothing after it is applied,
+/// and the log's newest id makes the check against the high-water mark
+/// report the loss.
+///
+/// With `apply` false nothing is written (`check-store`): it only counts.
+/// Returns the next id after the replay and how many commits were (or
+/// would be) applied.
+fn replay(db: &sled::Db, records: &[wal::Record], apply: bool) -> Result<(u64, usize), StoreError> {
+    let stored_next = stored_next_id(db)?;
+    let pending = pending(stored_next, records);
+    if apply {
+        for r in &pending {
+            let mut batch = sled::Batch::default();
+            for (k, v) in &r.entries {
+                batch.insert(k.as_slice(), v.as_slice());
+            }
+            db.apply_batch(batch)?;
+        }
+    }
+    let next = pending.last().map_or(stored_next, |r| r.next_id);
+    Ok((next, pending.len()))
+}
+
+/// The log's commits that continue a store whose next id is `next`.
+pub(super) fn pending(mut next: u64, records: &[wal::Record]) -> Vec<&wal::Record> {
+    let mut out = Vec::new();
+    for r in records {
+        if r.next_id <= next || r.first_id != next {
+            continue; // held already, or past a gap
+        }
+        next = r.next_id;
+        out.push(r);
+    }
+    out
+}
+
+pub(super) fn stored_next_id(db: &sled::Db) -> Result<u64, StoreError> {
+    Ok(match db.get(NEXT_ID_KEY)? {
+        Some(v) => codec::decode_u64(NEXT_ID_KEY, &v)?,
+        None => 1,
+    })
+}
+
+/// Opens sled, applies the write-ahead log and reads what the id
+/// bookkeeping needs, every sled failure or panic becoming
+/// [`StoreError::Unreadable`].
+pub(super) fn recover(path: &Path) -> Result<Recovered, StoreError> {
+    recover_with(path, true)
+}
+
+/// [`recover`], applying the log only when `replay` is set; otherwise
+/// `last_id` still counts what a replay would add.
+pub(super) fn recover_with(path: &Path, apply_log: bool) -> Result<Recovered, StoreError> {
+    let unreadable = |detail: String| StoreError::Unreadable {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let scanned = without_panics(|| -> Result<Recovered, StoreError> {
+        let db = open_sled(path)?;
+        let (wal, contents) = wal::Wal::open(path)?;
+        let (next_id, log_commits) = replay(&db, &contents.records, apply_log)?;
+        let log_mark = contents.newest_id;
+        let mut last_id = next_id - 1;
+        let mut bytes = 0u64;
+        for entry in db.scan_prefix(INDEX_PREFIX) {
+            let (k, v) = entry?;
+            let meta = SegmentMeta::decode(&k, &v)?;
+            bytes += meta.bytes;
+            last_id = last_id.max(meta.last_id);
+        }
+        // The newest segment is what a restarted device and subscriber read
+        // first; a lost blob there is found now rather than on first use.
+        if let Some(entry) = db.scan_prefix(SEGMENT_PREFIX).next_back() {
+            let (k, v) = entry?;
+            codec::decode_segment(&k, &v)?;
+        }
+        Ok(Recovered {
+            db,
+            last_id,
+            retained_bytes: bytes,
+            wal,
+            log_mark,
+            log_commits,
+        })
+    })
+    .map_err(unreadable)?;
+    scanned.map_err(|e| match e {
+        // Another live process holding the lock is not damage.
+        StoreError::Sled(sled::Error::Io(io)) if io.to_string().contains("lock") => {
+            StoreError::Locked {
+                path: path.to_path_buf(),
+                detail: io.to_string(),
+            }
+        }
+        // The log's own I/O error (a full disk creating it, say) names it.
+        StoreError::Log(e) => StoreError::Log(e),
+        other => unreadable(other.to_string()),
+    })
+}
+
+/// The store's content (its newest id) against the durable high-water mark:
+/// less than the mark is a store that lost acknowledged readings.
+pub(super) fn check_mark(path: &Path, content: u64, mark: Option<u64>) -> Result<(), StoreError> {
+    match mark {
+        Some(mark) if mark > content => Err(StoreError::BehindHighWaterMark {
+            path: path.to_path_buf(),
+            content,
+            mark,
+            missing: mark - content,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// `--accept-data-loss` on a store sled cannot open at all: it is renamed to
+/// `<path>.damaged-<unix seconds>` (kept for forensics or a manual rescue)
+/// and an empty store starts in its place, above the old high-water mark.
+fn set_aside(path: &Path, why: &str) -> Result<(), StoreError> {
+    let aside = PathBuf::from(format!(
+        "{}.damaged-{}",
+        path.display(),
+        crate::time::unix_ms() / 1000
+    ));
+    tracing::warn!(store = %path.display(), moved_to = %aside.display(), reason = why,
+        "the store cannot be read; setting it aside and starting empty (--accept-data-loss)");
+    let io = |e: std::io::Error| StoreError::Unreadable {
+        path: path.to_path_buf(),
+        detail: format!("setting the damaged store aside: {e}"),
+    };
+    std::fs::rename(path, &aside).map_err(io)?;
+    std::fs::create_dir_all(path).map_err(io)?;
+    durability::fsync_dir(path.parent().unwrap_or(Path::new("/"))).map_err(io)
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path` and recovers its counters.
+    pub fn open(path: &Path) -> Result<Arc<Store>, StoreError> {
+        Self::open_with(path, OpenOptions::default())
+    }
+
+    /// Opens (or creates) the store at `path`, checks it against its durable
+    /// high-water mark, and makes what sled recovered power-loss safe.
+    pub fn open_with(path: &Path, opts: OpenOptions) -> Result<Arc<Store>, StoreError> {
+        // A damaged mark is refused even with --accept-data-loss: without
+        // it nothing says which ids were handed out. Deleting the file is
+        // the operator's explicit way past it (see MarkMissing).
+        // Commits since the last checkpoint are acknowledged from the
+        // write-ahead log: the mark is the higher of the two.
+        let log = wal::read(path)?;
+        let mark_file = hwm::read(path)?;
+        let mark = mark_file.max(log.as_ref().and_then(|c| c.newest_id));
+        let rec = match recover(path) {
+            Err(StoreError::Unreadable { detail, .. }) if opts.accept_data_loss => {
+                set_aside(path, &detail)?;
+                recover(path)?
+            }
+            other => other?,
+        };
+        let mut last_id = rec.last_id;
+        let had_mark = rec.db.get(HWM_KEPT_KEY)?.is_some();
+        if log.is_none() && rec.db.get(WAL_KEPT_KEY)?.is_some() {
+            if !opts.accept_data_loss {
+                return Err(StoreError::LogMissing {
+                    path: path.to_path_buf(),
+                });
+            }
+            tracing::warn!("the write-ahead log file is gone; continuing above the store's own content (--accept-data-loss)");
+        }
+        if mark_file.is_none() && had_mark {
+            if !opts.accept_data_loss {
+                return Err(StoreError::MarkMissing {
+                    path: path.to_path_buf(),
+                });
+            }
+            tracing::warn!("the high-water mark file is gone; continuing above the store's own content (--accept-data-loss)");
+        }
+        if let Err(behind) = check_mark(path, rec.last_id, mark) {
+            let Some(mark) = mark.filter(|_| opts.accept_data_loss) else {
+                return Err(behind);
+            };
+            tracing::warn!(
+                content = rec.last_id,
+                mark,
+                "store is behind its high-water mark; continuing above it (--accept-data-loss)"
+            );
+            rec.db.insert(NEXT_ID_KEY, &(mark + 1).to_be_bytes()[..])?;
+            rec.db.flush()?;
+            last_id = mark;
+        }
+        // What sled recovered, replayed from the log or created is made
+        // durable before the mark says anything about it, and before the
+        // log is written over.
+        rec.db.flush()?;
+        let mut files = FileSync::open(path).map_err(StoreError::Sync)?;
+        let hwm = HighWaterMark::create_or_open(path, last_id)?;
+        // From now on the store knows it has a mark: a mark file that goes
+        // missing later is a damage, not a new store.
+        let mut wal = rec.wal;
+        let new_log = !wal.exists();
+        wal.reset()?;
+        if !had_mark || new_log {
+            rec.db.insert(HWM_KEPT_KEY, &[1u8][..])?;
+            rec.db.insert(WAL_KEPT_KEY, &[1u8][..])?;
+            rec.db.flush()?;
+            files.sync().map_err(StoreError::Sync)?;
+        }
+        let store = Arc::new(Store {
+            path: path.to_path_buf(),
+            db: RwLock::new(Some(rec.db)),
+            files: Mutex::new(Some(files)),
+            hwm: Mutex::new(hwm),
+            wal: Mutex::new(wal),
+            last_durable_id: AtomicU64::new(last_id),
+            retained_bytes: AtomicU64::new(rec.retained_bytes),
+            refusal: Mutex::new(None),
+            wedged: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            restart_in_place: opts.restart_in_place,
+            flush_started_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        });
+        poke_stuck_flushes(Arc::downgrade(&store));
+        crate::events::StoreWritable(true).emit();
+        Ok(store)
+    }
+}
