@@ -6,13 +6,15 @@
 //! long the bridge takes to empty the outbox (`/readyz` backlog 0). Bridge,
 //! broker and load share the machine.
 //!
-//!   cargo bench --bench bridge -- [readings]
+//!   cargo run --release -p sensorgate-load --bin bridge -- [readings]
 //!
 //! Default: 100000 readings, JSON payloads, no MQTT subscribers.
 
-#[path = "../tests/common/mod.rs"]
+// The integration tests' harness, by path until it becomes the test-kit
+// crate (`sensorgate-test-kit`); see build.rs for the one variable it needs.
+#[path = "../../../tests/common/mod.rs"]
 mod common;
-#[path = "../tests/common/mosquitto.rs"]
+#[path = "../../../tests/common/mosquitto.rs"]
 mod mosquitto;
 
 use std::time::{Duration, Instant};
@@ -23,7 +25,6 @@ use mosquitto::Mosquitto;
 fn main() {
     let readings = std::env::args()
         .skip(1)
-        .filter(|a| !a.starts_with("--"))
         .find_map(|a| a.parse::<u64>().ok())
         .unwrap_or(100_000);
     let rt = tokio::runtime::Builder::new_multi_thread()
