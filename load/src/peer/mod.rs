@@ -136,3 +136,44 @@ pub fn unix_us() -> u64 {
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        peer: PeerArgs,
+    }
+
+    fn parse(args: &[&str]) -> PeerArgs {
+        Cli::parse_from(std::iter::once("peer").chain(args.iter().copied())).peer
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let a = parse(&["--port", "1", "--rate", "0", "--batch", "0", "--drain=-1"]);
+        let ArgsError(problems) = a.check().unwrap_err();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+    }
+
+    #[test]
+    fn connections_stay_under_the_open_file_limit() {
+        let a = parse(&["--port", "1", "--devices", "15000", "--subscribe"]);
+        assert!(a.check().is_err());
+        let a = parse(&["--port", "1", "--idle", "15001"]);
+        assert!(a.check().is_err());
+        let a = parse(&["--port", "1", "--devices", "1000", "--subscribe"]);
+        assert!(a.check().is_ok());
+        assert_eq!(a.subscriber_count(), 1);
+    }
+
+    #[test]
+    fn a_batch_message_carries_the_batch() {
+        let a = parse(&["--port", "1", "--batch", "10", "--batch-payload"]);
+        assert_eq!(a.readings_per_message(), 10);
+        assert_eq!(parse(&["--port", "1"]).readings_per_message(), 1);
+    }
+}
