@@ -80,7 +80,13 @@ async fn drive_publisher(mut ev: EventLoop, per_message: u64, c: Arc<Counters>) 
 }
 
 /// A subscriber on `sensorgate/#`; says so on `ready` at its SUBACK.
-async fn subscribe(n: usize, port: u16, meter: Meter, ready: tokio::sync::oneshot::Sender<()>, c: Arc<Counters>) {
+async fn subscribe(
+    n: usize,
+    port: u16,
+    meter: Meter,
+    ready: tokio::sync::oneshot::Sender<()>,
+    c: Arc<Counters>,
+) {
     let (client, mut ev) = AsyncClient::new(options(&format!("peer-sub{n}"), port), 64);
     let mut ready = Some(ready);
     loop {
@@ -129,7 +135,12 @@ async fn load(args: &PeerArgs) -> serde_json::Value {
     for n in 1..=args.devices {
         let (client, ev) = AsyncClient::new(options(&format!("peer-sim-{n}"), args.port), 256);
         tasks.spawn(drive_publisher(ev, args.readings_per_message(), c.clone()));
-        publishers.spawn(schedule::publish_on_schedule(plan, n, MqttPublisher(client), c.clone()));
+        publishers.spawn(schedule::publish_on_schedule(
+            plan,
+            n,
+            MqttPublisher(client),
+            c.clone(),
+        ));
     }
     // Keep the connections open until the acks are in.
     let clients = publishers.join_all().await;

@@ -146,7 +146,10 @@ async fn consume(
     c: Arc<Counters>,
 ) -> anyhow::Result<()> {
     let js = context(connect(port).await?, 1024);
-    let stream = js.get_stream(&stream_name).await.context("finding the stream")?;
+    let stream = js
+        .get_stream(&stream_name)
+        .await
+        .context("finding the stream")?;
     let consumer = stream
         .create_consumer(consumer::pull::Config {
             deliver_policy: consumer::DeliverPolicy::New,

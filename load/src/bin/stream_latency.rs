@@ -25,7 +25,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 fn arg(i: usize, default: u64) -> u64 {
-    std::env::args().nth(i)
+    std::env::args()
+        .nth(i)
         .and_then(|a| a.parse().ok())
         .unwrap_or(default)
 }

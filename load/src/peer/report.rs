@@ -79,7 +79,12 @@ impl Meter {
 }
 
 /// The report `load.sh` reads, one JSON object.
-pub fn report(args: &PeerArgs, c: &Counters, meters: &[Meter], elapsed_s: f64) -> serde_json::Value {
+pub fn report(
+    args: &PeerArgs,
+    c: &Counters,
+    meters: &[Meter],
+    elapsed_s: f64,
+) -> serde_json::Value {
     let mut h = latency_histogram();
     for m in meters {
         let _ = h.add(&*m.latency.lock().unwrap_or_else(|e| e.into_inner()));

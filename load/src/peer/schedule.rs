@@ -80,7 +80,12 @@ pub async fn publish_on_schedule<P: Publish>(
     counters: Arc<Counters>,
 ) -> P {
     tokio::time::sleep(plan.phase(n)).await;
-    let mut composer = Composer::new(P::SEPARATOR, format!("sim-{n}"), plan.batch, plan.batch_payload);
+    let mut composer = Composer::new(
+        P::SEPARATOR,
+        format!("sim-{n}"),
+        plan.batch,
+        plan.batch_payload,
+    );
     let mut next = Instant::now();
     for _ in 0..plan.max_ticks {
         if Instant::now() >= plan.end {
