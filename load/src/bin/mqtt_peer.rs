@@ -109,25 +109,18 @@ async fn subscribe(
     }
 }
 
-async fn load(args: &PeerArgs) -> serde_json::Value {
+async fn load(args: &PeerArgs) -> anyhow::Result<serde_json::Value> {
     let c = Arc::new(Counters::default());
     let mut tasks = JoinSet::new();
     // The subscribers first, so they see every publish.
-    let mut meters = Vec::new();
-    let mut ready = Vec::new();
-    for n in 0..args.subscriber_count() {
-        let meter = Meter::new(c.clone());
-        meters.push(meter.clone());
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        ready.push(rx);
-        tasks.spawn(subscribe(n, args.port, meter, tx, c.clone()));
-    }
-    for rx in ready {
-        tokio::time::timeout(Duration::from_secs(30), rx)
-            .await
-            .expect("subscribed within 30 s")
-            .expect("subscriber task");
-    }
+    let port = args.port;
+    let meters = schedule::start_subscribers(
+        args.subscriber_count(),
+        &c,
+        &mut tasks,
+        |n, meter, ready| subscribe(n, port, meter, ready, c.clone()),
+    )
+    .await?;
 
     let start = Instant::now();
     let plan = Plan::new(args);
@@ -148,7 +141,7 @@ async fn load(args: &PeerArgs) -> serde_json::Value {
     let elapsed = start.elapsed().as_secs_f64();
     tasks.abort_all();
     drop(clients);
-    report::report(args, &c, &meters, elapsed)
+    Ok(report::report(args, &c, &meters, elapsed))
 }
 
 async fn idle(args: &PeerArgs) {
@@ -198,10 +191,10 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         if args.idle > 0 {
-            idle(&args).await
+            idle(&args).await;
         } else {
-            println!("{}", load(&args).await);
+            println!("{}", load(&args).await?);
         }
-    });
-    Ok(())
+        Ok(())
+    })
 }

@@ -181,27 +181,22 @@ async fn load(cli: &Cli) -> anyhow::Result<serde_json::Value> {
     let c = Arc::new(Counters::default());
     let mut tasks = JoinSet::new();
     // The consumers first, so they see every publish.
-    let mut meters = Vec::new();
-    let mut ready = Vec::new();
-    for _ in 0..args.subscriber_count() {
-        let meter = Meter::new(c.clone());
-        meters.push(meter.clone());
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        ready.push(rx);
-        let (port, stream, c2) = (args.port, cli.stream.clone(), c.clone());
-        tasks.spawn(async move {
-            if let Err(e) = consume(port, stream, meter, tx, c2.clone()).await {
-                eprintln!("nats_peer: consumer: {e:#}");
-                c2.error();
+    let (port, stream) = (args.port, cli.stream.clone());
+    let meters = schedule::start_subscribers(
+        args.subscriber_count(),
+        &c,
+        &mut tasks,
+        |_, meter, ready| {
+            let (stream, c) = (stream.clone(), c.clone());
+            async move {
+                if let Err(e) = consume(port, stream, meter, ready, c.clone()).await {
+                    eprintln!("nats_peer: consumer: {e:#}");
+                    c.error();
+                }
             }
-        });
-    }
-    for rx in ready {
-        tokio::time::timeout(Duration::from_secs(30), rx)
-            .await
-            .context("consumers ready within 30 s")?
-            .context("a consumer failed to start (see above)")?;
-    }
+        },
+    )
+    .await?;
 
     let start = Instant::now();
     let plan = Plan::new(args);

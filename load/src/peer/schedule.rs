@@ -7,11 +7,53 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use thiserror::Error;
+use tokio::sync::oneshot;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::payload::Composer;
-use super::report::Counters;
+use super::report::{Counters, Meter};
 use super::{unix_us, PeerArgs};
+
+/// How long the subscribers may take to be ready.
+const READY_WITHIN: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Error)]
+#[error("a subscriber failed to start or was not ready within {READY_WITHIN:?}")]
+pub struct NotReady;
+
+/// Starts `n` subscribers on `tasks`, subscriber `i` as `start(i, meter,
+/// ready)`, and returns their meters once each has said it is ready: the
+/// publishers start after that, so no subscriber misses a message.
+pub async fn start_subscribers<F, Fut>(
+    n: usize,
+    counters: &Arc<Counters>,
+    tasks: &mut JoinSet<()>,
+    mut start: F,
+) -> Result<Vec<Meter>, NotReady>
+where
+    F: FnMut(usize, Meter, oneshot::Sender<()>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut meters = Vec::with_capacity(n);
+    let mut ready = Vec::with_capacity(n);
+    for i in 0..n {
+        let meter = Meter::new(counters.clone());
+        meters.push(meter.clone());
+        let (tx, rx) = oneshot::channel();
+        ready.push(rx);
+        tasks.spawn(start(i, meter, tx));
+    }
+    let deadline = Instant::now() + READY_WITHIN;
+    for rx in ready {
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(())) => {}
+            _ => return Err(NotReady),
+        }
+    }
+    Ok(meters)
+}
 
 /// A connection that publishes. `publish` returns once the message is
 /// handed to the client (acks are counted elsewhere, as they arrive), so a
