@@ -419,6 +419,9 @@ for r in "${rows[@]}"; do
             if (best == "" || better(v, bv, h)) { best = name[i - 2]; bv = v }
             if (i > 3 && (ov == "" || better(v, ov, h))) ov = v
         }
+        ties = 0
+        for (i = 3; i <= n; i++) if (f[i] != "nan" && f[i] + 0 == bv + 0) ties++
+        if (ties > 1) best = "tie"
         ratio = (f[3] == "nan" || ov == "" || ov + 0 == 0) ? "n/a" : sprintf("%.2f", f[3] / ov)
         printf "%s %s | %s |\n", line, (best == "" ? "n/a" : best), ratio
     }'

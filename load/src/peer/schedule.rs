@@ -140,7 +140,8 @@ pub async fn publish_on_schedule<P: Publish>(
             counters.sent(m.readings);
         }
         next += plan.interval;
-        tokio::time::sleep_until(next).await;
+        // Not past the end: the run's rate is taken over its duration.
+        tokio::time::sleep_until(next.min(plan.end)).await;
     }
     conn
 }
