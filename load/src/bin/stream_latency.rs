@@ -9,7 +9,7 @@
 //! Subscribers, devices and daemon share the same two cores, so at high
 //! subscriber counts the subscribers' own JSON parsing is part of the cost.
 //!
-//!   cargo bench --bench stream_latency -- SUBSCRIBERS DEVICES RATE BATCH SECONDS
+//!   cargo run --release -p sensorgate-load --bin stream_latency -- SUBSCRIBERS DEVICES RATE BATCH SECONDS
 //!
 //! Defaults: 10 subscribers, 20 devices, 1000 readings/s each, batch 50, 10 s.
 
@@ -26,7 +26,6 @@ use tokio_tungstenite::tungstenite::Message;
 
 fn arg(i: usize, default: u64) -> u64 {
     std::env::args()
-        .filter(|a| !a.starts_with("--"))
         .nth(i)
         .and_then(|a| a.parse().ok())
         .unwrap_or(default)

@@ -6,7 +6,7 @@
 //! long the bridge takes to empty the outbox (`/readyz` backlog 0). Bridge,
 //! broker and load share the machine.
 //!
-//!   cargo bench --bench bridge -- [readings]
+//!   cargo run --release -p sensorgate-load --bin bridge -- [readings]
 //!
 //! Default: 100000 readings, JSON payloads, no MQTT subscribers.
 
@@ -18,7 +18,6 @@ use sensorgate_test_kit::*;
 fn main() {
     let readings = std::env::args()
         .skip(1)
-        .filter(|a| !a.starts_with("--"))
         .find_map(|a| a.parse::<u64>().ok())
         .unwrap_or(100_000);
     let rt = tokio::runtime::Builder::new_multi_thread()

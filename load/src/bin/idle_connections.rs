@@ -4,10 +4,11 @@
 //! the daemon's alone), opens N device connections that receive their
 //! welcome and then stay silent, and reports the daemon's RSS growth per
 //! connection, read from /proc/<pid>/status. N is kept well under the
-//! workplace's 20,000 open-file limit (each connection is one fd on each
+//! machine's 20,000 open-file limit (each connection is one fd on each
 //! side, both in this machine).
 //!
-//!   cargo bench --bench idle_connections -- [connections]
+//!   cargo build --release -p sensorgate -p sensorgate-load
+//!   target/release/idle_connections [connections]
 //!
 //! Default: 5000 connections.
 
@@ -16,6 +17,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use sensorgate::auth::{Authenticator, Role};
+use sensorgate_load::daemon::sensorgate_binary;
+use sensorgate_load::peer::MAX_CONNECTIONS;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
@@ -31,10 +34,13 @@ fn rss_kib(pid: u32) -> u64 {
 
 fn main() {
     let n: usize = std::env::args()
-        .filter(|a| !a.starts_with("--"))
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(5000);
+    assert!(
+        n <= MAX_CONNECTIONS,
+        "at most {MAX_CONNECTIONS} connections (open-file limit)"
+    );
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -51,7 +57,8 @@ fn main() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sensorgate"))
+    let daemon = sensorgate_binary().unwrap_or_else(|e| panic!("{e}"));
+    let mut child = Command::new(daemon)
         .args(["run", "--config"])
         .arg(&cfg)
         .stdout(Stdio::null())

@@ -6,7 +6,7 @@
 //! window of batches in flight, for a bounded time. Load generator and
 //! daemon share the machine, as they would in a single-box test.
 //!
-//!   cargo bench --bench ingest_throughput -- [devices] [batch] [window] [seconds]
+//!   cargo run --release -p sensorgate-load --bin ingest_throughput -- [devices] [batch] [window] [seconds]
 //!
 //! Defaults: 32 devices, 500 readings per batch, 8 batches in flight, 10 s.
 
@@ -23,7 +23,6 @@ use tokio_tungstenite::tungstenite::Message;
 
 fn arg(i: usize, default: u64) -> u64 {
     std::env::args()
-        .filter(|a| !a.starts_with("--"))
         .nth(i)
         .and_then(|a| a.parse().ok())
         .unwrap_or(default)

@@ -1,0 +1,37 @@
+//! Where the release `sensorgate` binary is, for drivers that run it as a
+//! child process (so its RSS is the daemon's alone).
+
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+/// Overrides where the daemon binary is looked for.
+pub const BINARY_ENV: &str = "SENSORGATE_BIN";
+
+#[derive(Debug, Error)]
+pub enum BinaryError {
+    #[error("cannot tell where this driver runs from: {0}")]
+    OwnPath(std::io::Error),
+    #[error(
+        "no sensorgate binary at {0}: build it with `cargo build --release -p sensorgate` \
+         (or set {BINARY_ENV})"
+    )]
+    Missing(PathBuf),
+}
+
+/// `$SENSORGATE_BIN`, else `sensorgate` beside this executable: Cargo puts
+/// every binary of one profile in the same directory (`target/release/`).
+pub fn sensorgate_binary() -> Result<PathBuf, BinaryError> {
+    let path = match std::env::var_os(BINARY_ENV) {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let me = std::env::current_exe().map_err(BinaryError::OwnPath)?;
+            me.with_file_name("sensorgate")
+        }
+    };
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(BinaryError::Missing(path))
+    }
+}
