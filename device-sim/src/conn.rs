@@ -97,6 +97,17 @@ pub struct ConnectError {
 
 /// Connects connection number `index` with `token` (empty: no token).
 pub async fn connect(target: &Target, index: usize, token: &str) -> Result<Ws, ConnectError> {
+    connect_with(target, index, token, None).await
+}
+
+/// [`connect`], asking for a WebSocket subprotocol (`sensorgate.msgpack`
+/// for MessagePack subscriber frames).
+pub async fn connect_with(
+    target: &Target,
+    index: usize,
+    token: &str,
+    subprotocol: Option<&str>,
+) -> Result<Ws, ConnectError> {
     let transient = |detail: String| ConnectError {
         permanent: false,
         detail,
@@ -121,6 +132,15 @@ pub async fn connect(target: &Target, index: usize, token: &str) -> Result<Ws, C
             permanent: true,
             detail: e.to_string(),
         })?;
+    if let Some(p) = subprotocol {
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            p.parse().map_err(|_| ConnectError {
+                permanent: true,
+                detail: format!("bad subprotocol {p}"),
+            })?,
+        );
+    }
     // An empty token sends no header (public subscribers).
     if !token.is_empty() {
         req.headers_mut().insert(

@@ -68,6 +68,10 @@ struct Args {
     /// every reading; deliveries are counted over all of them).
     #[arg(long, default_value_t = 1)]
     subscribers: usize,
+    /// With --subscribe: the frames subscribers ask for (`msgpack` is the
+    /// `sensorgate.msgpack` subprotocol).
+    #[arg(long, value_enum, default_value = "json")]
+    subscriber_format: subscriber::Format,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
@@ -230,8 +234,9 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 stats.clone(),
                 stop_rx.clone(),
             );
+            let format = args.subscriber_format;
             subscriber_tasks.spawn(async move {
-                subscriber::run(&url, &token, log, stats, ready_tx, stop).await
+                subscriber::run(&url, &token, format, log, stats, ready_tx, stop).await
             });
         }
         // Devices start once every subscription stands (or failed: then

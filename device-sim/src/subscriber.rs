@@ -1,5 +1,6 @@
-//! The `--subscribe` side: `--subscribers` connections (JSON frames, topic
-//! `#`), each counting the readings of this run's devices it receives
+//! The `--subscribe` side: `--subscribers` connections (topic `#`, JSON
+//! text frames, or MessagePack binary frames with `--subscriber-format
+//! msgpack`, the `sensorgate.msgpack` subprotocol), each counting the readings of this run's devices it receives
 //! (deliveries) and measuring device-to-subscriber latency: receive time
 //! minus the batch's first send, looked up in the [`SendLog`] (µs), or minus
 //! the reading's `ts` (ms) when the batch is no longer there. Both clocks are
@@ -29,6 +30,22 @@ use crate::stats::{self, Stats};
 
 /// How often a connection folds its latencies into the shared histogram.
 const MERGE_EVERY: Duration = Duration::from_millis(250);
+
+/// The encoding a subscriber asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Json,
+    Msgpack,
+}
+
+impl Format {
+    fn subprotocol(self) -> Option<&'static str> {
+        match self {
+            Format::Json => None,
+            Format::Msgpack => Some("sensorgate.msgpack"),
+        }
+    }
+}
 
 /// Any server message, flattened to what is measured: `items` of a
 /// `readings` message, `dropped` of a `lagged` one. The items are the wire
@@ -61,9 +78,19 @@ impl Meter {
         }
     }
 
-    /// Books one frame received at `now_us`; returns its type.
+    /// Books one JSON frame received at `now_us`; returns its type.
     fn on_frame<'f>(&mut self, text: &'f str, now_us: u64) -> Option<&'f str> {
         let frame: Frame<'f> = serde_json::from_str(text).ok()?;
+        Some(self.book(frame, now_us))
+    }
+
+    /// Books one MessagePack frame received at `now_us`; returns its type.
+    fn on_binary<'f>(&mut self, bytes: &'f [u8], now_us: u64) -> Option<&'f str> {
+        let frame: Frame<'f> = rmp_serde::from_slice(bytes).ok()?;
+        Some(self.book(frame, now_us))
+    }
+
+    fn book<'f>(&mut self, frame: Frame<'f>, now_us: u64) -> &'f str {
         match frame.kind {
             "readings" => {
                 let mut ours = 0;
@@ -97,7 +124,7 @@ impl Meter {
         if self.last_merge.elapsed() >= MERGE_EVERY {
             self.merge();
         }
-        Some(frame.kind)
+        frame.kind
     }
 
     fn merge(&mut self) {
@@ -113,6 +140,7 @@ impl Meter {
 pub async fn run(
     url: &str,
     token: &str,
+    format: Format,
     log: Arc<SendLog>,
     stats: Arc<Stats>,
     ready: oneshot::Sender<()>,
@@ -121,7 +149,7 @@ pub async fn run(
     let sep = if url.contains('?') { '&' } else { '?' };
     let url = format!("{url}{sep}topic=%23");
     let target = Target::resolve(&url, 1).await?;
-    let mut ws = conn::connect(&target, 0, token)
+    let mut ws = conn::connect_with(&target, 0, token, format.subprotocol())
         .await
         .map_err(|e| anyhow::anyhow!(e.detail))
         .with_context(|| format!("subscribing at {url}"))?;
@@ -131,8 +159,14 @@ pub async fn run(
         tokio::select! {
             _ = stop.changed() => break Ok(()),
             msg = ws.next() => match msg {
-                Some(Ok(Message::Text(t))) => {
-                    if meter.on_frame(t.as_str(), sendlog::unix_us()) == Some("subscribed") {
+                Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
+                    let now = sendlog::unix_us();
+                    let kind = match &m {
+                        Message::Text(t) => meter.on_frame(t.as_str(), now),
+                        Message::Binary(b) => meter.on_binary(b, now),
+                        _ => None,
+                    };
+                    if kind == Some("subscribed") {
                         if let Some(r) = ready.take() {
                             let _ = r.send(());
                         }
@@ -175,8 +209,14 @@ mod tests {
             Some("lagged")
         );
         assert_eq!(meter.on_frame("not json", now), None);
+        let packed = rmp_serde::to_vec_named(&serde_json::json!({"type": "readings", "items": [
+            {"id": 5, "device": "sim-1", "sensor": "temp", "ts": ts, "value": 2.5, "received": ts},
+        ]}))
+        .unwrap();
+        assert_eq!(meter.on_binary(&packed, now), Some("readings"));
+        assert_eq!(meter.on_binary(b"\xc1", now), None);
         meter.merge();
-        assert_eq!(stats.subscriber_readings.load(Relaxed), 3);
+        assert_eq!(stats.subscriber_readings.load(Relaxed), 4);
         assert_eq!(stats.subscriber_lagged.load(Relaxed), 3);
         let meta = crate::stats::RunMeta {
             devices: 1,
@@ -186,7 +226,7 @@ mod tests {
         };
         let r = stats.report(&meta, Duration::from_secs(1));
         let lat = &r["subscriber"]["latency_us"];
-        assert_eq!(lat["count"], 3, "{r}");
+        assert_eq!(lat["count"], 4, "{r}");
         let p50 = lat["p50"].as_u64().unwrap();
         assert!((1_990..=2_010).contains(&p50), "µs from the send log: {r}");
         assert!(lat["max"].as_u64().unwrap() >= 19_000, "ms from ts: {r}");

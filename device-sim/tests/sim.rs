@@ -351,10 +351,23 @@ async fn garbage_is_rejected_and_the_daemon_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_subscriber_connection_gets_every_reading_and_latency_is_reported() {
+    every_subscriber_gets_every_reading("json").await;
+}
+
+/// The same over the `sensorgate.msgpack` subprotocol: binary frames are
+/// parsed and counted like text ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messagepack_subscribers_get_every_reading_too() {
+    every_subscriber_gets_every_reading("msgpack").await;
+}
+
+async fn every_subscriber_gets_every_reading(format: &str) {
     let mut d = TestDaemon::start().await;
     let url = d.ws("/v1/ingest");
     let stream = d.ws("/v1/stream");
     let run = sim(&[
+        "--subscriber-format",
+        format,
         "--url",
         &url,
         "--secret",
