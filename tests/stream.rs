@@ -32,6 +32,7 @@ async fn assert_quiet(ws: &mut Ws, ms: u64) {
 
 #[tokio::test]
 async fn every_filter_form_routes_as_mqtt_does() {
+    let _shared = FLOOD_LOCK.read().await;
     let d = TestDaemon::start().await;
     let forms = [
         ("topic=d1/temp", vec![("d1", "temp")]),
@@ -93,6 +94,7 @@ async fn every_filter_form_routes_as_mqtt_does() {
 
 #[tokio::test]
 async fn json_is_the_default_and_items_have_every_field() {
+    let _shared = FLOOD_LOCK.read().await;
     let d = TestDaemon::start().await;
     let mut ws = d.subscriber("topic=d1/temp").await;
     let s = recv_msg(&mut ws).await;
@@ -123,6 +125,7 @@ async fn json_is_the_default_and_items_have_every_field() {
 
 #[tokio::test]
 async fn msgpack_subprotocol_switches_both_directions() {
+    let _shared = FLOOD_LOCK.read().await;
     let d = TestDaemon::start().await;
     let token = d.token(Role::Subscriber, "web");
     let (mut ws, resp) = connect_stream_with(
@@ -169,6 +172,7 @@ async fn msgpack_subprotocol_switches_both_directions() {
 
 #[tokio::test]
 async fn json_subprotocol_is_echoed() {
+    let _shared = FLOOD_LOCK.read().await;
     let d = TestDaemon::start().await;
     let token = d.token(Role::Subscriber, "web");
     let (mut ws, resp) = connect_stream_with(
@@ -188,6 +192,7 @@ async fn json_subprotocol_is_echoed() {
 
 #[tokio::test]
 async fn subscribe_and_unsubscribe_messages() {
+    let _shared = FLOOD_LOCK.read().await;
     let d = TestDaemon::start().await;
     let mut ws = d.subscriber("").await;
     let (mut dev, _) = d.device("d1").await;
@@ -223,6 +228,7 @@ async fn subscribe_and_unsubscribe_messages() {
 
 #[tokio::test]
 async fn topics_claim_limits_what_a_token_may_subscribe() {
+    let _shared = FLOOD_LOCK.read().await;
     let d = TestDaemon::start().await;
     let token = Authenticator::new(SECRET).mint(
         Role::Subscriber,
@@ -261,6 +267,7 @@ async fn topics_claim_limits_what_a_token_may_subscribe() {
 
 #[tokio::test]
 async fn origin_outside_allowed_origins_is_403() {
+    let _shared = FLOOD_LOCK.read().await;
     let d =
         TestDaemon::start_with(|c| c.server.allowed_origins = vec!["https://dash.example".into()])
             .await;
@@ -296,6 +303,7 @@ async fn origin_outside_allowed_origins_is_403() {
 
 #[tokio::test]
 async fn subscriber_auth_401_403_and_public() {
+    let _shared = FLOOD_LOCK.read().await;
     let d = TestDaemon::start().await;
     let status = |e: tokio_tungstenite::tungstenite::Error| match e {
         tokio_tungstenite::tungstenite::Error::Http(r) => r.status().as_u16(),
@@ -330,6 +338,7 @@ async fn subscriber_auth_401_403_and_public() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_with_since_has_no_gap_and_no_duplicate_while_devices_publish() {
+    let _shared = FLOOD_LOCK.read().await;
     let d = TestDaemon::start().await;
     let (mut dev, _) = d.device("d1").await;
     let (mut other, _) = d.device("d2").await;
@@ -369,6 +378,7 @@ async fn resume_with_since_has_no_gap_and_no_duplicate_while_devices_publish() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn since_older_than_retained_sends_truncated() {
+    let _shared = FLOOD_LOCK.read().await;
     let mut d = TestDaemon::start().await;
     let (mut dev, _) = d.device("d1").await;
     publish_acked(&mut dev, 1, 5, "temp", 4).await;
@@ -426,8 +436,10 @@ const FLOOD_BATCHES: u64 = 400;
 /// subscriber (sled's cache), ~28 MiB with one (queue of 4000); an unbounded
 /// queue would add ~50 MiB for these 80,000 readings.
 const RSS_BUDGET_MIB: u64 = 40;
-/// The flood tests measure the whole process's RSS: one at a time.
-static FLOOD_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// The flood tests measure the whole process's RSS, which every test in this
+/// binary shares: a flood test runs alone (the write side), every other
+/// test takes the read side, so no other daemon's memory blurs the figure.
+static FLOOD_LOCK: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 /// Reads `n` items without keeping them (the test's own memory must not
 /// blur the daemon's); asserts consecutive ids from 1.
@@ -451,7 +463,7 @@ const FLOOD_TOTAL: usize = FLOOD_BATCHES as usize * FLOOD_N;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_subscriber_is_skipped_forward_with_lagged_and_memory_stays_bounded() {
-    let _one_at_a_time = FLOOD_LOCK.lock().await;
+    let _alone = FLOOD_LOCK.write().await;
     let d = TestDaemon::start_with(|c| c.fanout.subscriber_queue = 4000).await;
     let mut slow = d.subscriber("topic=%23").await;
     subscribed(&mut slow).await;
@@ -499,7 +511,7 @@ async fn slow_subscriber_is_skipped_forward_with_lagged_and_memory_stays_bounded
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_subscriber_with_disconnect_policy_is_closed_4008() {
-    let _one_at_a_time = FLOOD_LOCK.lock().await;
+    let _alone = FLOOD_LOCK.write().await;
     let d = TestDaemon::start_with(|c| {
         c.fanout.subscriber_queue = 4000;
         c.fanout.slow_policy = sensorgate::config::SlowPolicy::Disconnect;
@@ -521,6 +533,7 @@ async fn slow_subscriber_with_disconnect_policy_is_closed_4008() {
 
 #[tokio::test]
 async fn bad_ops_get_an_error_and_the_connection_stays_open() {
+    let _shared = FLOOD_LOCK.read().await;
     let d = TestDaemon::start().await;
     let mut ws = d.subscriber("since=abc").await;
     let e = recv_msg(&mut ws).await;
@@ -560,6 +573,7 @@ async fn bad_ops_get_an_error_and_the_connection_stays_open() {
 
 #[tokio::test]
 async fn shutdown_closes_subscribers_with_1001() {
+    let _shared = FLOOD_LOCK.read().await;
     let mut d = TestDaemon::start().await;
     let mut ws = d.subscriber("topic=%23").await;
     subscribed(&mut ws).await;
@@ -569,6 +583,7 @@ async fn shutdown_closes_subscribers_with_1001() {
 
 #[tokio::test]
 async fn devices_lists_connection_state_last_seen_and_sensors() {
+    let _shared = FLOOD_LOCK.read().await;
     let d = TestDaemon::start().await;
     let (mut d1, _) = d.device("d1").await;
     publish_acked(&mut d1, 1, 1, "temp", 1).await;
