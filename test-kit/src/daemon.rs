@@ -9,7 +9,6 @@ use sensorgate::auth::{Authenticator, Role};
 use sensorgate::config::Config;
 use sensorgate::Daemon;
 use serde_json::Value;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::{connect_stream_with, recv_frame, stored_matching, Ws, SECRET};
 
@@ -85,14 +84,7 @@ impl TestDaemon {
         &self,
         token: &str,
     ) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
-        let mut req = format!("ws://{}/v1/ingest", self.addr())
-            .into_client_request()
-            .unwrap();
-        req.headers_mut()
-            .insert("authorization", format!("Bearer {token}").parse().unwrap());
-        tokio_tungstenite::connect_async(req)
-            .await
-            .map(|(ws, _)| ws)
+        crate::ws::connect_ingest(&self.addr().to_string(), token).await
     }
 
     /// Stored readings via `GET /v1/readings` (all of them, following `next`).

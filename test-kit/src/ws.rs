@@ -93,6 +93,15 @@ pub fn jwt(claims: &Value, secret: &str) -> String {
 /// device token for `sub` signed with the test secret.
 pub async fn connect_device(base: &str, sub: &str) -> Ws {
     let token = Authenticator::new(SECRET).mint(Role::Device, sub, None, None);
+    connect_ingest(base, &token).await.expect("device connects")
+}
+
+/// Opens `/v1/ingest` of the daemon at `host:port` with `token` as bearer;
+/// the handshake's error when it is refused.
+pub async fn connect_ingest(
+    base: &str,
+    token: &str,
+) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
     let mut req = format!("ws://{base}/v1/ingest")
         .into_client_request()
         .unwrap();
@@ -100,8 +109,7 @@ pub async fn connect_device(base: &str, sub: &str) -> Ws {
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
     tokio_tungstenite::connect_async(req)
         .await
-        .expect("device connects")
-        .0
+        .map(|(ws, _)| ws)
 }
 
 /// Opens `/v1/stream?{query}` with an optional bearer token, subprotocol
