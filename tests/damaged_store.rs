@@ -316,41 +316,18 @@ async fn damaged_and_rolled_back_stores_are_refused_clearly_and_the_flag_continu
     // The mark itself: both copies spoilt is refused even with the flag
     // (nothing says which ids were handed out); a deleted mark is refused
     // too, and the flag then continues above the store's own content.
-    let (dir, config) = scratch(&f, "mark_damaged");
-    let mark = dir.join("store").join("sensorgate.hwm");
-    std::fs::write(&mark, vec![0x5a; 532]).unwrap();
-    assert_eq!(
-        start_on_damaged(&config, "mark damaged").await,
-        Outcome::Refused
-    );
-    let out = run_binary(&["run", "--accept-data-loss"], &config);
-    assert_eq!(out.status.code(), Some(3), "a damaged mark with the flag");
-    std::fs::remove_file(&mark).unwrap();
-    assert_eq!(
-        start_on_damaged(&config, "mark deleted").await,
-        Outcome::Refused
-    );
-    continues_above_the_mark(&config, "mark deleted").await;
-
+    damaged_then_deleted(&f, "mark", "sensorgate.hwm", |mark| {
+        std::fs::write(mark, vec![0x5a; 532]).unwrap()
+    })
+    .await;
     // The write-ahead log likewise: zeroed (header and marks gone) is
     // refused even with the flag; deleted is refused, and the flag then
     // continues above the store's own content and the mark file.
-    let (dir, config) = scratch(&f, "log_damaged");
-    let log = dir.join("store").join("sensorgate.wal");
-    let len = std::fs::metadata(&log).unwrap().len() as usize;
-    std::fs::write(&log, vec![0u8; len]).unwrap();
-    assert_eq!(
-        start_on_damaged(&config, "log zeroed").await,
-        Outcome::Refused
-    );
-    let out = run_binary(&["run", "--accept-data-loss"], &config);
-    assert_eq!(out.status.code(), Some(3), "a zeroed log with the flag");
-    std::fs::remove_file(&log).unwrap();
-    assert_eq!(
-        start_on_damaged(&config, "log deleted").await,
-        Outcome::Refused
-    );
-    continues_above_the_mark(&config, "log deleted").await;
+    damaged_then_deleted(&f, "log", "sensorgate.wal", |log| {
+        let len = std::fs::metadata(log).unwrap().len() as usize;
+        std::fs::write(log, vec![0u8; len]).unwrap()
+    })
+    .await;
 
     // The undamaged store: check-store calls it healthy and counts it.
     let (_, config) = scratch(&f, "intact");
@@ -362,6 +339,26 @@ async fn damaged_and_rolled_back_stores_are_refused_clearly_and_the_flag_continu
         "{report}"
     );
     assert!(report.contains("d1\tlast_seq 60"), "{report}");
+}
+
+/// One of the store's own bookkeeping files (`file`, named `what`): spoilt
+/// by `damage`, the daemon refuses the store even with `--accept-data-loss`
+/// (exit 3); deleted, it refuses it without the flag and continues above
+/// the mark with it.
+async fn damaged_then_deleted(f: &Fixture, what: &str, file: &str, damage: impl Fn(&Path)) {
+    let (dir, config) = scratch(f, &format!("{what}_damaged"));
+    let path = dir.join("store").join(file);
+    damage(&path);
+    assert_eq!(
+        start_on_damaged(&config, &format!("{what} damaged")).await,
+        Outcome::Refused
+    );
+    let out = run_binary(&["run", "--accept-data-loss"], &config);
+    assert_eq!(out.status.code(), Some(3), "a damaged {what} with the flag");
+    std::fs::remove_file(&path).unwrap();
+    let deleted = format!("{what} deleted");
+    assert_eq!(start_on_damaged(&config, &deleted).await, Outcome::Refused);
+    continues_above_the_mark(&config, &deleted).await;
 }
 
 /// With `--accept-data-loss` the daemon starts on the damaged store and the
