@@ -1,5 +1,6 @@
 //! Where the release `sensorgate` binary is, for drivers that run it as a
-//! child process (so its RSS is the daemon's alone).
+//! child process (so its RSS is the daemon's alone), and the configuration
+//! of the drivers that run the daemon in-process.
 
 use std::path::PathBuf;
 
@@ -34,4 +35,20 @@ pub fn sensorgate_binary() -> Result<PathBuf, BinaryError> {
     } else {
         Err(BinaryError::Missing(path))
     }
+}
+
+/// The JWT secret of [`unthrottled_config`]'s daemon.
+pub const BENCH_SECRET: &str = "bench-secret";
+
+/// The in-process drivers' daemon: 127.0.0.1 port 0, a store under `dir`,
+/// and rate and handshake limits far above any load they offer, so what is
+/// measured is the pipeline, not the limiter.
+pub fn unthrottled_config(dir: &std::path::Path) -> sensorgate::config::Config {
+    let mut config = sensorgate::config::Config::with_secret(BENCH_SECRET);
+    config.server.listen = "127.0.0.1:0".parse().expect("a socket address");
+    config.storage.path = dir.join("store");
+    config.limits.readings_per_sec = 100_000_000;
+    config.limits.burst = 100_000_000;
+    config.limits.handshakes_per_ip = 1_000_000;
+    config
 }

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use sensorgate::auth::{Authenticator, Role};
-use sensorgate::config::Config;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -42,18 +41,13 @@ fn main() {
 
 async fn run(devices: usize, batch: usize, window: u64, duration: Duration) {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::with_secret("bench-secret");
-    config.server.listen = "127.0.0.1:0".parse().unwrap();
-    config.storage.path = dir.path().join("store");
-    config.limits.readings_per_sec = 100_000_000;
-    config.limits.burst = 100_000_000;
+    let mut config = sensorgate_load::daemon::unthrottled_config(dir.path());
     config.limits.max_readings_per_frame = batch.max(500);
-    config.limits.handshakes_per_ip = 1_000_000;
     config.limits.max_frame_bytes = 4 * 1024 * 1024;
     let config = Arc::new(config);
     let daemon = sensorgate::Daemon::start(config.clone()).await.unwrap();
     let addr = daemon.local_addr();
-    let auth = Authenticator::new("bench-secret");
+    let auth = Authenticator::new(sensorgate_load::daemon::BENCH_SECRET);
 
     let acked = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + duration;

@@ -19,7 +19,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use sensorgate::auth::{Authenticator, Role};
-use sensorgate::config::Config;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -59,16 +58,11 @@ fn main() {
 
 async fn run(subs: usize, devices: usize, rate: u64, batch: usize, duration: Duration) {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::with_secret("bench-secret");
-    config.server.listen = "127.0.0.1:0".parse().unwrap();
-    config.storage.path = dir.path().join("store");
-    config.limits.readings_per_sec = 100_000_000;
-    config.limits.burst = 100_000_000;
-    config.limits.handshakes_per_ip = 1_000_000;
+    let mut config = sensorgate_load::daemon::unthrottled_config(dir.path());
     config.fanout.subscriber_queue = 1_000_000;
     let daemon = sensorgate::Daemon::start(Arc::new(config)).await.unwrap();
     let addr = daemon.local_addr();
-    let auth = Authenticator::new("bench-secret");
+    let auth = Authenticator::new(sensorgate_load::daemon::BENCH_SECRET);
 
     let hist = Arc::new(Mutex::new(
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap(),
