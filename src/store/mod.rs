@@ -338,7 +338,7 @@ impl Store {
         &self,
         first_id: u64,
         next_id: u64,
-        entries: &[(&[u8], &[u8])],
+        entries: &[(Vec<u8>, Vec<u8>)],
     ) -> Result<bool, StoreError> {
         let mut wal = self.wal.lock().unwrap_or_else(|e| e.into_inner());
         Ok(wal.append(first_id, next_id, entries)?)

@@ -146,11 +146,11 @@ impl Wal {
     /// Writes one commit's record after the previous one (not yet synced:
     /// see [`Wal::sync`]). False, writing nothing, when it does not fit in
     /// what is left of the log: the caller takes a checkpoint instead.
-    pub fn append(
+    pub fn append<K: AsRef<[u8]>, V: AsRef<[u8]>>(
         &mut self,
         first_id: u64,
         next_id: u64,
-        entries: &[(&[u8], &[u8])],
+        entries: &[(K, V)],
     ) -> Result<bool, WalError> {
         encode(&mut self.buf, first_id, next_id, entries);
         let Some(file) = &self.file else {
@@ -298,13 +298,19 @@ fn open_rw(path: &Path) -> Result<File, WalError> {
         .map_err(|e| io(path, e))
 }
 
-fn encode(buf: &mut Vec<u8>, first_id: u64, next_id: u64, entries: &[(&[u8], &[u8])]) {
+fn encode<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+    buf: &mut Vec<u8>,
+    first_id: u64,
+    next_id: u64,
+    entries: &[(K, V)],
+) {
     buf.clear();
     buf.extend_from_slice(MAGIC);
     buf.extend_from_slice(&first_id.to_be_bytes());
     buf.extend_from_slice(&next_id.to_be_bytes());
     buf.extend_from_slice(&[0u8; 8]); // length and checksum, below
     for (k, v) in entries {
+        let (k, v) = (k.as_ref(), v.as_ref());
         buf.extend_from_slice(&(k.len() as u32).to_be_bytes());
         buf.extend_from_slice(&(v.len() as u32).to_be_bytes());
         buf.extend_from_slice(k);
@@ -402,12 +408,9 @@ mod tests {
     fn append(w: &mut Wal, first: u64, next: u64) -> bool {
         let key = format!("s/{first}");
         let next_bytes = next.to_be_bytes();
-        w.append(
-            first,
-            next,
-            &[(key.as_bytes(), b"readings"), (b"m/next_id", &next_bytes)],
-        )
-        .unwrap()
+        let entries: [(&[u8], &[u8]); 2] =
+            [(key.as_bytes(), b"readings"), (b"m/next_id", &next_bytes)];
+        w.append(first, next, &entries).unwrap()
     }
 
     fn ids(records: &[Record]) -> Vec<(u64, u64)> {

@@ -243,18 +243,14 @@ impl Writer {
                 let pending = std::mem::take(&mut self.pending);
                 self.flush_and_release(pending);
             }
-            if self.pending.is_empty()
-                && self.since_checkpoint
-                && self.fault.is_none()
-                && self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY
-            {
+            if self.pending.is_empty() && self.time_until_checkpoint() == Some(Duration::ZERO) {
                 // Quiet for a while: sled's files catch up with the log.
                 let _ = self.make_durable(true);
             }
         }
         let pending = std::mem::take(&mut self.pending);
         self.flush_and_release(pending);
-        if self.since_checkpoint && self.fault.is_none() {
+        if self.time_until_checkpoint().is_some() {
             // A clean stop leaves sled's files and the mark complete: the
             // next start replays nothing.
             let _ = self.make_durable(true);
@@ -263,17 +259,26 @@ impl Writer {
     }
 
     /// How long the writer may wait for requests before it has work of its
-    /// own: a due flush (interval mode) or a recovery attempt.
+    /// own: a due flush (interval mode), checkpoint or recovery attempt.
     fn next_wake(&self) -> Option<Duration> {
         let recovery = self
             .fault
             .map(|_| RECOVERY_EVERY.saturating_sub(self.last_recovery.elapsed()));
-        let checkpoint = (self.since_checkpoint && self.fault.is_none())
-            .then(|| CHECKPOINT_EVERY.saturating_sub(self.last_checkpoint.elapsed()));
-        [self.time_until_flush(), recovery, checkpoint]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.time_until_flush(),
+            recovery,
+            self.time_until_checkpoint(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Commits durable through the log alone (and sled healthy): how long
+    /// until the checkpoint that puts them in sled's files is due.
+    fn time_until_checkpoint(&self) -> Option<Duration> {
+        (self.since_checkpoint && self.fault.is_none())
+            .then(|| CHECKPOINT_EVERY.saturating_sub(self.last_checkpoint.elapsed()))
     }
 
     /// Interval mode with unflushed commits: how long until the next flush is due.
@@ -469,11 +474,7 @@ impl Writer {
         }
         self.store.db()?.apply_batch(batch)?;
         if !self.unlogged {
-            let entries: Vec<(&[u8], &[u8])> = entries
-                .iter()
-                .map(|(k, v)| (k.as_slice(), v.as_slice()))
-                .collect();
-            self.unlogged = !self.store.log_commit(first_id, next_id, &entries)?;
+            self.unlogged = !self.store.log_commit(first_id, next_id, entries)?;
         }
         Ok(())
     }
