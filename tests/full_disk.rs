@@ -208,7 +208,8 @@ async fn a_full_disk_refuses_batches_reports_not_ready_and_recovers_by_itself() 
     .await;
     assert!(counted >= 1.0, "refusals counted: {counted}");
     // Duplicates need no space: still answered as such.
-    assert_eq!(answer(&mut ws, 5, 50).await["duplicate"], true);
+    let dup = answer(&mut ws, 5, 50).await;
+    assert_eq!(dup["duplicate"], true, "{dup}");
 
     // The welcome promises only what is durable.
     let mut again = connect_device(&base, "d1").await;

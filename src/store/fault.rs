@@ -61,6 +61,8 @@ impl Store {
             .store(rec.retained_bytes, Ordering::Relaxed);
         *self.files.lock().unwrap_or_else(|e| e.into_inner()) = Some(files);
         *self.db.write().unwrap_or_else(|e| e.into_inner()) = Some(rec.db);
+        // The replay put every durable commit the tail held into sled.
+        self.lock_tail().reset(rec.last_id);
         Ok(rec.last_id)
     }
 }

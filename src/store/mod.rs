@@ -34,6 +34,9 @@ mod fault;
 pub mod hwm;
 mod recovery;
 pub mod retention;
+mod tail;
+#[cfg(test)]
+mod tests;
 pub mod wal;
 pub mod writer;
 
@@ -147,8 +150,11 @@ pub struct Store {
     /// appends.
     wal: Mutex<wal::Wal>,
     /// Newest id that is durable and visible (0 when none yet). Fan-out uses
-    /// it as the seam between replay and live delivery.
+    /// it as the seam between replay and live delivery. Moves only with
+    /// `tail` locked, so a reader's [`tail::View`] is consistent.
     last_durable_id: AtomicU64,
+    /// Durable readings not yet applied to sled.
+    tail: Mutex<tail::Tail>,
     /// Bytes of segment payloads currently retained; retention compares this
     /// with `storage.max_bytes`.
     retained_bytes: AtomicU64,
@@ -195,12 +201,15 @@ impl Store {
 
     /// Oldest id still retained, `None` when no reading is stored.
     pub fn oldest_id(&self) -> Result<Option<u64>, StoreError> {
+        // The tail first: read the other way round, an apply in between
+        // could move its readings into sled after sled was found empty.
+        let tail_first = self.lock_tail().first_id();
         match self.db()?.scan_prefix(INDEX_PREFIX).next() {
             Some(entry) => {
                 let (k, _) = entry?;
                 Ok(Some(codec::id_from_key(&k)?))
             }
-            None => Ok(None),
+            None => Ok(tail_first),
         }
     }
 
@@ -236,7 +245,7 @@ impl Store {
         cancelled: &dyn Fn() -> bool,
         mut keep: impl FnMut(&Reading) -> bool,
     ) -> Result<Page, StoreError> {
-        let upper = self.last_id();
+        let view = self.view();
         let mut page = Page {
             items: Vec::new(),
             scanned_to: since,
@@ -245,9 +254,13 @@ impl Store {
         if limit == 0 {
             return Ok(page);
         }
+        // sled up to what it holds, then the tail: readings applied but not
+        // yet durable (interval mode) are not handed out, since every id a
+        // client sees must survive a crash.
+        let in_sled = view.upper.min(view.applied);
         let (mut segments, mut decoded) = (0usize, 0usize);
         let db = self.db()?;
-        for entry in db.range(first_segment_from(&db, since)?..segment_end()) {
+        'sled: for entry in db.range(first_segment_from(&db, since)?..segment_end()) {
             if segments >= bound.segments || decoded >= bound.readings || cancelled() {
                 return Ok(page);
             }
@@ -256,27 +269,22 @@ impl Store {
             let readings = codec::decode_segment(&k, &v)?;
             decoded += readings.len();
             for r in readings {
-                // Readings applied but not yet flushed (interval mode) are
-                // not handed out: every id a client sees must survive a crash.
-                if r.id > upper {
-                    page.reached_end = true;
-                    page.scanned_to = page.scanned_to.max(upper);
+                if r.id > in_sled {
+                    break 'sled;
+                }
+                if page.offer(r, since, limit, &mut keep) {
                     return Ok(page);
-                }
-                if r.id <= since {
-                    continue;
-                }
-                page.scanned_to = r.id;
-                if keep(&r) {
-                    page.items.push(r);
-                    if page.items.len() >= limit {
-                        return Ok(page);
-                    }
                 }
             }
         }
+        let tail = view.commits.iter().flat_map(|c| c.iter());
+        for r in tail.filter(|r| r.id > in_sled && r.id <= view.upper) {
+            if page.offer(r.clone(), since, limit, &mut keep) {
+                return Ok(page);
+            }
+        }
         page.reached_end = true;
-        page.scanned_to = page.scanned_to.max(upper);
+        page.scanned_to = page.scanned_to.max(view.upper);
         Ok(page)
     }
 
@@ -361,7 +369,31 @@ impl Store {
     }
 
     fn mark_durable(&self, last_id: u64) {
+        let _tail = self.lock_tail();
         self.last_durable_id.fetch_max(last_id, Ordering::AcqRel);
+    }
+
+    /// A commit became durable: visible to readers (through the tail until
+    /// sled holds it) from now on.
+    fn publish(&self, readings: &Arc<[Reading]>) {
+        let Some(last) = readings.last() else { return };
+        let mut tail = self.lock_tail();
+        tail.publish(readings);
+        self.last_durable_id.fetch_max(last.id, Ordering::AcqRel);
+    }
+
+    /// The writer applied every commit up to `id` to sled.
+    fn applied_through(&self, id: u64) {
+        self.lock_tail().applied_through(id);
+    }
+
+    fn view(&self) -> tail::View {
+        let tail = self.lock_tail();
+        tail.view(self.last_id())
+    }
+
+    fn lock_tail(&self) -> std::sync::MutexGuard<'_, tail::Tail> {
+        self.tail.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Why writes are refused right now, `None` while they are accepted.
@@ -417,6 +449,27 @@ pub struct Page {
     pub scanned_to: u64,
     /// The scan reached the newest durable id: there is nothing more now.
     pub reached_end: bool,
+}
+
+impl Page {
+    /// Takes `r` if it is past `since` and `keep`s it; true once `limit`
+    /// items are in.
+    fn offer(
+        &mut self,
+        r: Reading,
+        since: u64,
+        limit: usize,
+        keep: &mut impl FnMut(&Reading) -> bool,
+    ) -> bool {
+        if r.id <= since {
+            return false;
+        }
+        self.scanned_to = r.id;
+        if keep(&r) {
+            self.items.push(r);
+        }
+        self.items.len() >= limit
+    }
 }
 
 fn segment_end() -> sled::IVec {

@@ -300,6 +300,7 @@ impl Store {
             hwm: Mutex::new(hwm),
             wal: Mutex::new(wal),
             last_durable_id: AtomicU64::new(last_id),
+            tail: Mutex::new(super::tail::Tail::new(last_id)),
             retained_bytes: AtomicU64::new(rec.retained_bytes),
             refusal: Mutex::new(None),
             wedged: Arc::new(std::sync::atomic::AtomicBool::new(false)),

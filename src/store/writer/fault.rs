@@ -59,6 +59,11 @@ impl Writer {
         self.fault = Some(Fault::StoreFailed);
         self.last_recovery = Instant::now();
         self.seqs.clear();
+        // Staged entries die with this sled; the reopen replays the log,
+        // which holds every durable one.
+        self.staged = sled::Batch::default();
+        self.staged_readings = 0;
+        self.staged_bytes = 0;
         self.next_id = self.durable_next_id;
         self.dirty = false;
         // Reopening replays the log and flushes sled: no checkpoint is owed.

@@ -9,9 +9,13 @@
 //! could take back. While one group is being flushed, the next one gathers in
 //! the queue, which is what makes the commits grow under load.
 //!
-//! Durable means power-loss safe. A group's sled entries are also written
-//! to the write-ahead log ([`super::wal`]), and its durable point is that
-//! log's `fdatasync`: one write and one sync per commit. Checkpoints make
+//! Durable means power-loss safe. A group's sled entries are written to the
+//! write-ahead log ([`super::wal`]), and its durable point is that log's
+//! `fdatasync`: one write and one sync per commit. The same entries reach
+//! sled later, many commits in one `apply_batch` (each apply costs sled the
+//! same writes however small it is): once [`APPLY_AT_READINGS`] readings are
+//! staged, and at every checkpoint. Until then readers find durable readings
+//! in the store's tail ([`super::tail`]). Checkpoints make
 //! sled itself durable (sled's flush, `fdatasync`/`fsync` of its files and
 //! directories, the high-water mark: [`Store::checkpoint`]) every
 //! [`CHECKPOINT_EVERY`] while commits arrive, when the log is half full, and
@@ -37,6 +41,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+mod durable;
 mod fault;
 
 use super::{codec, index_key, segment_key, seq_key, SegmentMeta, Store, StoreError, NEXT_ID_KEY};
@@ -53,6 +58,12 @@ const MAX_READINGS_PER_SEGMENT: usize = 8192;
 /// is simply cleared: every seq it held is already applied to sled and is
 /// read back on the next miss, so memory stays bounded for any fleet size.
 const SEQ_CACHE_MAX: usize = 200_000;
+/// Readings staged for sled before they are applied in one `apply_batch`.
+/// Bigger saves little more CPU (at the fleet shape this is already about
+/// 100 commits per apply) and makes each apply a longer pause for the
+/// commits queued behind it; it also bounds the staged entries and the
+/// store's tail to well under a MiB.
+pub const APPLY_AT_READINGS: usize = 1024;
 /// How often a refusing writer checks whether it can write again.
 pub const RECOVERY_EVERY: Duration = Duration::from_secs(1);
 /// Longest time commits stay durable in the write-ahead log alone before a
@@ -136,6 +147,18 @@ pub fn spawn(
     queue_capacity: usize,
     listeners: Vec<Arc<dyn CommitListener>>,
 ) -> (WriterHandle, std::thread::JoinHandle<()>) {
+    spawn_checkpointing_every(store, storage, queue_capacity, listeners, CHECKPOINT_EVERY)
+}
+
+/// [`spawn`] with another period for checkpoints, so a test can tell what
+/// an apply did from what a checkpoint did.
+pub(super) fn spawn_checkpointing_every(
+    store: Arc<Store>,
+    storage: &StorageConfig,
+    queue_capacity: usize,
+    listeners: Vec<Arc<dyn CommitListener>>,
+    checkpoint_every: Duration,
+) -> (WriterHandle, std::thread::JoinHandle<()>) {
     // The ingest queue: bounded by `ingest.queue_capacity` batches so a burst
     // beyond what the disk absorbs pushes back on the connections instead of
     // growing memory.
@@ -152,11 +175,16 @@ pub fn spawn(
         durable_next_id: next_id,
         seqs: HashMap::new(),
         pending: Vec::new(),
+        staged: sled::Batch::default(),
+        staged_readings: 0,
+        staged_bytes: 0,
+        staged_through: 0,
         dirty: false,
         fault: None,
         last_flush: Instant::now(),
         last_recovery: Instant::now(),
         last_checkpoint: Instant::now(),
+        checkpoint_every,
         since_checkpoint: false,
         unlogged: false,
     };
@@ -183,14 +211,24 @@ struct Writer {
     /// `next_id` as of the last durable point: where ids restart when
     /// commits applied since then are failed.
     durable_next_id: u64,
-    /// Interval mode: commits applied but not yet flushed.
+    /// Interval mode: commits written but not yet flushed.
     pending: Vec<Applied>,
-    /// Something was applied to sled since the last durable point.
+    /// Entries of logged commits not yet applied to sled.
+    staged: sled::Batch,
+    /// Readings in `staged`.
+    staged_readings: usize,
+    /// Bytes of keys and values in `staged`.
+    staged_bytes: u64,
+    /// The newest id in `staged`.
+    staged_through: u64,
+    /// Something was written since the last durable point.
     dirty: bool,
     fault: Option<Fault>,
     last_flush: Instant,
     last_recovery: Instant,
     last_checkpoint: Instant,
+    /// [`CHECKPOINT_EVERY`], but for tests.
+    checkpoint_every: Duration,
     /// Something was made durable through the log since the last checkpoint.
     since_checkpoint: bool,
     /// A group did not fit in the log: only a checkpoint makes it durable,
@@ -198,7 +236,8 @@ struct Writer {
     unlogged: bool,
 }
 
-/// A commit applied to sled, waiting for its flush before being announced.
+/// A commit written (logged and staged), waiting for its flush before being
+/// announced.
 struct Applied {
     replies: Vec<(oneshot::Sender<CommitOutcome>, CommitOutcome)>,
     readings: Vec<Reading>,
@@ -277,8 +316,10 @@ impl Writer {
     /// Commits durable through the log alone (and sled healthy): how long
     /// until the checkpoint that puts them in sled's files is due.
     fn time_until_checkpoint(&self) -> Option<Duration> {
-        (self.since_checkpoint && self.fault.is_none())
-            .then(|| CHECKPOINT_EVERY.saturating_sub(self.last_checkpoint.elapsed()))
+        (self.since_checkpoint && self.fault.is_none()).then(|| {
+            self.checkpoint_every
+                .saturating_sub(self.last_checkpoint.elapsed())
+        })
     }
 
     /// Interval mode with unflushed commits: how long until the next flush is due.
@@ -298,8 +339,18 @@ impl Writer {
         let mut replies = Vec::new();
         let mut readings: Vec<Reading> = Vec::new();
         let mut seq_updates: HashMap<Arc<str>, u64> = HashMap::new();
+        // Each updated device's seq before this group, to restore if the
+        // group is refused (not to forget: sled may not hold it yet).
+        let mut prior_seqs: HashMap<Arc<str>, Option<u64>> = HashMap::new();
         if self.seqs.len() > SEQ_CACHE_MAX {
-            self.seqs.clear();
+            // A cache miss reads sled: it must hold every seq staged so far.
+            // (With the disk too full to apply, the cache is kept: only
+            // lookups are answered until space is back.)
+            match self.apply_staged() {
+                Ok(true) => self.seqs.clear(),
+                Ok(false) => {}
+                Err(e) => self.fail(format!("writing to the store failed: {e}")),
+            }
         }
         let mut next_id = self.next_id;
         let first_id = next_id;
@@ -345,7 +396,10 @@ impl Writer {
                     next_id += 1;
                 }
                 if let Some(seq) = batch.seq {
-                    self.seqs.insert(batch.device.clone(), Some(seq));
+                    let prior = self.seqs.insert(batch.device.clone(), Some(seq));
+                    if let Some(prior) = prior {
+                        prior_seqs.entry(batch.device.clone()).or_insert(prior);
+                    }
                     seq_updates.insert(batch.device.clone(), seq);
                 }
                 CommitOutcome::Stored {
@@ -370,10 +424,15 @@ impl Writer {
                 self.dirty |= !readings.is_empty();
             }
             Err(fault) => {
-                // Nothing of this group is stored: forget the seqs it
-                // assumed and fail every batch that would have been stored.
-                for device in seq_updates.keys() {
-                    self.seqs.remove(device);
+                // Nothing of this group is stored: put back the seqs it
+                // assumed (after a sled failure `fail` has cleared them all)
+                // and fail every batch that would have been stored.
+                if fault == Fault::DiskFull {
+                    for (device, prior) in prior_seqs {
+                        self.seqs.insert(device, prior);
+                    }
+                } else {
+                    self.seqs.clear();
                 }
                 // A duplicate or welcome answered from a seq this group
                 // assumed is as unfounded as its stores.
@@ -449,33 +508,14 @@ impl Writer {
         entries.push((NEXT_ID_KEY.to_vec(), next_id.to_be_bytes().to_vec()));
         // sled's log holds the group (and may need a new segment file
         // region) before old space is reclaimed: ask for twice its size.
-        self.check_space(2 * added_bytes)?;
-        if let Err(e) = self.apply_and_log(first_id, next_id, &entries) {
+        self.check_space(2 * (added_bytes + self.staged_bytes))?;
+        if let Err(e) = self.log_and_stage(first_id, next_id, readings.len(), entries) {
             self.fail(format!("writing to the store failed: {e}"));
             return Err(Fault::StoreFailed);
         }
         self.store
             .retained_bytes
             .fetch_add(added_bytes, std::sync::atomic::Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// Applies one group's entries to sled (one atomic batch) and appends
-    /// them to the write-ahead log, unless an earlier group missed the log.
-    fn apply_and_log(
-        &mut self,
-        first_id: u64,
-        next_id: u64,
-        entries: &[(Vec<u8>, Vec<u8>)],
-    ) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        for (k, v) in entries {
-            batch.insert(k.as_slice(), v.as_slice());
-        }
-        self.store.db()?.apply_batch(batch)?;
-        if !self.unlogged {
-            self.unlogged = !self.store.log_commit(first_id, next_id, entries)?;
-        }
         Ok(())
     }
 
@@ -497,10 +537,10 @@ impl Writer {
                 readings.clear();
                 fail_stored(&mut replies, true);
             }
-            if let Some(last) = readings.last() {
-                self.store.mark_durable(last.id);
+            if !readings.is_empty() {
                 crate::events::ReadingsStored(readings.len()).emit();
                 let readings: Arc<[Reading]> = readings.into();
+                self.store.publish(&readings);
                 for l in &self.listeners {
                     l.on_commit(&readings);
                 }
@@ -510,56 +550,5 @@ impl Writer {
                 let _ = reply.send(outcome);
             }
         }
-    }
-
-    /// The durable point: the log's sync, or a checkpoint when one is due
-    /// (asked for, a group missed the log, the log is half full, or
-    /// [`CHECKPOINT_EVERY`] has passed). On failure the writer enters
-    /// [`Fault::StoreFailed`].
-    fn make_durable(&mut self, checkpoint: bool) -> Result<(), ()> {
-        let started = Instant::now();
-        let last_id = self.next_id - 1;
-        let checkpoint =
-            checkpoint || self.unlogged || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY;
-        let synced = if checkpoint {
-            self.checkpoint(last_id)
-        } else {
-            match self.store.sync_log() {
-                Ok(used) if used >= CHECKPOINT_AT_LOG_BYTES => self.checkpoint(last_id),
-                Ok(_) => {
-                    self.since_checkpoint = true;
-                    self.store.note_durable(last_id)
-                }
-                Err(e) => Err(e),
-            }
-        };
-        self.last_flush = Instant::now();
-        crate::events::StoreFlushed {
-            took: started.elapsed(),
-        }
-        .emit();
-        match synced {
-            Ok(()) => {
-                self.dirty = false;
-                self.durable_next_id = self.next_id;
-                Ok(())
-            }
-            Err(e) => {
-                self.fail(format!("flushing the store failed: {e}"));
-                Err(())
-            }
-        }
-    }
-}
-
-impl Writer {
-    fn checkpoint(&mut self, last_id: u64) -> Result<(), StoreError> {
-        self.store
-            .db()
-            .and_then(|db| self.store.checkpoint(&db, last_id))?;
-        self.last_checkpoint = Instant::now();
-        self.since_checkpoint = false;
-        self.unlogged = false;
-        Ok(())
     }
 }
