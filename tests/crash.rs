@@ -19,6 +19,8 @@ const ROUNDS: usize = 5;
 const READINGS: i64 = 20;
 /// Batches in flight (sent, not yet acked).
 const WINDOW: u64 = 8;
+/// Batches sent at once just before the kill.
+const LAST_BURST: u64 = 4 * WINDOW;
 /// Keeps the store (and the checks) small however fast the machine is.
 const MAX_SEQ_PER_ROUND: u64 = 1500;
 
@@ -119,8 +121,9 @@ impl Knowledge {
 }
 
 /// Streams from `welcome.last_seq + 1` with `WINDOW` batches in flight until
-/// `kill_at`; then snapshots what `/v1/readings` shows, sends one more
-/// window and kills the daemon mid-stream. Records acks until the socket dies.
+/// `kill_at`; then snapshots what `/v1/readings` shows, sends a burst of
+/// [`LAST_BURST`] batches and kills the daemon mid-stream. Records acks
+/// until the socket dies.
 async fn stream_then_kill(
     daemon: &mut ChildDaemon,
     ws: &mut Ws,
@@ -160,14 +163,18 @@ async fn stream_then_kill(
         k.seen
             .insert(r["ts"].as_i64().unwrap(), r["id"].as_u64().unwrap());
     }
-    for _ in 0..WINDOW {
+    for _ in 0..LAST_BURST {
         let bytes = mp(&crash_batch(next_send));
         if ws.send(Message::Binary(bytes.into())).await.is_err() {
             break;
         }
         next_send += 1;
     }
-    tokio::time::sleep(Duration::from_millis(3)).await;
+    // Somewhere between "nothing of the burst read yet" and "the daemon is
+    // committing it": a fast machine commits a few batches a millisecond,
+    // so a fixed pause could let every round end with all acked.
+    let pause = rand::thread_rng().gen_range(0..=2000);
+    tokio::time::sleep(Duration::from_micros(pause)).await;
     daemon.kill();
     // Acks already on their way were sent after the batch was durable.
     while let Some(frame) = next_frame(ws, Duration::from_secs(5)).await {
