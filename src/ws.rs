@@ -10,8 +10,9 @@
 //! on the daemon's `edge` tracker ([`on_upgrade`]).
 //!
 //! Never: waits on a peer without a bound. A peer that takes nothing for
-//! `server.idle_timeout` is as idle as one that sends nothing, and a closing
-//! frame gets [`CLOSE_TIMEOUT`], never past the shutdown drain deadline.
+//! `server.idle_timeout` loses its socket at once (a closing frame would
+//! queue behind what it never read), and a closing frame gets
+//! [`CLOSE_TIMEOUT`], never past the shutdown drain deadline.
 
 use std::future::Future;
 use std::time::Duration;
@@ -53,9 +54,12 @@ pub enum End {
     Replaced,
     /// The subscriber's queue overflowed under `disconnect` (subscribers only).
     Lagged,
-    /// Nothing from the peer for `server.idle_timeout`, or a send it did
-    /// not take within that.
+    /// Nothing from the peer for `server.idle_timeout`.
     Idle,
+    /// A send the peer did not take within `server.idle_timeout`: its
+    /// socket is full of what it never read, so a closing frame would only
+    /// wait behind that for [`CLOSE_TIMEOUT`]; the socket is dropped.
+    Stalled,
     TooManyErrors,
     TooBig,
     /// An RFC 6455 violation (unmasked, oversized control or fragmented
@@ -81,7 +85,7 @@ impl End {
             End::Protocol => (code::PROTOCOL, "protocol error"),
             End::BadData => (code::BAD_DATA, "invalid UTF-8 in a text frame"),
             End::StoreFailed => (code::INTERNAL, "store unavailable"),
-            End::Gone => return None,
+            End::Stalled | End::Gone => return None,
         })
     }
 }
@@ -104,7 +108,7 @@ impl Peer {
 
 /// Sends one message unless `stop` comes first (checked first: a loop's
 /// shutdown, replacement or overflow wins over a send that is ready) or the
-/// peer does not take it within `write_timeout` (then [`End::Idle`]).
+/// peer does not take it within `write_timeout` (then [`End::Stalled`]).
 /// Cancelling the sink's send is safe per message: a frame is queued whole
 /// or not at all, and the connection ends anyway.
 pub async fn send(
@@ -122,7 +126,7 @@ pub async fn send(
             Ok(Err(_)) => Err(End::Gone),
             Err(_) => {
                 crate::events::WriteTimedOut { peer: peer.as_str() }.emit();
-                Err(End::Idle)
+                Err(End::Stalled)
             }
         },
     }
@@ -217,6 +221,7 @@ mod tests {
         assert_eq!(End::TooBig.close_frame().unwrap().0, 1009);
         assert_eq!(End::Idle.close_frame().unwrap().0, 1000);
         assert_eq!(End::Gone.close_frame(), None);
+        assert_eq!(End::Stalled.close_frame(), None);
     }
 
     #[tokio::test]

@@ -171,8 +171,11 @@ async fn a_device_that_floods_and_never_reads_is_closed_by_idle_4001_and_sigterm
     let base = d.base();
 
     // Idle: acks (and pings) pile up unread; the server gives up on it.
+    // First the kernel's send buffer fills (autotuned up to tcp_wmem's
+    // maximum, 4 MiB on Debian, with ~20-byte duplicate acks: ~20 s here),
+    // then one send waits `idle_timeout` and the socket is dropped.
     let idle = tokio::spawn(flood_without_reading(raw_device(&base, "idle").await));
-    tokio::time::timeout(Duration::from_secs(30), idle)
+    tokio::time::timeout(Duration::from_secs(90), idle)
         .await
         .expect("the non-reading device is dropped after idle_timeout")
         .unwrap();

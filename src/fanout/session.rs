@@ -12,7 +12,7 @@
 //!
 //! Bounded: every send gives way to shutdown and, with `disconnect`, to an
 //! overflow, and fails after `server.idle_timeout` (a peer that reads
-//! nothing is dropped as idle: [`ws::send`]); the replay reads the store in
+//! nothing loses its socket: [`ws::send`]); the replay reads the store in
 //! steps of at most [`ScanBound::REQUEST`], looking at the socket between
 //! steps. Close codes and the keep-alive are [`crate::ws`]'s.
 
@@ -79,12 +79,13 @@ struct Session {
     /// Ops received during a replay, answered after it.
     deferred: std::collections::VecDeque<Message>,
     /// A send the peer does not take within this (`server.idle_timeout`)
-    /// ends the connection as idle.
+    /// ends the connection ([`End::Stalled`]: no close frame).
     write_timeout: Duration,
 }
 
-/// Serves the connection until it ends; every ending but a vanished peer
-/// sends a close frame (1001 shutdown, 4008 too slow, 1000 idle).
+/// Serves the connection until it ends; every ending but a vanished or
+/// stalled peer sends a close frame (1001 shutdown, 4008 too slow, 1000
+/// idle).
 pub async fn run(
     socket: WebSocket,
     hub: Arc<Hub>,
