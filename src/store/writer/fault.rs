@@ -88,6 +88,11 @@ impl Writer {
     pub(super) fn try_recover(&mut self) {
         self.last_recovery = Instant::now();
         let Some(fault) = self.fault else { return };
+        if fault == Fault::StoreFailed && self.store.is_closing() {
+            // The failed sled's flushes still hold sled's process-wide
+            // lock; a sled opened now could hang on its first write.
+            return;
+        }
         let free = crate::store::durability::free_bytes(self.store.path()).unwrap_or(u64::MAX);
         if free < self.min_free {
             return;
