@@ -90,6 +90,18 @@ pub struct Daemon {
     local_addr: SocketAddr,
     shutdown: Shutdown,
     done: JoinHandle<()>,
+    store: std::sync::Weak<Store>,
+}
+
+/// Tells when a daemon has let go of its store ([`Daemon::released`]).
+pub struct Released(std::sync::Weak<Store>);
+
+impl Released {
+    /// True once nothing holds the store any more: the writer thread ended
+    /// and every task that used the store is gone.
+    pub fn is_released(&self) -> bool {
+        self.0.strong_count() == 0
+    }
 }
 
 impl Daemon {
@@ -213,6 +225,7 @@ impl Daemon {
             shutdown: shutdown.clone(),
             tracker: edge.clone(),
         };
+        let weak_store = Arc::downgrade(&store);
         let stages = Stages {
             shutdown: shutdown.clone(),
             edge,
@@ -230,6 +243,7 @@ impl Daemon {
             local_addr,
             shutdown,
             done,
+            store: weak_store,
         })
     }
 
@@ -248,6 +262,14 @@ impl Daemon {
         self.shutdown.token().cancel();
         self.shutdown.deadline();
         let _ = self.done.await;
+    }
+
+    /// A probe for when the store is released. A daemon dropped without
+    /// [`Daemon::shutdown`] (its runtime ended) still drains its writer,
+    /// which writes into the store's directory: whoever removes that
+    /// directory waits for this first.
+    pub fn released(&self) -> Released {
+        Released(self.store.clone())
     }
 
     /// The shutdown deadline (fixed when shutdown begins).

@@ -264,7 +264,7 @@ async fn page_resumes_after_a_daemon_restart_with_every_reading_once() {
     // The browser stays offline until the restarted daemon has stored
     // readings the page has not seen: its reconnect must replay them.
     b.offline(true).await;
-    let d = TestDaemon::start_in(d.dir, config).await;
+    let d = TestDaemon::start_in(d.into_dir(), config).await;
     assert_eq!(d.addr().port(), port);
     let before = b.num("#held", "data-last-id").await;
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -327,7 +327,7 @@ async fn bad_token_shows_token_rejected_without_a_reconnect_loop() {
     b.until_state(10, "connected").await;
     d.stop().await;
     config.auth.jwt_secret = "rotated-secret".into();
-    let _d = TestDaemon::start_in(d.dir, config).await;
+    let _d = TestDaemon::start_in(d.into_dir(), config).await;
     b.until_state(20, "auth").await;
     let connects = b.num("#status", "data-connects").await;
     tokio::time::sleep(Duration::from_secs(5)).await;

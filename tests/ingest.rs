@@ -105,7 +105,7 @@ async fn shutdown_closes_devices_with_1001_and_keeps_acked() {
     let d = stop.await.unwrap();
     // Reopen the same store: the acked batch is there.
     let config = (*d.config).clone();
-    let d2 = TestDaemon::start_in(d.dir, config).await;
+    let d2 = TestDaemon::start_in(d.into_dir(), config).await;
     assert_eq!(d2.stored("#").await.len(), 10);
     let (_ws, welcome) = d2.device("d1").await;
     assert_eq!(welcome["last_seq"], 1);

@@ -194,8 +194,8 @@ async fn outbox_survives_a_daemon_restart() {
     let stored = ids(&a.stored("#").await);
     a.stop().await;
 
-    let TestDaemon { dir, config, .. } = a;
-    let b = TestDaemon::start_in(dir, (*config).clone()).await;
+    let config = (*a.config).clone();
+    let b = TestDaemon::start_in(a.into_dir(), config).await;
     wait_mqtt(&b, "backlog kept", |m| m["backlog"] == 200).await;
     restart_broker_for(&mut broker, &mut sub, 2).await;
     let msgs = sub

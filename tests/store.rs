@@ -37,7 +37,7 @@ async fn retention_by_size_drops_oldest_and_ids_never_reuse() {
     drop(store);
 
     let config = (*d.config).clone();
-    let d2 = TestDaemon::start_in(d.dir, config).await;
+    let d2 = TestDaemon::start_in(d.into_dir(), config).await;
     let left = d2.stored("#").await;
     assert_eq!(left.len(), 50, "the newest segment is kept");
     publish(&d2, "d1", 1, 5).await;

@@ -391,7 +391,8 @@ async fn since_older_than_retained_sends_truncated() {
     let oldest = store.oldest_id().unwrap().unwrap();
     assert_eq!(oldest, 17, "only the newest commit is kept");
     drop(store);
-    let d = TestDaemon::start_in(d.dir, (*d.config).clone()).await;
+    let config = (*d.config).clone();
+    let d = TestDaemon::start_in(d.into_dir(), config).await;
     let mut ws = d.subscriber("topic=%23&since=3").await;
     assert_eq!(subscribed(&mut ws).await["last_id"], 20);
     assert_eq!(

@@ -30,6 +30,71 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     c
 }
 
+/// A test that ends without [`TestDaemon::stop`] drops the daemon with its
+/// runtime; its writer thread then drains and checkpoints into the store's
+/// directory after the test returned. Removing the directory under it fails
+/// that checkpoint, and a failed sled's flushes hold sled 0.34's
+/// process-wide lock, which stalls every other test's daemon in this binary.
+/// So the directory is removed once the store is released (or after a
+/// minute), on a thread of its own.
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        let Some(daemon) = self.daemon.take() else {
+            return;
+        };
+        daemon.shutdown_token().cancel();
+        let released = daemon.released();
+        drop(daemon);
+        self.dir.disable_cleanup(true);
+        let path = self.dir.path().to_path_buf();
+        leftover::add(&path);
+        let _ = std::thread::Builder::new()
+            .name("test-daemon-dir".into())
+            .spawn(move || {
+                let until = std::time::Instant::now() + Duration::from_secs(60);
+                while !released.is_released() && std::time::Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                // The last holder may still be dropping sled (its final flush).
+                std::thread::sleep(Duration::from_millis(200));
+                let _ = std::fs::remove_dir_all(&path);
+                leftover::remove(&path);
+            });
+    }
+}
+
+/// Directories of dropped daemons not removed yet: whatever is left when the
+/// test binary exits is removed then (the writers die with the process).
+mod leftover {
+    use std::path::{Path, PathBuf};
+    use std::sync::{Mutex, Once};
+
+    static DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    static AT_EXIT: Once = Once::new();
+
+    pub fn add(path: &Path) {
+        AT_EXIT.call_once(|| {
+            // SAFETY: registers a plain `extern "C" fn` with no arguments.
+            unsafe { libc::atexit(remove_all) };
+        });
+        lock().push(path.to_path_buf());
+    }
+
+    pub fn remove(path: &Path) {
+        lock().retain(|p| p != path);
+    }
+
+    fn lock() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+        DIRS.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    extern "C" fn remove_all() {
+        for path in lock().drain(..) {
+            let _ = std::fs::remove_dir_all(path);
+        }
+    }
+}
+
 impl TestDaemon {
     pub async fn start() -> TestDaemon {
         Self::start_with(|_| {}).await
@@ -90,6 +155,16 @@ impl TestDaemon {
     /// Stored readings via `GET /v1/readings` (all of them, following `next`).
     pub async fn stored(&self, topic: &str) -> Vec<Value> {
         stored_matching(&self.addr().to_string(), topic).await
+    }
+
+    /// The store's directory, to start another daemon on it; the daemon
+    /// must have been stopped ([`TestDaemon::stop`]).
+    pub fn into_dir(mut self) -> tempfile::TempDir {
+        assert!(
+            self.daemon.is_none(),
+            "stop the daemon before taking its directory"
+        );
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
     }
 
     pub async fn stop(&mut self) {
