@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# One sensorgate binary under one device-sim load, for A/B comparisons of two
+# builds of the daemon (run them alternately, a few times each):
+#
+#   load/ab.sh SENSORGATE_BIN DEVICE_SIM_BIN LABEL -- DEVICE_SIM_ARGS...
+#   load/ab.sh /var/tmp/sg-old target/release/device-sim old -- \
+#       --devices 1000 --rate 10 --batch 10 --duration 20s --drain 5s
+#
+# Starts the daemon on a free 127.0.0.1 port with a temp store
+# (storage.sync = "batch", limits out of the way, log level warn), runs
+# device-sim against it with one JSON subscriber on `#`, and prints one line:
+# acked readings/s, device -> subscriber p50/p99/p999, readings shed as
+# `lagged`, the daemon's CPU seconds (utime + stime) and peak RSS.
+# CAPTURE=1 also captures the daemon's port on `lo` for 5 s mid-run
+# (tcpdump, needs root) and prints the server-side ack latency: the time from
+# a device's frame arriving to the next frame the daemon sends back on that
+# connection (load/acklat.py). Needs jq, python3; bounded by `timeout`.
+set -euo pipefail
+if [ $# -lt 4 ] || [ "$4" != "--" ]; then
+    sed -n '2,8p' "$0" >&2
+    exit 2
+fi
+SG=$1 SIM=$2 LABEL=$3
+shift 4
+HERE=$(cd "$(dirname "$0")" && pwd)
+TMP=$(mktemp -d /tmp/sensorgate-ab.XXXXXX)
+PID=
+cleanup() {
+    [ -n "$PID" ] && kill "$PID" 2>/dev/null || true
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+SECRET=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+cat >"$TMP/sensorgate.toml" <<C
+[server]
+listen = "127.0.0.1:$PORT"
+[auth]
+jwt_secret = "$SECRET"
+[limits]
+readings_per_sec = 10000000
+burst = 10000000
+handshakes_per_ip = 100000
+[storage]
+path = "$TMP/store"
+sync = "batch"
+[log]
+level = "warn"
+C
+"$SG" run --config "$TMP/sensorgate.toml" >"$TMP/out.log" 2>&1 &
+PID=$!
+for _ in $(seq 100); do
+    (echo >"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
+    sleep 0.1
+done
+sleep 0.3
+ticks() { awk '{ print $14 + $15 }' "/proc/$PID/stat"; }
+t0=$(ticks)
+if [ "${CAPTURE:-0}" = 1 ]; then
+    (
+        sleep 6
+        timeout 5 tcpdump -i lo -tt -n -l "tcp port $PORT" 2>/dev/null | python3 "$HERE/acklat.py" "$PORT" >&2
+    ) &
+fi
+timeout 600 "$SIM" --url "ws://127.0.0.1:$PORT/v1/ingest" --secret "$SECRET" --json \
+    --subscribe "ws://127.0.0.1:$PORT/v1/stream" "$@" >"$TMP/sim.json" 2>"$TMP/sim.err" || true
+t1=$(ticks)
+hwm=$(awk '/VmHWM/ { print $2 }' "/proc/$PID/status")
+kill "$PID"
+wait "$PID" 2>/dev/null || true
+PID=
+wait
+cpu=$(awk -v a="$t0" -v b="$t1" -v k="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", (b - a) / k }')
+jq -r --arg l "$LABEL" --arg cpu "$cpu" --arg rss "$((hwm / 1024))" \
+    '"\($l): acked/s \(.readings_per_sec | floor), p50/p99/p999 ms \(.subscriber.latency_us.p50 / 1000) / \(.subscriber.latency_us.p99 / 1000) / \(.subscriber.latency_us.p999 / 1000), lagged \(.subscriber.lagged), server CPU s \($cpu), peak RSS MiB \($rss)"' \
+    "$TMP/sim.json"
