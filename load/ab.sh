@@ -32,21 +32,9 @@ cleanup() {
 trap cleanup EXIT
 PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 SECRET=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
-cat >"$TMP/sensorgate.toml" <<C
-[server]
-listen = "127.0.0.1:$PORT"
-[auth]
-jwt_secret = "$SECRET"
-[limits]
-readings_per_sec = 10000000
-burst = 10000000
-handshakes_per_ip = 100000
-[storage]
-path = "$TMP/store"
-sync = "batch"
-[log]
-level = "warn"
-C
+# shellcheck source=load/daemon-config.sh
+. "$HERE/daemon-config.sh"
+daemon_config "$PORT" "$SECRET" "$TMP/store" >"$TMP/sensorgate.toml"
 "$SG" run --config "$TMP/sensorgate.toml" >"$TMP/out.log" 2>&1 &
 PID=$!
 for _ in $(seq 100); do

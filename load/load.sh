@@ -142,25 +142,13 @@ SUB_FORMAT_FLAG=
 if "$SIM" --help | grep -q -- '--subscriber-format'; then SUB_FORMAT_FLAG=--subscriber-format; fi
 
 # ---------------------------------------------------------------- sensorgate
+# shellcheck source=load/daemon-config.sh
+. "$ROOT/load/daemon-config.sh"
 start_sensorgate() {
     SG_PORT=$(free_port)
     mkdir -p "$TMP/sg"
     rm -rf "$TMP/sg/store"
-    cat >"$TMP/sg/sensorgate.toml" <<EOF
-[server]
-listen = "127.0.0.1:$SG_PORT"
-[auth]
-jwt_secret = "$SECRET"
-[limits]
-readings_per_sec = 10000000
-burst = 10000000
-handshakes_per_ip = 100000
-[storage]
-path = "$TMP/sg/store"
-sync = "batch"
-[log]
-level = "warn"
-EOF
+    daemon_config "$SG_PORT" "$SECRET" "$TMP/sg/store" >"$TMP/sg/sensorgate.toml"
     "$SG" run --config "$TMP/sg/sensorgate.toml" >"$TMP/sg/out.log" 2>&1 &
     SG_PID=$!
     PIDS+=("$SG_PID")
