@@ -92,6 +92,38 @@ async fn get_json(base: &str, path: &str) -> (u16, Value) {
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+/// `/readyz`'s status, or `None` while nothing listens: a daemon that
+/// restarts in place (a wedged sled) closes its listener across the exec.
+async fn readyz_status(base: &str) -> Option<u16> {
+    let r = reqwest::get(format!("http://{base}/readyz")).await;
+    r.ok().map(|r| r.status().as_u16())
+}
+
+/// A device connection and its welcome, once the daemon welcomes devices
+/// again: it may close them with 1011 while its store reopens, or refuse
+/// connections while it restarts in place.
+async fn welcomed_again(base: &str, sub: &str) -> (Ws, Value) {
+    let token = sensorgate::auth::Authenticator::new(SECRET).mint(
+        sensorgate::auth::Role::Device,
+        sub,
+        None,
+        None,
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut ws) = connect_ingest(base, &token).await {
+            if let Some(w) = welcome_or_close(&mut ws).await {
+                return (ws, w);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{sub}: no welcome 30 s after space came back"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Batch `seq` of `n` readings, reading `i` at `ts = seq * 1000 + i`.
 fn seq_batch(seq: u64, n: usize) -> Value {
     let readings: Vec<Value> = (0..n)
@@ -301,15 +333,8 @@ async fn enospc_inside_the_store_is_refused_then_recovered_in_interval_mode() {
     drop(ws);
 
     std::fs::remove_file(&filler).unwrap();
-    let mut ws = loop {
-        // The daemon may have closed devices while its store reopened.
-        let mut ws = connect_device(&base, "d1").await;
-        if let Some(w) = welcome_or_close(&mut ws).await {
-            assert_eq!(w["last_seq"], acked);
-            break ws;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let (mut ws, w) = welcomed_again(&base, "d1").await;
+    assert_eq!(w["last_seq"], acked);
     retry_until_acked(&mut ws, refused_seq, 400).await;
     let (status, _) = get_json(&base, "/readyz").await;
     assert_eq!(status, 200);
@@ -375,11 +400,10 @@ async fn pipelined_devices_never_get_an_ack_a_full_disk_took_back() {
 
     std::fs::remove_file(&filler).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while get_json(&base, "/readyz").await.0 != 200 {
+    while readyz_status(&base).await != Some(200) {
         assert!(
             std::time::Instant::now() < deadline,
-            "not ready 30 s after space came back: {}\n{}",
-            get_json(&base, "/readyz").await.1,
+            "not ready 30 s after space came back:\n{}",
             std::fs::read_to_string(&log).unwrap()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -389,8 +413,7 @@ async fn pipelined_devices_never_get_an_ack_a_full_disk_took_back() {
         .contains("restarting in place");
     eprintln!("acked {acked:?}; recovered by restarting in place: {restarted}");
     for (d, &a) in acked.iter().enumerate() {
-        let mut ws = connect_device(&base, &format!("p{d}")).await;
-        let w = welcome_or_close(&mut ws).await.expect("welcome once ready");
+        let (_ws, w) = welcomed_again(&base, &format!("p{d}")).await;
         assert!(
             w["last_seq"].as_u64().unwrap_or(0) >= a,
             "p{d}: welcome {w} below ack {a}"
