@@ -22,14 +22,10 @@ impl Store {
         // error itself, `sync_all().unwrap()`s): that may panic, or sleep on
         // sled's lost wake-up. So it happens on a throwaway thread, after
         // flushes that wake each other have all returned.
-        let (wedged, closing) = (self.wedged.clone(), self.closing.clone());
-        closing.store(true, Ordering::Release);
-        let still_closing = closing.clone();
+        let wedged = self.wedged.clone();
         let dropped = std::thread::Builder::new()
             .name("sensorgate-store-close".into())
             .spawn(move || {
-                // Settled or wedged, the close is over when this returns.
-                let _done = Finally(move || still_closing.store(false, Ordering::Release));
                 if let Some(db) = db {
                     if flush_until_settled(&db) {
                         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
@@ -42,15 +38,24 @@ impl Store {
                     }
                 }
             });
-        if let Err(e) = dropped {
-            closing.store(false, Ordering::Release);
-            tracing::warn!(error = %e, "could not start a thread to close the store");
+        match dropped {
+            Ok(thread) => *self.lock_closing() = Some(thread),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not start a thread to close the store")
+            }
         }
     }
 
-    /// True while a failed sled is still being closed: see `closing`.
+    /// True while a failed sled is still being closed (settled or wedged,
+    /// the close is over when its thread ends): see `closing`.
     pub(super) fn is_closing(&self) -> bool {
-        self.closing.load(Ordering::Acquire)
+        self.lock_closing()
+            .as_ref()
+            .is_some_and(|thread| !thread.is_finished())
+    }
+
+    fn lock_closing(&self) -> std::sync::MutexGuard<'_, Option<std::thread::JoinHandle<()>>> {
+        self.closing.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Opens sled again after [`Store::close`]. Returns the newest id the
@@ -174,14 +179,5 @@ pub(super) fn poke_stuck_flushes(store: Weak<Store>) {
         });
     if let Err(e) = spawned {
         tracing::warn!(error = %e, "could not start the flush watch thread");
-    }
-}
-
-/// Runs its closure when dropped (also when the thread unwinds).
-struct Finally<F: FnMut()>(F);
-
-impl<F: FnMut()> Drop for Finally<F> {
-    fn drop(&mut self) {
-        (self.0)()
     }
 }

@@ -162,11 +162,11 @@ pub struct Store {
     refusal: Mutex<Option<String>>,
     /// Set when a sled closed after a failure could not be dropped.
     wedged: Arc<std::sync::atomic::AtomicBool>,
-    /// Set while a failed sled is being closed ([`Store::close`]). Its
-    /// flushes hold sled 0.34's process-wide lock (every sled in the
-    /// process shares it) while they wait, so a sled opened meanwhile could
-    /// hang on its first write: no reopen until the close has settled.
-    closing: Arc<std::sync::atomic::AtomicBool>,
+    /// The thread closing a failed sled ([`Store::close`]). Its flushes
+    /// hold sled 0.34's process-wide lock (every sled in the process shares
+    /// it) while they wait, so a sled opened meanwhile could hang on its
+    /// first write: no reopen until that thread has ended.
+    closing: Mutex<Option<std::thread::JoinHandle<()>>>,
     restart_in_place: bool,
     /// When the flush in progress started (ms since `epoch`, 0 = none): see
     /// [`poke_stuck_flushes`].

@@ -304,7 +304,7 @@ impl Store {
             retained_bytes: AtomicU64::new(rec.retained_bytes),
             refusal: Mutex::new(None),
             wedged: Arc::new(std::sync::atomic::AtomicBool::new(false)),
-            closing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            closing: Mutex::new(None),
             restart_in_place: opts.restart_in_place,
             flush_started_ms: AtomicU64::new(0),
             epoch: Instant::now(),
