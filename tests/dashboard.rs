@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::Message;
 /// (`host:port`). It rides out daemon restarts as a real device does:
 /// reconnect, then resume from the welcome's `last_seq`.
 async fn feed(base: String, device: &str, sensors: &[&str], batches: u64, every: Duration) {
-    let token = Authenticator::new(SECRET).mint(Role::Device, device, None, None);
+    let token = device_token(device);
     let mut next = 1u64;
     'connect: while next <= batches {
         let mut req = format!("ws://{base}/v1/ingest")

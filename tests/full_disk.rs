@@ -103,12 +103,7 @@ async fn readyz_status(base: &str) -> Option<u16> {
 /// again: it may close them with 1011 while its store reopens, or refuse
 /// connections while it restarts in place.
 async fn welcomed_again(base: &str, sub: &str) -> (Ws, Value) {
-    let token = sensorgate::auth::Authenticator::new(SECRET).mint(
-        sensorgate::auth::Role::Device,
-        sub,
-        None,
-        None,
-    );
+    let token = device_token(sub);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(mut ws) = connect_ingest(base, &token).await {

@@ -92,8 +92,14 @@ pub fn jwt(claims: &Value, secret: &str) -> String {
 /// A WebSocket client on `/v1/ingest` of the daemon at `host:port` with a
 /// device token for `sub` signed with the test secret.
 pub async fn connect_device(base: &str, sub: &str) -> Ws {
-    let token = Authenticator::new(SECRET).mint(Role::Device, sub, None, None);
-    connect_ingest(base, &token).await.expect("device connects")
+    connect_ingest(base, &device_token(sub))
+        .await
+        .expect("device connects")
+}
+
+/// A device token for `sub` signed with the tests' [`SECRET`], no expiry.
+pub fn device_token(sub: &str) -> String {
+    Authenticator::new(SECRET).mint(Role::Device, sub, None, None)
 }
 
 /// Opens `/v1/ingest` of the daemon at `host:port` with `token` as bearer;
