@@ -30,20 +30,16 @@ cleanup() {
     rm -rf "$TMP"
 }
 trap cleanup EXIT
-PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# shellcheck source=load/lib.sh
+. "$HERE/lib.sh"
+PORT=$(free_port)
 SECRET=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
-# shellcheck source=load/daemon-config.sh
-. "$HERE/daemon-config.sh"
 daemon_config "$PORT" "$SECRET" "$TMP/store" >"$TMP/sensorgate.toml"
 "$SG" run --config "$TMP/sensorgate.toml" >"$TMP/out.log" 2>&1 &
 PID=$!
-for _ in $(seq 100); do
-    (echo >"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
-    sleep 0.1
-done
+wait_port "$PORT" 10
 sleep 0.3
-ticks() { awk '{ print $14 + $15 }' "/proc/$PID/stat"; }
-t0=$(ticks)
+t0=$(cpu_ticks "$PID")
 if [ "${CAPTURE:-0}" = 1 ]; then
     (
         sleep 6
@@ -52,8 +48,8 @@ if [ "${CAPTURE:-0}" = 1 ]; then
 fi
 timeout 600 "$SIM" --url "ws://127.0.0.1:$PORT/v1/ingest" --secret "$SECRET" --json \
     --subscribe "ws://127.0.0.1:$PORT/v1/stream" "$@" >"$TMP/sim.json" 2>"$TMP/sim.err" || true
-t1=$(ticks)
-hwm=$(awk '/VmHWM/ { print $2 }' "/proc/$PID/status")
+t1=$(cpu_ticks "$PID")
+hwm=$(status_kib "$PID" VmHWM)
 kill "$PID"
 wait "$PID" 2>/dev/null || true
 PID=

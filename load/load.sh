@@ -81,29 +81,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-log() { echo "[load] $*" >&2; }
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
-
-wait_port() { # port, seconds
-    local i
-    for ((i = 0; i < $2 * 20; i++)); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-        sleep 0.05
-    done
-    log "nothing listening on 127.0.0.1:$1 after $2 s"
-    return 1
-}
+# shellcheck source=load/lib.sh
+. "$ROOT/load/lib.sh"
 
 TCK=$(getconf CLK_TCK)
-cpu_ticks() { # utime + stime of a pid
-    sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'
-}
-status_kib() { # pid, field (VmHWM, VmRSS)
-    awk -v f="$2:" '$1 == f {print $2}' "/proc/$1/status"
-}
 reset_hwm() { echo 5 >"/proc/$1/clear_refs" 2>/dev/null || true; }
 
 # Runs one load phase (a client command) against the server with pid
@@ -142,8 +123,6 @@ SUB_FORMAT_FLAG=
 if "$SIM" --help | grep -q -- '--subscriber-format'; then SUB_FORMAT_FLAG=--subscriber-format; fi
 
 # ---------------------------------------------------------------- sensorgate
-# shellcheck source=load/daemon-config.sh
-. "$ROOT/load/daemon-config.sh"
 start_sensorgate() {
     SG_PORT=$(free_port)
     mkdir -p "$TMP/sg"

@@ -1,0 +1,47 @@
+# Shell helpers sourced by load/load.sh and load/ab.sh: ports, /proc
+# readings and the daemon's config for load runs. Loopback only.
+
+log() { echo "[load] $*" >&2; }
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+wait_port() { # port, seconds
+    local i
+    for ((i = 0; i < $2 * 20; i++)); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        sleep 0.05
+    done
+    log "nothing listening on 127.0.0.1:$1 after $2 s"
+    return 1
+}
+
+cpu_ticks() { # utime + stime of a pid
+    sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'
+}
+status_kib() { # pid, field (VmHWM, VmRSS)
+    awk -v f="$2:" '$1 == f {print $2}' "/proc/$1/status"
+}
+
+# The daemon's config for load runs: storage.sync = "batch" (an ack follows
+# the fdatasync of its group commit), limits out of the way, log level warn.
+#
+#   daemon_config PORT SECRET STORE_DIR > sensorgate.toml
+daemon_config() {
+    cat <<EOF2
+[server]
+listen = "127.0.0.1:$1"
+[auth]
+jwt_secret = "$2"
+[limits]
+readings_per_sec = 10000000
+burst = 10000000
+handshakes_per_ip = 100000
+[storage]
+path = "$3"
+sync = "batch"
+[log]
+level = "warn"
+EOF2
+}
