@@ -362,8 +362,21 @@ fn client_frame(fin: bool, opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> 
 #[tokio::test]
 async fn protocol_violations_close_with_1002_and_bad_utf8_with_1007() {
     let d = TestDaemon::start().await;
-    let cases: [(&str, Vec<u8>, u16); 4] = [
+    let mut rsv1 = client_frame(true, 0x2, b"hi", true);
+    rsv1[0] |= 0x40;
+    let cases: [(&str, Vec<u8>, u16); 7] = [
         ("unmasked", client_frame(true, 0x2, b"hi", false), 1002),
+        ("rsv1 without an extension", rsv1, 1002),
+        (
+            "reserved opcode 0x3",
+            client_frame(true, 0x3, b"hi", true),
+            1002,
+        ),
+        (
+            "continuation with nothing to continue",
+            client_frame(true, 0x0, b"hi", true),
+            1002,
+        ),
         (
             "ping of 200 bytes",
             client_frame(true, 0x9, &[0; 200], true),
@@ -385,6 +398,39 @@ async fn protocol_violations_close_with_1002_and_bad_utf8_with_1007() {
         tcp.write_all(&frame).await.unwrap();
         assert_eq!(raw_close_code(&mut tcp).await, Some(code), "{what}");
     }
+}
+
+/// RFC 6455 §5.5.1: a client's close is answered with a close carrying its
+/// code, after a ping was answered with a pong carrying its payload.
+#[tokio::test]
+async fn pings_get_pongs_and_a_close_is_echoed() {
+    let d = TestDaemon::start().await;
+    let mut tcp = raw_ingest(&d, "echo").await;
+    let (b0, _welcome) = raw_frame(&mut tcp).await;
+    assert_eq!(b0, 0x82, "the welcome is one binary frame");
+    tcp.write_all(&client_frame(true, 0x9, b"are you there", true))
+        .await
+        .unwrap();
+    assert_eq!(raw_frame(&mut tcp).await, (0x8a, b"are you there".to_vec()));
+    let mut close = 4000u16.to_be_bytes().to_vec();
+    close.extend(b"done");
+    tcp.write_all(&client_frame(true, 0x8, &close, true))
+        .await
+        .unwrap();
+    assert_eq!(raw_close_code(&mut tcp).await, Some(4000));
+}
+
+/// One server frame: its first byte and its payload.
+async fn raw_frame(tcp: &mut TcpStream) -> (u8, Vec<u8>) {
+    let b0 = tcp.read_u8().await.unwrap();
+    let len = match tcp.read_u8().await.unwrap() & 0x7f {
+        126 => tcp.read_u16().await.unwrap() as usize,
+        127 => tcp.read_u64().await.unwrap() as usize,
+        n => n as usize,
+    };
+    let mut payload = vec![0; len];
+    tcp.read_exact(&mut payload).await.unwrap();
+    (b0, payload)
 }
 
 #[tokio::test]

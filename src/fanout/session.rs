@@ -19,8 +19,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket};
-use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::shutdown::Shutdown;
@@ -31,7 +29,7 @@ use super::wire::{decode_op, readings_frame, Encoding, ErrorCode, Frame, Item, N
 use super::TopicFilter;
 use crate::config::Config;
 use crate::store::{ScanBound, Store};
-use crate::ws::{self, Due, End, KeepAlive, Peer};
+use crate::ws::{self, Due, End, KeepAlive, Message, Outbound, Peer, Socket};
 
 /// Readings per `readings` frame (live and replay).
 const FRAME_ITEMS: usize = 500;
@@ -66,7 +64,7 @@ struct Seam {
 }
 
 struct Session {
-    socket: WebSocket,
+    socket: Socket,
     enc: Encoding,
     sub: Subscriber,
     queue: Arc<SubscriberQueue>,
@@ -87,7 +85,7 @@ struct Session {
 /// stalled peer sends a close frame (1001 shutdown, 4008 too slow, 1000
 /// idle).
 pub async fn run(
-    socket: WebSocket,
+    socket: Socket,
     hub: Arc<Hub>,
     store: Arc<Store>,
     config: Arc<Config>,
@@ -144,13 +142,13 @@ impl Session {
                 msg = self.socket.recv() => {
                     keep_alive.activity();
                     match msg {
-                        None | Some(Err(_)) => Err(End::Gone),
-                        Some(Ok(msg)) => self.on_message_and_deferred(msg).await,
+                        Err(end) => Err(end),
+                        Ok(msg) => self.on_message_and_deferred(msg).await,
                     }
                 }
                 _ = queue.notified() => self.flush_queue(false).await,
                 due = keep_alive.due() => match due {
-                    Due::Ping => self.send_msg(Message::Ping(Default::default())).await,
+                    Due::Ping => self.send_msg(Outbound::Ping).await,
                     Due::Idle => Err(End::Idle),
                 },
             };
@@ -199,8 +197,8 @@ impl Session {
         let op = match &msg {
             Message::Text(t) => decode_op(Some(t.as_str()), None),
             Message::Binary(b) => decode_op(None, Some(b)),
-            Message::Close(_) => return Err(End::Gone),
-            Message::Ping(_) | Message::Pong(_) => return Ok(()),
+            Message::Close => return Err(End::Gone),
+            Message::Ping | Message::Pong => return Ok(()),
         };
         match op {
             Ok(Op::Subscribe { topics, since }) => self.subscribe(topics, since).await,
@@ -333,10 +331,11 @@ impl Session {
         if self.deferred.len() >= MAX_DEFERRED {
             return Ok(());
         }
-        match self.socket.recv().now_or_never() {
+        match self.socket.try_recv() {
             None => Ok(()),
-            Some(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => Err(End::Gone),
-            Some(Some(Ok(msg))) => {
+            Some(Err(end)) => Err(end),
+            Some(Ok(Message::Close)) => Err(End::Gone),
+            Some(Ok(msg)) => {
                 self.deferred.push_back(msg);
                 Ok(())
             }
@@ -453,8 +452,8 @@ impl Session {
 
     async fn send(&mut self, frame: Frame) -> Result<(), End> {
         let msg = match frame {
-            Frame::Text(t) => Message::Text(t.into()),
-            Frame::Binary(b) => Message::Binary(b),
+            Frame::Text(t) => Outbound::Text(t.into()),
+            Frame::Binary(b) => Outbound::Binary(b),
         };
         self.send_msg(msg).await
     }
@@ -462,7 +461,7 @@ impl Session {
     /// Sends one message, giving up at shutdown, when the queue overflows
     /// under `disconnect`, or after the write timeout (a peer that does not
     /// read never holds us).
-    async fn send_msg(&mut self, msg: Message) -> Result<(), End> {
+    async fn send_msg(&mut self, msg: Outbound) -> Result<(), End> {
         let (shutdown, overflowed) = (&self.shutdown, &self.overflowed);
         let stop = async {
             tokio::select! {

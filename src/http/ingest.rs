@@ -4,8 +4,6 @@
 
 use std::net::SocketAddr;
 
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -26,7 +24,7 @@ pub async fn get(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(q): Query<IngestQuery>,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    ws: Result<ws::Upgrade, ws::Rejection>,
 ) -> Response {
     if let Some(refused) = handshake_rate_refusal(&state, peer) {
         return refused;
@@ -51,11 +49,7 @@ pub async fn get(
         }
     };
     let max_frame = state.config.limits.max_frame_bytes;
-    let ws = ws
-        .read_buffer_size(ws::READ_BUFFER)
-        .write_buffer_size(0)
-        .max_message_size(max_frame)
-        .max_frame_size(max_frame);
+    let ws = ws.max_message(max_frame);
     let ingest = state.ingest.clone();
     ws::on_upgrade(ws, &state.edge, move |socket| {
         connection::run(socket, identity.sub.into(), ingest)

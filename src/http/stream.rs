@@ -2,8 +2,6 @@
 //! per IP, then origin, then token, then the upgrade with the chosen
 //! subprotocol; the connection itself runs in [`crate::fanout::session`].
 
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::WebSocketUpgrade;
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, RawQuery, State};
@@ -81,7 +79,7 @@ pub async fn get(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    ws: Result<ws::Upgrade, ws::Rejection>,
 ) -> Response {
     // The same per-IP handshake rate as `/v1/ingest`, before anything else.
     if let Some(refused) = handshake_rate_refusal(&state, peer) {
@@ -119,19 +117,16 @@ pub async fn get(
             .filter_map(|s| TopicFilter::parse(s).ok())
             .collect::<Vec<_>>()
     });
-    let ws = ws.protocols([PROTO_MSGPACK, PROTO_JSON]);
-    let encoding = Encoding::from_protocol(ws.selected_protocol().and_then(|p| p.to_str().ok()));
+    let ws = ws.protocols(&[PROTO_MSGPACK, PROTO_JSON]);
+    let encoding = Encoding::from_protocol(ws.selected_protocol());
     let params = Params {
         encoding,
         allowed,
         topics: q.topics,
         since: q.since,
     };
-    let ws = ws
-        .read_buffer_size(ws::READ_BUFFER)
-        // Small client messages only (ops).
-        .max_message_size(64 * 1024)
-        .max_frame_size(64 * 1024);
+    // Small client messages only (ops).
+    let ws = ws.max_message(64 * 1024);
     let hub = state.hub.clone();
     let store = state.store.clone();
     let config = state.config.clone();

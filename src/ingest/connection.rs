@@ -15,7 +15,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket};
 use futures_util::stream::FuturesOrdered;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
@@ -27,7 +26,7 @@ use crate::protocol::{
     decode_batch, encode_frame, AckFrame, Batch, ErrorCode, ErrorFrame, WelcomeFrame,
 };
 use crate::store::{CommitOutcome, IngestBatch, WriteRequest};
-use crate::ws::{self, Due, End, KeepAlive, Peer};
+use crate::ws::{self, Due, End, KeepAlive, Message, Outbound, Peer, Socket};
 
 /// Batches with `seq` a connection may have queued and not yet answered.
 /// Bounds per-connection memory (at most this many batches of at most
@@ -38,7 +37,7 @@ const MAX_IN_FLIGHT: usize = 128;
 type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = (u64, CommitOutcome)> + Send>>;
 
 struct Conn {
-    socket: WebSocket,
+    socket: Socket,
     device: Arc<str>,
     ingest: Arc<Ingest>,
     /// Cancelled when a newer connection of the same device registers.
@@ -56,7 +55,7 @@ struct Conn {
 
 /// Runs the connection to its end; never returns an error (every ending is a
 /// close frame, and a broken socket just ends it).
-pub async fn run(socket: WebSocket, device: Arc<str>, ingest: Arc<Ingest>) {
+pub async fn run(socket: Socket, device: Arc<str>, ingest: Arc<Ingest>) {
     let registration = ingest.registry.register(device.clone());
     crate::events::DeviceConnected.emit();
     let mut conn = Conn {
@@ -71,7 +70,7 @@ pub async fn run(socket: WebSocket, device: Arc<str>, ingest: Arc<Ingest>) {
     };
     let end = conn.serve().await;
     tracing::debug!(device = %conn.device, ?end, "device connection ended");
-    ws::close(&mut conn.socket, end, &conn.ingest.shutdown).await;
+    Box::pin(ws::close(&mut conn.socket, end, &conn.ingest.shutdown)).await;
     drop(registration);
 }
 
@@ -79,10 +78,16 @@ impl Conn {
     async fn serve(&mut self) -> End {
         let shutdown = self.ingest.shutdown.clone();
         let replaced = self.replaced.clone();
-        let last_seq = tokio::select! {
-            r = durable_last_seq(self.ingest.clone(), self.device.clone()) => r,
-            _ = shutdown.cancelled() => return End::Shutdown,
-            _ = replaced.cancelled() => return End::Replaced,
+        let last_seq = Box::pin(async {
+            tokio::select! {
+                r = durable_last_seq(self.ingest.clone(), self.device.clone()) => Ok(r),
+                _ = shutdown.cancelled() => Err(End::Shutdown),
+                _ = replaced.cancelled() => Err(End::Replaced),
+            }
+        });
+        let last_seq = match last_seq.await {
+            Ok(r) => r,
+            Err(end) => return end,
         };
         let Some(last_seq) = last_seq else {
             return End::StoreFailed;
@@ -91,7 +96,7 @@ impl Conn {
         let ingest = self.ingest.clone();
         let welcome = WelcomeFrame::new(&self.device, last_seq.unwrap_or(0), &ingest.config.limits);
         let welcome = encode_frame(&welcome);
-        if let Err(end) = self.send_msg(Message::Binary(welcome.into())).await {
+        if let Err(end) = self.send_msg(Outbound::Binary(welcome.into())).await {
             return end;
         }
 
@@ -102,7 +107,7 @@ impl Conn {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
-                    self.drain_acks(shutdown.drain_deadline()).await;
+                    Box::pin(self.drain_acks(shutdown.drain_deadline())).await;
                     return End::Shutdown;
                 }
                 _ = replaced.cancelled() => return End::Replaced,
@@ -114,10 +119,11 @@ impl Conn {
                 msg = self.socket.recv(), if self.pending.len() < MAX_IN_FLIGHT => {
                     keep_alive.activity();
                     match msg {
-                        None => return End::Gone,
-                        Some(Err(e)) => return classify_socket_error(e),
-                        Some(Ok(msg)) => {
-                            if let Err(end) = self.on_message(msg).await {
+                        Err(end) => return end,
+                        Ok(msg) => {
+                            // Boxed for the same reason as a send (the
+                            // decode and the queueing are large).
+                            if let Err(end) = Box::pin(self.on_message(msg)).await {
                                 return end;
                             }
                         }
@@ -125,7 +131,7 @@ impl Conn {
                 }
                 due = keep_alive.due() => match due {
                     Due::Ping => {
-                        if let Err(end) = self.send_msg(Message::Ping(Default::default())).await {
+                        if let Err(end) = self.send_msg(Outbound::Ping).await {
                             return end;
                         }
                     }
@@ -146,9 +152,9 @@ impl Conn {
                 );
                 self.reject(err).await
             }
-            Message::Close(_) => Err(End::Gone),
-            // tungstenite answers pings itself; both count as activity.
-            Message::Ping(_) | Message::Pong(_) => Ok(()),
+            Message::Close => Err(End::Gone),
+            // The socket answers pings itself; both count as activity.
+            Message::Ping | Message::Pong => Ok(()),
         }
     }
 
@@ -221,13 +227,8 @@ impl Conn {
         });
         let timeout = self.ingest.config.ingest.enqueue_timeout;
         let waiting = std::time::Instant::now();
-        match self
-            .ingest
-            .writer
-            .sender()
-            .send_timeout(request, timeout)
-            .await
-        {
+        let queued = Box::pin(self.ingest.writer.sender().send_timeout(request, timeout));
+        match queued.await {
             Ok(()) => {}
             Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
                 let mut err = ErrorFrame::new(seq, ErrorCode::Overloaded, "ingest queue full");
@@ -333,13 +334,13 @@ impl Conn {
     }
 
     async fn send<T: serde::Serialize>(&mut self, frame: &T) -> Result<(), End> {
-        self.send_msg(Message::Binary(encode_frame(frame).into()))
+        self.send_msg(Outbound::Binary(encode_frame(frame).into()))
             .await
     }
 
     /// Sends one message unless shutdown (once draining: the drain
     /// deadline), replacement or the write timeout comes first.
-    async fn send_msg(&mut self, msg: Message) -> Result<(), End> {
+    async fn send_msg(&mut self, msg: Outbound) -> Result<(), End> {
         let write_timeout = self.ingest.config.server.idle_timeout;
         let draining = self.draining_until;
         let (shutdown, replaced) = (&self.ingest.shutdown, &self.replaced);
@@ -356,7 +357,17 @@ impl Conn {
                 _ = replaced.cancelled() => End::Replaced,
             }
         };
-        ws::send(&mut self.socket, msg, write_timeout, Peer::Device, stop).await
+        // Boxed: a send's timers are the biggest thing the loop would
+        // otherwise carry inline, and every idle connection would pay for
+        // them (a future is as large as its largest await).
+        Box::pin(ws::send(
+            &mut self.socket,
+            msg,
+            write_timeout,
+            Peer::Device,
+            stop,
+        ))
+        .await
     }
 }
 
@@ -376,18 +387,4 @@ async fn durable_last_seq(ingest: Arc<Ingest>, device: Arc<str>) -> Option<Optio
 /// the writer time to catch up.
 fn overload_retry_ms(timeout: Duration) -> u64 {
     (timeout.as_millis() as u64).clamp(50, 5000)
-}
-
-/// A frame over `max_frame_bytes` shows up as a capacity error from
-/// tungstenite; it earns a 1009. A protocol violation earns a 1002, a text
-/// frame that is not UTF-8 a 1007 (RFC 6455 §7.4.1). Anything else means
-/// the socket is gone.
-fn classify_socket_error(e: axum::Error) -> End {
-    let inner = e.into_inner();
-    match inner.downcast_ref::<tungstenite::Error>() {
-        Some(tungstenite::Error::Capacity(_)) => End::TooBig,
-        Some(tungstenite::Error::Protocol(_)) => End::Protocol,
-        Some(tungstenite::Error::Utf8(_)) => End::BadData,
-        _ => End::Gone,
-    }
 }

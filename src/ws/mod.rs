@@ -1,37 +1,37 @@
-//! WebSocket connection plumbing shared by the two socket loops: devices on
-//! `/v1/ingest` ([`crate::ingest::connection`]) and subscribers on
-//! `/v1/stream` ([`crate::fanout::session`]).
+//! WebSocket connections, server side: devices on `/v1/ingest`
+//! ([`crate::ingest::connection`]) and subscribers on `/v1/stream`
+//! ([`crate::fanout::session`]).
 //!
-//! Owns: why a connection ends and the close code each ending gets (RFC 6455,
-//! SPEC §3 and §4: [`End`]); the keep-alive, a ping every
+//! Owns: the handshake and the task each upgraded socket runs in, tracked
+//! on the daemon's `edge` tracker ([`upgrade`]); the socket itself, RFC 6455
+//! frames in and out with no buffer held while the peer is silent
+//! ([`socket`]); why a connection ends and the close code each ending gets
+//! (RFC 6455, SPEC §3 and §4: [`End`]); the keep-alive, a ping every
 //! `server.ping_interval` and an end after `server.idle_timeout` without a
 //! frame from the peer ([`KeepAlive`]); the bounded send ([`send`]) and the
-//! bounded closing handshake ([`close`]); and tracking every upgraded socket
-//! on the daemon's `edge` tracker ([`on_upgrade`]).
+//! bounded closing handshake ([`close`]).
 //!
 //! Never: waits on a peer without a bound. A peer that takes nothing for
 //! `server.idle_timeout` loses its socket at once (a closing frame would
 //! queue behind what it never read), and a closing frame gets
 //! [`CLOSE_TIMEOUT`], never past the shutdown drain deadline.
 
+mod socket;
+mod upgrade;
+
+pub use socket::{Message, Outbound, Socket};
+pub use upgrade::{on_upgrade, Rejection, Upgrade};
+
 use std::future::Future;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::response::{IntoResponse, Response};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
-use tokio_util::task::TaskTracker;
 
 use crate::shutdown::Shutdown;
 
 /// How long the closing frame may take to leave (never past the shutdown
 /// drain deadline); a peer that does not take it just loses the socket.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What tungstenite reads into, allocated up front per connection (128 KiB
-/// by default). Client frames are usually far smaller; 4 KiB keeps tens of
-/// thousands of idle sockets cheap, and the buffer grows as needed.
-pub const READ_BUFFER: usize = 4 * 1024;
 
 /// Close codes (RFC 6455 §7.4.1, SPEC §3 and §4).
 mod code {
@@ -109,11 +109,11 @@ impl Peer {
 /// Sends one message unless `stop` comes first (checked first: a loop's
 /// shutdown, replacement or overflow wins over a send that is ready) or the
 /// peer does not take it within `write_timeout` (then [`End::Stalled`]).
-/// Cancelling the sink's send is safe per message: a frame is queued whole
-/// or not at all, and the connection ends anyway.
+/// Cancelling the send loses nothing: the frame stays queued in the socket
+/// and the next send or the closing frame writes its rest first.
 pub async fn send(
-    socket: &mut WebSocket,
-    msg: Message,
+    socket: &mut Socket,
+    msg: Outbound,
     write_timeout: Duration,
     peer: Peer,
     stop: impl Future<Output = End>,
@@ -132,18 +132,19 @@ pub async fn send(
     }
 }
 
-/// Sends the close frame for `end` (if any), bounded by [`CLOSE_TIMEOUT`]
+/// Sends the close frame for `end` (if any; a close from the peer is
+/// echoed with its own code, RFC 6455 §5.5.1), bounded by [`CLOSE_TIMEOUT`]
 /// and the shutdown drain deadline.
-pub async fn close(socket: &mut WebSocket, end: End, shutdown: &Shutdown) {
-    let Some((code, reason)) = end.close_frame() else {
-        return;
+pub async fn close(socket: &mut Socket, end: End, shutdown: &Shutdown) {
+    let (code, reason) = match (end.close_frame(), socket.peer_closed()) {
+        (Some(frame), _) => frame,
+        // A close without a code (1005 stands for none) is echoed as 1000.
+        (None, Some(1005)) if end == End::Gone => (code::NORMAL, ""),
+        (None, Some(theirs)) if end == End::Gone => (theirs, ""),
+        (None, _) => return,
     };
-    let frame = Message::Close(Some(CloseFrame {
-        code,
-        reason: reason.into(),
-    }));
     let by = shutdown.close_by(CLOSE_TIMEOUT);
-    let _ = tokio::time::timeout_at(by, socket.send(frame)).await;
+    let _ = tokio::time::timeout_at(by, socket.send_close(code, reason)).await;
 }
 
 /// What the keep-alive asks the loop to do next.
@@ -189,23 +190,6 @@ impl KeepAlive {
             _ = tokio::time::sleep_until(idle_deadline) => Due::Idle,
         }
     }
-}
-
-/// Finishes the upgrade and runs `serve` on the socket, holding a token of
-/// `edge` until it returns, so that shutdown waits for the connection (up to
-/// the drain deadline). axum spawns the task itself; the token is how it is
-/// tracked.
-pub fn on_upgrade<F, Fut>(ws: WebSocketUpgrade, edge: &TaskTracker, serve: F) -> Response
-where
-    F: FnOnce(WebSocket) -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let token = edge.token();
-    ws.on_upgrade(move |socket| async move {
-        serve(socket).await;
-        drop(token);
-    })
-    .into_response()
 }
 
 #[cfg(test)]

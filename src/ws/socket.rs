@@ -1,0 +1,634 @@
+//! The server's side of an upgraded WebSocket (RFC 6455): client frames in,
+//! server frames out, over whatever byte stream the upgrade handed over.
+//!
+//! Owns: the bytes read but not yet parsed, the message being assembled
+//! from fragments, and the one frame (plus at most one pong) on its way out.
+//! tungstenite parses and formats the frame headers; what is ours is when
+//! memory is held. An idle socket holds no buffer at all: a read goes into a
+//! chunk on the polling thread's stack and only the bytes of a frame that
+//! has not fully arrived are kept. tungstenite's own socket keeps its read
+//! buffer for the connection's life, and at tens of thousands of silent
+//! devices that buffer was most of a connection's memory.
+//!
+//! Never: answers a client frame that breaks RFC 6455 with anything but the
+//! matching [`End`] (1002, 1007, 1009); holds more than `max_message` bytes
+//! of one message; loses a frame to a cancelled send (the frame stays queued
+//! and the next send or the closing frame writes its rest first).
+
+use std::future::{poll_fn, Future};
+use std::io::Cursor;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+use tungstenite::protocol::frame::FrameHeader;
+use tungstenite::Utf8Bytes;
+
+use super::End;
+
+/// Bytes asked of the stream per read. The chunk lives on the stack of the
+/// poll only, so it costs an idle socket nothing; a read that fills it is
+/// followed by another.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// Payloads at most this long go out in one buffer with their header (one
+/// write, one segment); longer ones are written from their own buffer
+/// beside the header, without a copy, where the stream takes vectored
+/// writes.
+const COPY_BELOW: usize = 1024;
+
+/// A control frame's payload limit (RFC 6455 §5.5).
+const MAX_CONTROL: usize = 125;
+
+/// A whole message from the client. Pings are answered by the socket (the
+/// pong goes out with the next write); a close is echoed by
+/// [`super::close`]. Both still reach the loop, as activity.
+#[derive(Debug)]
+pub enum Message {
+    Text(Utf8Bytes),
+    Binary(Bytes),
+    Ping,
+    Pong,
+    Close,
+}
+
+/// What the server sends.
+#[derive(Debug)]
+pub enum Outbound {
+    Text(Utf8Bytes),
+    Binary(Bytes),
+    /// An empty ping (the keep-alive).
+    Ping,
+}
+
+/// A message arriving in fragments (RFC 6455 §5.4).
+struct Fragments {
+    text: bool,
+    data: BytesMut,
+}
+
+/// One server frame on its way out: its header, its payload, and how much
+/// of the two has been written.
+struct Outgoing {
+    head: [u8; 10],
+    head_len: u8,
+    payload: Bytes,
+    written: usize,
+}
+
+impl Outgoing {
+    fn new(opcode: OpCode, payload: Bytes) -> Outgoing {
+        let header = FrameHeader {
+            is_final: true,
+            opcode,
+            ..FrameHeader::default()
+        };
+        let mut head = [0u8; 10];
+        let mut cursor = Cursor::new(&mut head[..]);
+        header
+            .format(payload.len() as u64, &mut cursor)
+            .expect("a server frame header fits in 10 bytes");
+        let head_len = cursor.position() as u8;
+        Outgoing {
+            head,
+            head_len,
+            payload,
+            written: 0,
+        }
+    }
+
+    fn total(&self) -> usize {
+        self.head_len as usize + self.payload.len()
+    }
+
+    /// Writes what is left; `Ready(Ok)` once all of it is out.
+    fn poll_write<S: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut S,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let head_len = self.head_len as usize;
+        while self.written < self.total() {
+            let n = if self.written < head_len && self.payload.len() <= COPY_BELOW {
+                // Small frames (acks, pongs) leave in one piece.
+                let mut one = [0u8; 10 + COPY_BELOW];
+                let rest_head = &self.head[self.written..head_len];
+                one[..rest_head.len()].copy_from_slice(rest_head);
+                let end = rest_head.len() + self.payload.len();
+                one[rest_head.len()..end].copy_from_slice(&self.payload);
+                ready!(Pin::new(&mut *io).poll_write(cx, &one[..end]))?
+            } else if self.written < head_len {
+                let bufs = [
+                    std::io::IoSlice::new(&self.head[self.written..head_len]),
+                    std::io::IoSlice::new(&self.payload),
+                ];
+                ready!(Pin::new(&mut *io).poll_write_vectored(cx, &bufs))?
+            } else {
+                let from = self.written - head_len;
+                ready!(Pin::new(&mut *io).poll_write(cx, &self.payload[from..]))?
+            };
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            self.written += n;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// An upgraded WebSocket, server side.
+pub struct Socket<S = TokioIo<Upgraded>> {
+    io: S,
+    /// Bytes read and not yet parsed: empty and unallocated between frames.
+    carry: BytesMut,
+    fragments: Option<Fragments>,
+    /// Largest message (and frame) accepted; past it, [`End::TooBig`].
+    max_message: usize,
+    out: Option<Outgoing>,
+    /// The answer to the latest ping, waiting for `out` to be written.
+    pong: Option<Bytes>,
+    /// The client sent a close frame (RFC 6455 §5.5.1): its code, echoed.
+    peer_closed: Option<u16>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
+    pub fn new(io: S, max_message: usize) -> Socket<S> {
+        Socket {
+            io,
+            carry: BytesMut::new(),
+            fragments: None,
+            max_message,
+            out: None,
+            pong: None,
+            peer_closed: None,
+        }
+    }
+
+    /// The next whole message. `Err` ends the connection: [`End::Gone`]
+    /// when the stream ended or broke, [`End::Protocol`], [`End::BadData`]
+    /// or [`End::TooBig`] for what RFC 6455 and the size limit refuse.
+    /// Cancel-safe: bytes read stay in the socket until a message is whole.
+    pub async fn recv(&mut self) -> Result<Message, End> {
+        loop {
+            if let Some(msg) = self.parse()? {
+                return Ok(msg);
+            }
+            poll_fn(|cx| {
+                // A pong (or a cancelled send) waiting to go out moves along
+                // while we wait to read; a full socket does not hold the read.
+                if let Poll::Ready(Err(_)) = self.poll_write_queued(cx) {
+                    return Poll::Ready(Err(End::Gone));
+                }
+                self.poll_read_some(cx)
+            })
+            .await?;
+        }
+    }
+
+    /// The next message only if it is already here (or the socket already
+    /// ended); never waits.
+    pub fn try_recv(&mut self) -> Option<Result<Message, End>> {
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let recv = std::pin::pin!(self.recv());
+        match recv.poll(&mut cx) {
+            Poll::Ready(r) => Some(r),
+            Poll::Pending => None,
+        }
+    }
+
+    /// Sends one message: the rest of an earlier frame and a waiting pong
+    /// first. Cancel-safe: a frame started is finished by the next send or
+    /// by the closing frame. `Err` means the stream broke.
+    pub async fn send(&mut self, msg: Outbound) -> std::io::Result<()> {
+        poll_fn(|cx| self.poll_write_queued(cx)).await?;
+        let (opcode, payload) = match msg {
+            Outbound::Text(t) => (OpCode::Data(Data::Text), Bytes::from(t)),
+            Outbound::Binary(b) => (OpCode::Data(Data::Binary), b),
+            Outbound::Ping => (OpCode::Control(Control::Ping), Bytes::new()),
+        };
+        self.out = Some(Outgoing::new(opcode, payload));
+        poll_fn(|cx| self.poll_write_queued(cx)).await
+    }
+
+    /// Sends a close frame with `code` and `reason` (after anything queued).
+    pub async fn send_close(&mut self, code: u16, reason: &str) -> std::io::Result<()> {
+        poll_fn(|cx| self.poll_write_queued(cx)).await?;
+        let mut payload = Vec::with_capacity(2 + reason.len());
+        payload.extend_from_slice(&code.to_be_bytes());
+        payload.extend_from_slice(reason.as_bytes());
+        self.out = Some(Outgoing::new(
+            OpCode::Control(Control::Close),
+            payload.into(),
+        ));
+        poll_fn(|cx| self.poll_write_queued(cx)).await
+    }
+
+    /// The code of the client's close frame, if it sent one (1005, "no
+    /// status", when it sent none: RFC 6455 §7.1.5).
+    pub fn peer_closed(&self) -> Option<u16> {
+        self.peer_closed
+    }
+
+    /// Writes the queued frame, then the pong, then flushes (a TLS stream
+    /// holds records until flushed).
+    fn poll_write_queued(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        loop {
+            if let Some(out) = &mut self.out {
+                ready!(out.poll_write(&mut self.io, cx))?;
+                self.out = None;
+                continue;
+            }
+            match self.pong.take() {
+                Some(p) => self.out = Some(Outgoing::new(OpCode::Control(Control::Pong), p)),
+                None => return Pin::new(&mut self.io).poll_flush(cx),
+            }
+        }
+    }
+
+    /// Reads once into a stack chunk and keeps what came.
+    fn poll_read_some(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), End>> {
+        let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut buf = ReadBuf::uninit(&mut chunk);
+        match ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf)) {
+            Err(_) => Poll::Ready(Err(End::Gone)),
+            Ok(()) if buf.filled().is_empty() => Poll::Ready(Err(End::Gone)),
+            Ok(()) => {
+                self.carry.extend_from_slice(buf.filled());
+                Poll::Ready(Ok(()))
+            }
+        }
+    }
+
+    /// Takes whole frames off `carry` until a message is complete; `None`
+    /// when more bytes are needed.
+    fn parse(&mut self) -> Result<Option<Message>, End> {
+        loop {
+            let mut cursor = Cursor::new(&self.carry[..]);
+            let Some((header, len)) = FrameHeader::parse(&mut cursor).map_err(|_| End::Protocol)?
+            else {
+                return Ok(None);
+            };
+            let head_len = cursor.position() as usize;
+            let len = self.check(&header, len)?;
+            if self.carry.len() < head_len + len {
+                // Room for the rest of this frame, so it arrives in place.
+                self.carry.reserve(head_len + len - self.carry.len());
+                return Ok(None);
+            }
+            self.carry.advance(head_len);
+            let mut payload = self.carry.split_to(len);
+            if self.carry.is_empty() {
+                // Nothing pending: let go of the buffer (the payload keeps
+                // its part alive only as long as it is used).
+                self.carry = BytesMut::new();
+            }
+            let mask = header.mask.expect("check() refuses unmasked frames");
+            unmask(&mut payload, mask);
+            if let Some(msg) = self.on_frame(&header, payload)? {
+                return Ok(Some(msg));
+            }
+        }
+    }
+
+    /// RFC 6455 §5.2, §5.4, §5.5 on a frame header, and the size limit.
+    fn check(&self, header: &FrameHeader, len: u64) -> Result<usize, End> {
+        if header.rsv1 || header.rsv2 || header.rsv3 {
+            return Err(End::Protocol); // no extension was negotiated
+        }
+        if header.mask.is_none() {
+            return Err(End::Protocol); // clients must mask (§5.1)
+        }
+        let len = usize::try_from(len).map_err(|_| End::TooBig)?;
+        match header.opcode {
+            OpCode::Control(_) if !header.is_final || len > MAX_CONTROL => Err(End::Protocol),
+            OpCode::Data(Data::Continue) if self.fragments.is_none() => Err(End::Protocol),
+            OpCode::Data(Data::Text | Data::Binary) if self.fragments.is_some() => {
+                Err(End::Protocol)
+            }
+            OpCode::Data(_) => {
+                let so_far = self.fragments.as_ref().map_or(0, |f| f.data.len());
+                if len > self.max_message || so_far + len > self.max_message {
+                    Err(End::TooBig)
+                } else {
+                    Ok(len)
+                }
+            }
+            OpCode::Control(_) => Ok(len),
+        }
+    }
+
+    /// A checked, unmasked frame: a message when it completes one.
+    fn on_frame(
+        &mut self,
+        header: &FrameHeader,
+        payload: BytesMut,
+    ) -> Result<Option<Message>, End> {
+        let data = match header.opcode {
+            OpCode::Control(Control::Ping) => {
+                self.pong = Some(payload.freeze());
+                return Ok(Some(Message::Ping));
+            }
+            OpCode::Control(Control::Pong) => return Ok(Some(Message::Pong)),
+            OpCode::Control(Control::Close) => {
+                self.peer_closed = Some(close_code(&payload)?);
+                return Ok(Some(Message::Close));
+            }
+            OpCode::Control(Control::Reserved(_)) | OpCode::Data(Data::Reserved(_)) => {
+                return Err(End::Protocol); // FrameHeader::parse refuses these already
+            }
+            OpCode::Data(Data::Continue) => {
+                let f = self.fragments.as_mut().expect("check() saw a start");
+                f.data.extend_from_slice(&payload);
+                if !header.is_final {
+                    return Ok(None);
+                }
+                let f = self.fragments.take().expect("just used");
+                (f.text, f.data)
+            }
+            OpCode::Data(kind) => {
+                let text = kind == Data::Text;
+                if !header.is_final {
+                    self.fragments = Some(Fragments {
+                        text,
+                        data: payload,
+                    });
+                    return Ok(None);
+                }
+                (text, payload)
+            }
+        };
+        let (text, bytes) = data;
+        Ok(Some(if text {
+            Message::Text(Utf8Bytes::try_from(bytes.freeze()).map_err(|_| End::BadData)?)
+        } else {
+            Message::Binary(bytes.freeze())
+        }))
+    }
+}
+
+/// The code of a close frame's payload (RFC 6455 §5.5.1, §7.4): none (1005),
+/// or two bytes and a UTF-8 reason; anything else is a protocol error.
+fn close_code(payload: &[u8]) -> Result<u16, End> {
+    match payload {
+        [] => Ok(1005),
+        [_] => Err(End::Protocol),
+        [a, b, reason @ ..] => {
+            let code = u16::from_be_bytes([*a, *b]);
+            let valid = matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999);
+            if !valid || std::str::from_utf8(reason).is_err() {
+                return Err(End::Protocol);
+            }
+            Ok(code)
+        }
+    }
+}
+
+/// RFC 6455 §5.3: XOR with the 4-byte key, repeating.
+fn unmask(payload: &mut [u8], mask: [u8; 4]) {
+    let key = u32::from_ne_bytes(mask);
+    let mut words = payload.chunks_exact_mut(4);
+    for w in &mut words {
+        let v = u32::from_ne_bytes([w[0], w[1], w[2], w[3]]) ^ key;
+        w.copy_from_slice(&v.to_ne_bytes());
+    }
+    for (i, b) in words.into_remainder().iter_mut().enumerate() {
+        *b ^= mask[i];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    /// A client frame, masked with `key` unless `key` is `None`.
+    fn frame(fin: bool, opcode: u8, payload: &[u8], key: Option<[u8; 4]>) -> Vec<u8> {
+        let mut f = vec![(u8::from(fin) << 7) | opcode];
+        let mask_bit = if key.is_some() { 0x80 } else { 0 };
+        match payload.len() {
+            n if n < 126 => f.push(mask_bit | n as u8),
+            n if n <= 0xffff => {
+                f.push(mask_bit | 126);
+                f.extend((n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(mask_bit | 127);
+                f.extend((n as u64).to_be_bytes());
+            }
+        }
+        if let Some(key) = key {
+            f.extend(key);
+            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        } else {
+            f.extend(payload);
+        }
+        f
+    }
+
+    const KEY: Option<[u8; 4]> = Some([0x12, 0x34, 0x56, 0x78]);
+
+    fn pair(max: usize) -> (Socket<DuplexStream>, DuplexStream) {
+        let (server, client) = tokio::io::duplex(1 << 20);
+        (Socket::new(server, max), client)
+    }
+
+    /// Reads one server frame: (first byte, payload).
+    async fn read_frame(client: &mut DuplexStream) -> (u8, Vec<u8>) {
+        let b0 = client.read_u8().await.unwrap();
+        let b1 = client.read_u8().await.unwrap();
+        assert_eq!(b1 & 0x80, 0, "server frames are not masked");
+        let len = match b1 & 0x7f {
+            126 => client.read_u16().await.unwrap() as usize,
+            127 => client.read_u64().await.unwrap() as usize,
+            n => n as usize,
+        };
+        let mut payload = vec![0; len];
+        client.read_exact(&mut payload).await.unwrap();
+        (b0, payload)
+    }
+
+    #[tokio::test]
+    async fn masked_frames_of_every_length_form_arrive_whole() {
+        let (mut s, mut c) = pair(1 << 20);
+        for len in [0, 5, 125, 126, 300, 65_535, 65_536, 200_000] {
+            let payload: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            c.write_all(&frame(true, 0x2, &payload, KEY)).await.unwrap();
+            match s.recv().await.unwrap() {
+                Message::Binary(b) => assert_eq!(&b[..], &payload[..], "len {len}"),
+                other => panic!("len {len}: {other:?}"),
+            }
+        }
+        assert!(s.carry.capacity() == 0, "no buffer is held between frames");
+    }
+
+    #[tokio::test]
+    async fn frames_split_anywhere_and_several_per_read_are_parsed() {
+        let (mut s, mut c) = pair(1 << 20);
+        let mut bytes = frame(true, 0x2, b"first", KEY);
+        bytes.extend(frame(true, 0x1, "zweite \u{e9}".as_bytes(), KEY));
+        bytes.extend(frame(true, 0x2, &[9; 400], KEY));
+        let writer = tokio::spawn(async move {
+            for piece in bytes.chunks(3) {
+                c.write_all(piece).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+            c
+        });
+        assert!(matches!(s.recv().await.unwrap(), Message::Binary(b) if &b[..] == b"first"));
+        assert!(
+            matches!(s.recv().await.unwrap(), Message::Text(t) if t.as_str() == "zweite \u{e9}")
+        );
+        assert!(matches!(s.recv().await.unwrap(), Message::Binary(b) if b.len() == 400));
+        drop(writer.await.unwrap());
+        assert_eq!(s.recv().await.unwrap_err(), End::Gone);
+    }
+
+    #[tokio::test]
+    async fn fragments_are_joined_with_pings_between() {
+        let (mut s, mut c) = pair(1 << 20);
+        c.write_all(&frame(false, 0x2, b"ab", KEY)).await.unwrap();
+        c.write_all(&frame(true, 0x9, b"hi", KEY)).await.unwrap();
+        c.write_all(&frame(false, 0x0, b"cd", KEY)).await.unwrap();
+        c.write_all(&frame(true, 0x0, b"e", KEY)).await.unwrap();
+        assert!(matches!(s.recv().await.unwrap(), Message::Ping));
+        assert!(matches!(s.recv().await.unwrap(), Message::Binary(b) if &b[..] == b"abcde"));
+        // The pong went out while the socket waited to read.
+        let recv = tokio::time::timeout(std::time::Duration::from_millis(50), s.recv());
+        assert!(recv.await.is_err(), "nothing more to read");
+        assert_eq!(read_frame(&mut c).await, (0x8a, b"hi".to_vec()));
+    }
+
+    #[tokio::test]
+    async fn rfc_violations_end_with_their_code() {
+        let cases: Vec<(&str, Vec<u8>, End)> = vec![
+            ("unmasked", frame(true, 0x2, b"x", None), End::Protocol),
+            (
+                "rsv1 set",
+                {
+                    let mut f = frame(true, 0x2, b"x", KEY);
+                    f[0] |= 0x40;
+                    f
+                },
+                End::Protocol,
+            ),
+            (
+                "reserved opcode",
+                frame(true, 0x3, b"x", KEY),
+                End::Protocol,
+            ),
+            (
+                "reserved control",
+                frame(true, 0xb, b"", KEY),
+                End::Protocol,
+            ),
+            ("long ping", frame(true, 0x9, &[0; 126], KEY), End::Protocol),
+            (
+                "fragmented ping",
+                frame(false, 0x9, b"p", KEY),
+                End::Protocol,
+            ),
+            (
+                "continuation first",
+                frame(true, 0x0, b"x", KEY),
+                End::Protocol,
+            ),
+            (
+                "bad utf-8",
+                frame(true, 0x1, &[0xff, 0xfe], KEY),
+                End::BadData,
+            ),
+            ("one-byte close", frame(true, 0x8, &[3], KEY), End::Protocol),
+            (
+                "close code 1005",
+                frame(true, 0x8, &1005u16.to_be_bytes(), KEY),
+                End::Protocol,
+            ),
+            (
+                "frame over the limit",
+                frame(true, 0x2, &[0; 101], KEY),
+                End::TooBig,
+            ),
+        ];
+        for (what, bytes, end) in cases {
+            let (mut s, mut c) = pair(100);
+            c.write_all(&bytes).await.unwrap();
+            assert_eq!(s.recv().await.unwrap_err(), end, "{what}");
+        }
+        // A new message inside a fragmented one, and fragments past the limit.
+        let (mut s, mut c) = pair(100);
+        c.write_all(&frame(false, 0x2, b"a", KEY)).await.unwrap();
+        c.write_all(&frame(true, 0x2, b"b", KEY)).await.unwrap();
+        assert_eq!(s.recv().await.unwrap_err(), End::Protocol);
+        let (mut s, mut c) = pair(100);
+        c.write_all(&frame(false, 0x2, &[0; 60], KEY))
+            .await
+            .unwrap();
+        c.write_all(&frame(true, 0x0, &[0; 60], KEY)).await.unwrap();
+        assert_eq!(s.recv().await.unwrap_err(), End::TooBig);
+    }
+
+    #[tokio::test]
+    async fn a_close_is_reported_with_its_code() {
+        let (mut s, mut c) = pair(100);
+        let mut payload = 4000u16.to_be_bytes().to_vec();
+        payload.extend(b"bye");
+        c.write_all(&frame(true, 0x8, &payload, KEY)).await.unwrap();
+        assert!(matches!(s.recv().await.unwrap(), Message::Close));
+        assert_eq!(s.peer_closed(), Some(4000));
+        let (mut s, mut c) = pair(100);
+        c.write_all(&frame(true, 0x8, b"", KEY)).await.unwrap();
+        assert!(matches!(s.recv().await.unwrap(), Message::Close));
+        assert_eq!(s.peer_closed(), Some(1005));
+    }
+
+    #[tokio::test]
+    async fn sends_are_unmasked_frames_and_a_cancelled_one_is_finished_first() {
+        // A pipe of 64 bytes: a 5,000-byte frame cannot go out at once.
+        let (server, mut c) = tokio::io::duplex(64);
+        let mut s = Socket::new(server, 100);
+        s.send(Outbound::Binary(Bytes::from_static(b"ack")))
+            .await
+            .unwrap();
+        assert_eq!(read_frame(&mut c).await, (0x82, b"ack".to_vec()));
+
+        let big: Vec<u8> = (0..5000).map(|i| i as u8).collect();
+        let send = s.send(Outbound::Binary(big.clone().into()));
+        let cut = tokio::time::timeout(std::time::Duration::from_millis(20), send).await;
+        assert!(cut.is_err(), "the pipe is full, the send is cut short");
+        let reader = tokio::spawn(async move {
+            let first = read_frame(&mut c).await;
+            let second = read_frame(&mut c).await;
+            let third = read_frame(&mut c).await;
+            (first, second, third)
+        });
+        s.send(Outbound::Text("next".into())).await.unwrap();
+        s.send_close(1001, "bye").await.unwrap();
+        let (first, second, third) = reader.await.unwrap();
+        assert_eq!(first, (0x82, big), "the cut frame comes whole, first");
+        assert_eq!(second, (0x81, b"next".to_vec()));
+        let mut close = 1001u16.to_be_bytes().to_vec();
+        close.extend(b"bye");
+        assert_eq!(third, (0x88, close));
+    }
+
+    #[test]
+    fn unmask_undoes_the_mask_at_every_alignment() {
+        for len in 0..20 {
+            let plain: Vec<u8> = (0..len).map(|i| i as u8 * 3).collect();
+            let key = [1, 2, 3, 250];
+            let mut data: Vec<u8> = plain
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ key[i % 4])
+                .collect();
+            unmask(&mut data, key);
+            assert_eq!(data, plain);
+        }
+    }
+}
