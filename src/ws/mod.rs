@@ -109,8 +109,10 @@ impl Peer {
 /// Sends one message unless `stop` comes first (checked first: a loop's
 /// shutdown, replacement or overflow wins over a send that is ready) or the
 /// peer does not take it within `write_timeout` (then [`End::Stalled`]).
-/// Cancelling the send loses nothing: the frame stays queued in the socket
-/// and the next send or the closing frame writes its rest first.
+/// Cancelling the send never leaves half a frame on the wire: a frame that
+/// started to go out stays queued in the socket, and the next send or the
+/// closing frame writes its rest first. (A message cut off before it
+/// started is dropped; every caller ends the connection then anyway.)
 pub async fn send(
     socket: &mut Socket,
     msg: Outbound,

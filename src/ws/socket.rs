@@ -12,8 +12,9 @@
 //!
 //! Never: answers a client frame that breaks RFC 6455 with anything but the
 //! matching [`End`] (1002, 1007, 1009); holds more than `max_message` bytes
-//! of one message; loses a frame to a cancelled send (the frame stays queued
-//! and the next send or the closing frame writes its rest first).
+//! of one message (nor room for more than has arrived); leaves half a frame
+//! on the wire when a send is cancelled (the frame stays queued and the next
+//! send or the closing frame writes its rest first).
 
 use std::future::{poll_fn, Future};
 use std::io::Cursor;
@@ -277,8 +278,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
             let head_len = cursor.position() as usize;
             let len = self.check(&header, len)?;
             if self.carry.len() < head_len + len {
-                // Room for the rest of this frame, so it arrives in place.
-                self.carry.reserve(head_len + len - self.carry.len());
+                // No room is reserved for the announced length: memory
+                // follows the bytes that actually came (a header alone
+                // must not pin `max_message`).
                 return Ok(None);
             }
             self.carry.advance(head_len);
@@ -303,6 +305,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
         }
         if header.mask.is_none() {
             return Err(End::Protocol); // clients must mask (§5.1)
+        }
+        if len >> 63 != 0 {
+            return Err(End::Protocol); // the top bit must be 0 (§5.2)
         }
         let len = usize::try_from(len).map_err(|_| End::TooBig)?;
         match header.opcode {
@@ -373,17 +378,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
 }
 
 /// The code of a close frame's payload (RFC 6455 §5.5.1, §7.4): none (1005),
-/// or two bytes and a UTF-8 reason; anything else is a protocol error.
+/// or two bytes and a UTF-8 reason. A code that may not be sent is a
+/// protocol error, a reason that is not UTF-8 is bad data (1007).
 fn close_code(payload: &[u8]) -> Result<u16, End> {
     match payload {
         [] => Ok(1005),
         [_] => Err(End::Protocol),
         [a, b, reason @ ..] => {
             let code = u16::from_be_bytes([*a, *b]);
-            let valid = matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999);
-            if !valid || std::str::from_utf8(reason).is_err() {
+            // 1004-1006 and 1015 are reserved; 1012-1014 are IANA's.
+            if !matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999) {
                 return Err(End::Protocol);
             }
+            std::str::from_utf8(reason).map_err(|_| End::BadData)?;
             Ok(code)
         }
     }
@@ -468,6 +475,16 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_header_alone_does_not_pin_the_announced_length() {
+        let (mut s, mut c) = pair(1 << 20);
+        let f = frame(true, 0x2, &vec![1; 1 << 20], KEY);
+        c.write_all(&f[..20]).await.unwrap();
+        let recv = tokio::time::timeout(std::time::Duration::from_millis(20), s.recv());
+        assert!(recv.await.is_err(), "the frame is not whole yet");
+        assert!(s.carry.capacity() < 64 * 1024, "{}", s.carry.capacity());
+    }
+
+    #[tokio::test]
     async fn frames_split_anywhere_and_several_per_read_are_parsed() {
         let (mut s, mut c) = pair(1 << 20);
         let mut bytes = frame(true, 0x2, b"first", KEY);
@@ -506,6 +523,9 @@ mod tests {
 
     #[tokio::test]
     async fn rfc_violations_end_with_their_code() {
+        let mut top_bit = vec![0x82, 0x80 | 127];
+        top_bit.extend((1u64 << 63).to_be_bytes());
+        top_bit.extend([0; 4]);
         let cases: Vec<(&str, Vec<u8>, End)> = vec![
             ("unmasked", frame(true, 0x2, b"x", None), End::Protocol),
             (
@@ -549,6 +569,12 @@ mod tests {
                 frame(true, 0x8, &1005u16.to_be_bytes(), KEY),
                 End::Protocol,
             ),
+            (
+                "close reason not UTF-8",
+                frame(true, 0x8, &[0x03, 0xe8, 0xff], KEY),
+                End::BadData,
+            ),
+            ("length with the top bit set", top_bit, End::Protocol),
             (
                 "frame over the limit",
                 frame(true, 0x2, &[0; 101], KEY),
