@@ -420,6 +420,41 @@ async fn pings_get_pongs_and_a_close_is_echoed() {
     assert_eq!(raw_close_code(&mut tcp).await, Some(4000));
 }
 
+/// SPEC §10: a frame counts as activity, and so does one still arriving: a
+/// device on a slow link whose batch takes longer than
+/// `server.idle_timeout` to arrive is not cut off as idle.
+#[tokio::test]
+async fn a_frame_still_arriving_counts_as_activity() {
+    let d = TestDaemon::start_with(|c| {
+        c.server.idle_timeout = Duration::from_secs(1);
+        c.server.ping_interval = Duration::from_millis(300);
+    })
+    .await;
+    let mut tcp = raw_ingest(&d, "slow").await;
+    let frame = client_frame(true, 0x2, &mp(&batch(Some(1), "t", 20)), true);
+    // 4 pieces 600 ms apart: 1.8 s from the first byte to the last, never
+    // a whole second without one.
+    let step = frame.len().div_ceil(4);
+    for (i, piece) in frame.chunks(step).enumerate() {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+        }
+        tcp.write_all(piece).await.unwrap();
+    }
+    // The welcome, pings we never answered, then the ack.
+    let mut binary = Vec::new();
+    while binary.len() < 2 {
+        match raw_frame(&mut tcp).await {
+            (0x82, payload) => binary.push(payload),
+            (0x89, _) => continue,
+            (b0, payload) => panic!("frame {b0:#x} {payload:?}: closed as idle?"),
+        }
+    }
+    let ack: serde_json::Value = rmp_serde::from_slice(&binary[1]).unwrap();
+    assert_eq!(ack["type"], "ack", "{ack}");
+    assert_eq!(ack["seq"], 1);
+}
+
 /// One server frame: its first byte and its payload.
 async fn raw_frame(tcp: &mut TcpStream) -> (u8, Vec<u8>) {
     let b0 = tcp.read_u8().await.unwrap();

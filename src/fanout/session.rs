@@ -149,6 +149,11 @@ impl Session {
                 _ = queue.notified() => self.flush_queue(false).await,
                 due = keep_alive.due() => match due {
                     Due::Ping => self.send_msg(Outbound::Ping).await,
+                    // A frame still arriving is activity too (SPEC §10).
+                    Due::Idle if self.socket.take_progress() => {
+                        keep_alive.activity();
+                        Ok(())
+                    }
                     Due::Idle => Err(End::Idle),
                 },
             };

@@ -135,6 +135,8 @@ impl Conn {
                             return end;
                         }
                     }
+                    // A frame still arriving is activity too (SPEC §10).
+                    Due::Idle if self.socket.take_progress() => keep_alive.activity(),
                     Due::Idle => return End::Idle,
                 },
             }

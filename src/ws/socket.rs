@@ -155,6 +155,9 @@ pub struct Socket<S = TokioIo<Upgraded>> {
     pong: Option<Bytes>,
     /// The client sent a close frame (RFC 6455 §5.5.1): its code, echoed.
     peer_closed: Option<u16>,
+    /// Bytes arrived since the last message [`Socket::recv`] returned (or
+    /// since [`Socket::take_progress`]): a frame is still arriving.
+    progressed: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
@@ -167,7 +170,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
             out: None,
             pong: None,
             peer_closed: None,
+            progressed: false,
         }
+    }
+
+    /// Whether bytes arrived that are not yet a message the loop has seen,
+    /// and forgets it. A frame that takes longer than the idle timeout to
+    /// arrive (a big batch on a slow link) is activity all the same.
+    pub fn take_progress(&mut self) -> bool {
+        std::mem::take(&mut self.progressed)
     }
 
     /// The next whole message. `Err` ends the connection: [`End::Gone`]
@@ -177,6 +188,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
     pub async fn recv(&mut self) -> Result<Message, End> {
         loop {
             if let Some(msg) = self.parse()? {
+                // The loop counts the message as activity itself.
+                self.progressed = false;
                 return Ok(msg);
             }
             poll_fn(|cx| {
@@ -261,6 +274,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
             Ok(()) if buf.filled().is_empty() => Poll::Ready(Err(End::Gone)),
             Ok(()) => {
                 self.carry.extend_from_slice(buf.filled());
+                self.progressed = true;
                 Poll::Ready(Ok(()))
             }
         }
@@ -472,6 +486,20 @@ mod tests {
             }
         }
         assert!(s.carry.capacity() == 0, "no buffer is held between frames");
+    }
+
+    #[tokio::test]
+    async fn part_of_a_frame_is_progress_and_a_whole_message_resets_it() {
+        let (mut s, mut c) = pair(100);
+        let f = frame(true, 0x2, b"hello", KEY);
+        c.write_all(&f[..4]).await.unwrap();
+        let recv = tokio::time::timeout(std::time::Duration::from_millis(20), s.recv());
+        assert!(recv.await.is_err(), "the frame is not whole yet");
+        assert!(s.take_progress(), "bytes came");
+        assert!(!s.take_progress(), "taken");
+        c.write_all(&f[4..]).await.unwrap();
+        assert!(matches!(s.recv().await.unwrap(), Message::Binary(_)));
+        assert!(!s.take_progress(), "the message itself is the activity");
     }
 
     #[tokio::test]
