@@ -172,16 +172,21 @@ async fn http<I>(
     let (mut started, mut draining) = (false, false);
     loop {
         tokio::select! {
+            // Our deadline first: hyper's header-read timer (the backstop
+            // for later requests) starts a moment after it and can fire in
+            // the same timer tick; checked in random order, hyper won about
+            // half such ties and the timeout went uncounted.
+            biased;
+            _ = tokio::time::sleep_until(handshake_deadline), if !started => {
+                tracing::debug!(%peer, "no request headers within the handshake timeout");
+                crate::events::HandshakeRejected { reason: "timeout" }.emit();
+                return;
+            }
+            _ = &mut first_rx, if !started => started = true,
             r = conn.as_mut() => {
                 if let Err(e) = r {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
-                return;
-            }
-            _ = &mut first_rx, if !started => started = true,
-            _ = tokio::time::sleep_until(handshake_deadline), if !started => {
-                tracing::debug!(%peer, "no request headers within the handshake timeout");
-                crate::events::HandshakeRejected { reason: "timeout" }.emit();
                 return;
             }
             _ = server.shutdown.cancelled(), if !draining => {
