@@ -327,14 +327,7 @@ async fn raw_ingest(d: &TestDaemon, sub: &str) -> TcpStream {
 /// the socket ends without one).
 async fn raw_close_code(tcp: &mut TcpStream) -> Option<u16> {
     loop {
-        let b0 = tcp.read_u8().await.ok()?;
-        let len = match tcp.read_u8().await.ok()? & 0x7f {
-            126 => tcp.read_u16().await.ok()? as usize,
-            127 => tcp.read_u64().await.ok()? as usize,
-            n => n as usize,
-        };
-        let mut payload = vec![0; len];
-        tcp.read_exact(&mut payload).await.ok()?;
+        let (b0, payload) = raw_frame(tcp).await?;
         if b0 & 0x0f == 0x8 {
             return Some(u16::from_be_bytes([payload[0], payload[1]]));
         }
@@ -406,12 +399,15 @@ async fn protocol_violations_close_with_1002_and_bad_utf8_with_1007() {
 async fn pings_get_pongs_and_a_close_is_echoed() {
     let d = TestDaemon::start().await;
     let mut tcp = raw_ingest(&d, "echo").await;
-    let (b0, _welcome) = raw_frame(&mut tcp).await;
+    let (b0, _welcome) = raw_frame(&mut tcp).await.expect("a welcome");
     assert_eq!(b0, 0x82, "the welcome is one binary frame");
     tcp.write_all(&client_frame(true, 0x9, b"are you there", true))
         .await
         .unwrap();
-    assert_eq!(raw_frame(&mut tcp).await, (0x8a, b"are you there".to_vec()));
+    assert_eq!(
+        raw_frame(&mut tcp).await,
+        Some((0x8a, b"are you there".to_vec()))
+    );
     let mut close = 4000u16.to_be_bytes().to_vec();
     close.extend(b"done");
     tcp.write_all(&client_frame(true, 0x8, &close, true))
@@ -445,9 +441,9 @@ async fn a_frame_still_arriving_counts_as_activity() {
     let mut binary = Vec::new();
     while binary.len() < 2 {
         match raw_frame(&mut tcp).await {
-            (0x82, payload) => binary.push(payload),
-            (0x89, _) => continue,
-            (b0, payload) => panic!("frame {b0:#x} {payload:?}: closed as idle?"),
+            Some((0x82, payload)) => binary.push(payload),
+            Some((0x89, _)) => continue,
+            other => panic!("{other:?}: closed as idle?"),
         }
     }
     let ack: serde_json::Value = rmp_serde::from_slice(&binary[1]).unwrap();
@@ -455,17 +451,18 @@ async fn a_frame_still_arriving_counts_as_activity() {
     assert_eq!(ack["seq"], 1);
 }
 
-/// One server frame: its first byte and its payload.
-async fn raw_frame(tcp: &mut TcpStream) -> (u8, Vec<u8>) {
-    let b0 = tcp.read_u8().await.unwrap();
-    let len = match tcp.read_u8().await.unwrap() & 0x7f {
-        126 => tcp.read_u16().await.unwrap() as usize,
-        127 => tcp.read_u64().await.unwrap() as usize,
+/// One server frame: its first byte and its payload (`None` once the
+/// socket has ended).
+async fn raw_frame(tcp: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+    let b0 = tcp.read_u8().await.ok()?;
+    let len = match tcp.read_u8().await.ok()? & 0x7f {
+        126 => tcp.read_u16().await.ok()? as usize,
+        127 => tcp.read_u64().await.ok()? as usize,
         n => n as usize,
     };
     let mut payload = vec![0; len];
-    tcp.read_exact(&mut payload).await.unwrap();
-    (b0, payload)
+    tcp.read_exact(&mut payload).await.ok()?;
+    Some((b0, payload))
 }
 
 #[tokio::test]
