@@ -229,8 +229,13 @@ impl Conn {
         });
         let timeout = self.ingest.config.ingest.enqueue_timeout;
         let waiting = std::time::Instant::now();
-        let queued = Box::pin(self.ingest.writer.sender().send_timeout(request, timeout));
-        match queued.await {
+        match self
+            .ingest
+            .writer
+            .sender()
+            .send_timeout(request, timeout)
+            .await
+        {
             Ok(()) => {}
             Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
                 let mut err = ErrorFrame::new(seq, ErrorCode::Overloaded, "ingest queue full");

@@ -332,7 +332,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
             }
             OpCode::Data(_) => {
                 let so_far = self.fragments.as_ref().map_or(0, |f| f.data.len());
-                if len > self.max_message || so_far + len > self.max_message {
+                if so_far.saturating_add(len) > self.max_message {
                     Err(End::TooBig)
                 } else {
                     Ok(len)
