@@ -46,22 +46,77 @@ type Row = (u64, Arc<str>, String, i64, Value, Option<String>, i64);
 /// The borrowed form of [`Row`], for encoding without copies.
 type RowRef<'a> = (u64, &'a str, &'a str, i64, &'a Value, Option<&'a str>, i64);
 
-pub fn encode_segment(readings: &[Reading]) -> Vec<u8> {
-    let rows: Vec<RowRef<'_>> = readings
-        .iter()
-        .map(|r| {
-            (
-                r.id,
-                &*r.device,
-                r.sensor.as_str(),
-                r.ts,
-                &r.value,
-                r.unit.as_deref(),
-                r.received,
-            )
-        })
-        .collect();
-    rmp_serde::to_vec(&rows).expect("readings always encode")
+/// Most encoded bytes in one segment (one reading bigger than this still
+/// makes a segment of its own).
+///
+/// sled 0.34 writes a tree node over a quarter of its 512 KiB log segment
+/// as a separate blob, and its cache then counts that node as the few bytes
+/// of the pointer: such nodes are never evicted, whatever `cache_capacity`
+/// says, and the daemon kept every segment it ever wrote in memory (359 MiB
+/// after 10 s of flood). A leaf holds at most 17 entries before it splits,
+/// so segments of at most 6 KiB keep every leaf (~102 KiB plus keys) under
+/// that threshold and inside the cache's bound.
+pub const SEGMENT_MAX_BYTES: usize = 6 * 1024;
+/// Most readings in one segment: the array header is a fixed 3-byte
+/// `array 16` (written before the count is known), so at most `u16::MAX`.
+/// The smallest reading encodes to ~20 bytes, so the byte bound always
+/// comes first; this only guards the header.
+const SEGMENT_MAX_READINGS: usize = u16::MAX as usize;
+
+/// One encoded segment of a group: readings `range` of the slice given to
+/// [`encode_segments`].
+pub struct EncodedSegment {
+    pub range: std::ops::Range<usize>,
+    pub bytes: Vec<u8>,
+}
+
+/// Encodes readings into segments of at most [`SEGMENT_MAX_BYTES`], in
+/// order: each a MessagePack array of positional rows, as
+/// [`decode_segment`] reads it.
+pub fn encode_segments(readings: &[Reading]) -> Vec<EncodedSegment> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut body = segment_with_header();
+    for (i, r) in readings.iter().enumerate() {
+        let before = body.len();
+        let row: RowRef<'_> = (
+            r.id,
+            &*r.device,
+            r.sensor.as_str(),
+            r.ts,
+            &r.value,
+            r.unit.as_deref(),
+            r.received,
+        );
+        rmp_serde::encode::write(&mut body, &row).expect("readings always encode");
+        let full = body.len() > SEGMENT_MAX_BYTES || i - start == SEGMENT_MAX_READINGS;
+        if full && i > start {
+            // This row starts the next segment.
+            let mut next = segment_with_header();
+            next.extend_from_slice(&body[before..]);
+            body.truncate(before);
+            out.push(finish_segment(start..i, body));
+            start = i;
+            body = next;
+        }
+    }
+    if start < readings.len() {
+        out.push(finish_segment(start..readings.len(), body));
+    }
+    out
+}
+
+/// A segment buffer starting with room for its `array 16` header.
+fn segment_with_header() -> Vec<u8> {
+    let mut body = Vec::with_capacity(256);
+    body.extend_from_slice(&[0xdc, 0, 0]);
+    body
+}
+
+fn finish_segment(range: std::ops::Range<usize>, mut bytes: Vec<u8>) -> EncodedSegment {
+    let count = u16::try_from(range.len()).expect("bounded by SEGMENT_MAX_READINGS");
+    bytes[1..3].copy_from_slice(&count.to_be_bytes());
+    EncodedSegment { range, bytes }
 }
 
 pub fn decode_segment(key: &[u8], v: &[u8]) -> Result<Vec<Reading>, StoreError> {
@@ -129,8 +184,78 @@ mod tests {
                 received: 1_763_800_000_500,
             })
             .collect();
-        let bytes = encode_segment(&readings);
-        assert_eq!(decode_segment(b"s/x", &bytes).unwrap(), readings);
+        let segments = encode_segments(&readings);
+        assert_eq!(segments.len(), 1);
+        assert_eq!(segments[0].range, 0..readings.len());
+        assert_eq!(
+            decode_segment(b"s/x", &segments[0].bytes).unwrap(),
+            readings
+        );
+    }
+
+    fn reading(id: u64, value: Value) -> Reading {
+        Reading {
+            id,
+            device: Arc::from("dev-a"),
+            sensor: "temperature".into(),
+            ts: 1_763_800_000_000 + id as i64,
+            value,
+            unit: Some("C".into()),
+            received: 1_763_800_000_500,
+        }
+    }
+
+    #[test]
+    fn a_large_group_is_cut_into_segments_of_at_most_the_byte_bound() {
+        let readings: Vec<Reading> = (0..2000)
+            .map(|i| reading(i, Value::Float(i as f64 / 3.0)))
+            .collect();
+        let segments = encode_segments(&readings);
+        assert!(segments.len() > 1, "{} segments", segments.len());
+        let mut next = 0;
+        for s in &segments {
+            assert!(
+                s.bytes.len() <= SEGMENT_MAX_BYTES,
+                "{} bytes",
+                s.bytes.len()
+            );
+            assert_eq!(s.range.start, next, "segments follow each other");
+            next = s.range.end;
+            let back = decode_segment(b"s/x", &s.bytes).unwrap();
+            assert_eq!(back, readings[s.range.clone()]);
+        }
+        assert_eq!(next, readings.len(), "every reading is in a segment");
+        // Cut where the next row would not fit, not earlier.
+        let first = &segments[0];
+        let one_more = encode_segments(&readings[..first.range.end + 1]);
+        assert_eq!(one_more.len(), 2);
+    }
+
+    #[test]
+    fn segments_decode_as_the_serde_form_reads_them() {
+        // The fixed `array 16` header is valid MessagePack for any count:
+        // a segment of one reading and one of 300 both read back, and a
+        // segment written by the older `rmp_serde::to_vec` form still does.
+        for n in [1usize, 15, 16, 300] {
+            let readings: Vec<Reading> = (0..n as u64)
+                .map(|i| reading(i, Value::Int(-(i as i64))))
+                .collect();
+            for s in encode_segments(&readings) {
+                assert_eq!(decode_segment(b"s/x", &s.bytes).unwrap(), readings[s.range]);
+            }
+        }
+        let old = reading(7, Value::Str("open".into()));
+        let row: RowRef<'_> = (
+            old.id,
+            &old.device,
+            &old.sensor,
+            old.ts,
+            &old.value,
+            old.unit.as_deref(),
+            old.received,
+        );
+        let bytes = rmp_serde::to_vec(&[row]).unwrap();
+        assert_eq!(decode_segment(b"s/x", &bytes).unwrap(), vec![old]);
     }
 
     #[test]

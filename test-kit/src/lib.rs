@@ -14,7 +14,7 @@ mod http;
 mod system;
 mod ws;
 
-pub mod blob_batches;
+pub mod big_batches;
 pub mod browser;
 pub mod mosquitto;
 

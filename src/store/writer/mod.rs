@@ -52,8 +52,6 @@ use fault::{fail_stored, Fault};
 /// Upper bound on queued batches taken into one commit, so one commit's
 /// memory and latency stay bounded however deep the queue is.
 pub const MAX_BATCHES_PER_COMMIT: usize = 2048;
-/// Readings per stored segment; larger commits are split.
-const MAX_READINGS_PER_SEGMENT: usize = 8192;
 /// Devices whose `last_seq` the writer keeps in memory. Past this the cache
 /// is simply cleared: every seq it held is already applied to sled and is
 /// read back on the next miss, so memory stays bounded for any fleet size.
@@ -489,8 +487,8 @@ impl Writer {
         }
         let mut entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut added_bytes = 0;
-        for chunk in readings.chunks(MAX_READINGS_PER_SEGMENT) {
-            let bytes = codec::encode_segment(chunk);
+        for codec::EncodedSegment { range, bytes } in codec::encode_segments(readings) {
+            let chunk = &readings[range];
             let meta = SegmentMeta {
                 first_id: chunk[0].id,
                 last_id: chunk[chunk.len() - 1].id,

@@ -1,6 +1,7 @@
-//! Batches of one device on a fresh store, every 5th one big enough (500
-//! readings of 250-byte strings) that sled writes part of the store to
-//! `blobs/` files: what the durability tests need to cover every file kind.
+//! Batches of one device on a fresh store, every 5th one big (500 readings
+//! of 250-byte strings, ~140 KB stored): a group the store cuts into many
+//! segments, and (before segments were bounded to 6 KiB) what made sled
+//! write `blobs/` files. The durability tests use them to cover big groups.
 
 use serde_json::{json, Value};
 
