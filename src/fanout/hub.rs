@@ -167,10 +167,7 @@ impl Hub {
 
     /// Routes durable readings (one commit, in id order) to subscribers.
     pub fn publish(&self, readings: &[Reading]) {
-        let items = readings
-            .iter()
-            .map(|r| Arc::new(Item::new(r.clone(), None)));
-        self.route(items);
+        self.route(readings, None);
         if let Some(last) = readings.last() {
             self.announced.fetch_max(last.id, Ordering::AcqRel);
         }
@@ -182,14 +179,10 @@ impl Hub {
     /// blocks; call it from the bridge's task as messages arrive.
     pub fn publish_relayed(&self, origin: &str, readings: Vec<Reading>) {
         let origin: Arc<str> = origin.into();
-        self.route(
-            readings
-                .into_iter()
-                .map(|r| Arc::new(Item::new(r, Some(origin.clone())))),
-        );
+        self.route(&readings, Some(&origin));
     }
 
-    fn route(&self, items: impl Iterator<Item = Arc<Item>>) {
+    fn route(&self, readings: &[Reading], origin: Option<&Arc<str>>) {
         // Per commit: each matched subscriber's items, so each queue is
         // locked once per commit rather than once per reading.
         let mut batches: HashMap<SubId, (Arc<SubscriberQueue>, Vec<Arc<Item>>)> = HashMap::new();
@@ -197,12 +190,16 @@ impl Hub {
         // (write lock) returns, no routing decided before it is in flight.
         let index = self.index.read().expect("hub index lock");
         let mut deliveries = 0u64;
-        for item in items {
-            let r = &item.reading;
+        for r in readings {
+            // Made on the first match only: this runs on the writer thread,
+            // and a reading nobody subscribed to costs no allocation.
+            let mut item: Option<Arc<Item>> = None;
             index.for_each_match(&r.device, &r.sensor, |id, q| {
+                let item =
+                    item.get_or_insert_with(|| Arc::new(Item::new(r.clone(), origin.cloned())));
                 let (_, list) = batches.entry(id).or_insert_with(|| (q.clone(), Vec::new()));
                 // A subscriber matched through two filters gets it once.
-                if !list.last().is_some_and(|l| Arc::ptr_eq(l, &item)) {
+                if !list.last().is_some_and(|l| Arc::ptr_eq(l, item)) {
                     list.push(item.clone());
                     deliveries += 1;
                 }
