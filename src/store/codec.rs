@@ -225,10 +225,16 @@ mod tests {
             assert_eq!(back, readings[s.range.clone()]);
         }
         assert_eq!(next, readings.len(), "every reading is in a segment");
-        // Cut where the next row would not fit, not earlier.
+        // Cut where the next row would not fit, not earlier: the first
+        // segment plus the row after it is over the bound.
         let first = &segments[0];
-        let one_more = encode_segments(&readings[..first.range.end + 1]);
-        assert_eq!(one_more.len(), 2);
+        let next = &encode_segments(&readings[first.range.end..first.range.end + 1])[0];
+        let next_row_bytes = next.bytes.len() - 3; // less its array header
+        assert!(
+            first.bytes.len() + next_row_bytes > SEGMENT_MAX_BYTES,
+            "cut early: {} + {next_row_bytes} bytes would have fit",
+            first.bytes.len()
+        );
     }
 
     #[test]

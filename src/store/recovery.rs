@@ -167,7 +167,8 @@ pub(super) fn recover_with(path: &Path, apply_log: bool) -> Result<Recovered, St
             last_id = last_id.max(meta.last_id);
         }
         // The newest segment is what a restarted device and subscriber read
-        // first; a lost blob there is found now rather than on first use.
+        // first; damage there (or a lost blob, in a store written before
+        // segments were bounded) is found now rather than on first use.
         if let Some(entry) = db.scan_prefix(SEGMENT_PREFIX).next_back() {
             let (k, v) = entry?;
             codec::decode_segment(&k, &v)?;
