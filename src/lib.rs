@@ -10,6 +10,7 @@
 //! one of two trackers: `edge` (connections, upgraded WebSockets, the systemd
 //! watchdog) and `pipeline` (retention, limiter pruning, the MQTT bridge).
 
+pub mod allocator;
 pub mod auth;
 pub mod bridge;
 pub mod cli_docs;

@@ -170,28 +170,12 @@ const RUNTIME_EXIT: std::time::Duration = std::time::Duration::from_millis(100);
 /// drain to return before giving up on it.
 const DRAIN_SLACK: std::time::Duration = std::time::Duration::from_millis(200);
 
-/// glibc raises its mmap threshold each time an mmapped block is freed (up
-/// to 32 MiB), after which big short-lived buffers (group records for the
-/// write-ahead log, sled's 512 KiB write buffers) are carved from the
-/// arenas and fragment them: under a sustained flood the daemon's RSS crept
-/// up ~0.4 MiB/s with its live heap flat. A fixed threshold (which also
-/// turns the adjustment off) hands every block from 128 KiB up back to the
-/// kernel when it is freed.
-fn fix_mmap_threshold() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets an allocator parameter, under glibc's own
-    // locks.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
-    }
-}
-
 fn run(config: Config, open: sensorgate::store::OpenOptions) -> ExitCode {
     sensorgate::telemetry::init_logging(&config.log);
     // Raised first (connections need it), reported once the daemon is up, so
     // a failing start leaves only its one line of reason.
     let nofile = sensorgate::http::serve::raise_open_files_limit();
-    fix_mmap_threshold();
+    sensorgate::allocator::fix_mmap_threshold();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

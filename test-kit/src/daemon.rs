@@ -108,6 +108,8 @@ impl TestDaemon {
     }
 
     pub async fn start_in(dir: tempfile::TempDir, config: Config) -> TestDaemon {
+        // As the binary does, so memory measured in-process is the daemon's.
+        sensorgate::allocator::fix_mmap_threshold();
         let config = Arc::new(config);
         let daemon = Daemon::start(config.clone()).await.expect("daemon starts");
         TestDaemon {
