@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use sensorgate_test_kit::big_batches::{batch_for, config_for, last_id_of};
+use sensorgate_test_kit::big_batches::{
+    batch_for, config_for, last_id_of, write_earlier_version_store,
+};
 use sensorgate_test_kit::*;
 use serde_json::json;
 
@@ -114,9 +116,14 @@ enum Outcome {
     ServedIntact,
 }
 
-/// Starts the daemon on a damaged store: it must refuse clearly or serve
-/// every acknowledged reading, never less, never a panic.
+/// Starts the daemon on a damaged copy of the fixture: it must refuse
+/// clearly or serve every acknowledged reading, never less, never a panic.
 async fn start_on_damaged(config: &Path, damage: &str) -> Outcome {
+    start_on_damaged_acked(config, damage, last_id_of(60)).await
+}
+
+/// [`start_on_damaged`] for a store whose acknowledged ids are `1..=acked`.
+async fn start_on_damaged_acked(config: &Path, damage: &str, acked: u64) -> Outcome {
     let port = port_of(config);
     let mut child = sensorgate_cmd()
         .args(["run", "--config"])
@@ -150,10 +157,16 @@ async fn start_on_damaged(config: &Path, damage: &str) -> Outcome {
             let _ = child.kill();
             let _ = child.wait();
             let ids: Vec<u64> = stored.iter().map(|r| r["id"].as_u64().unwrap()).collect();
-            let all: Vec<u64> = (1..=last_id_of(60)).collect();
-            assert_eq!(
-                ids, all,
-                "{damage}: served with acknowledged readings missing"
+            let missing: Vec<u64> = (1..=acked)
+                .filter(|id| ids.binary_search(id).is_err())
+                .collect();
+            assert!(
+                missing.is_empty() && ids.len() as u64 == acked,
+                "{damage}: served with {} of {acked} acknowledged readings missing ({:?}..{:?}), {} read",
+                missing.len(),
+                missing.first(),
+                missing.last(),
+                ids.len()
             );
             return Outcome::ServedIntact;
         }
@@ -382,4 +395,97 @@ async fn continues_above_the_mark(config: &Path, damage: &str) {
     );
     let _ = child.kill();
     let _ = child.wait();
+}
+
+fn blobs(store: &Path) -> Vec<PathBuf> {
+    let mut b: Vec<PathBuf> = std::fs::read_dir(store.join("blobs"))
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    b.sort();
+    b
+}
+
+/// A store written before segments were bounded to 6 KiB (an operator
+/// upgrading the package): its big segments live in sled blob files. It is
+/// served intact and grows in the new form; with its blobs lost it is
+/// refused, and `check-store` agrees in every case.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_from_before_bounded_segments_is_served_and_its_lost_blobs_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let pristine = dir.path().join("pristine");
+    write_earlier_version_store(&pristine, 20);
+    assert!(
+        !blobs(&pristine).is_empty(),
+        "the earlier layout keeps its big segments in blob files"
+    );
+
+    // Upgraded: every reading read back, new batches acked and stored after
+    // them, a clean stop, a healthy store.
+    let up = dir.path().join("upgraded");
+    std::fs::create_dir(&up).unwrap();
+    copy_dir(&pristine, &up.join("store"));
+    let port = free_port();
+    let config = config_for(&up, port);
+    let log = up.join("daemon.log");
+    let mut daemon = ChildDaemon::start(&config, port, &log).await;
+    send_acked(&daemon.base(), 21, 25).await;
+    let stored = stored_at(&daemon.base()).await;
+    let ids: Vec<u64> = stored.iter().map(|r| r["id"].as_u64().unwrap()).collect();
+    assert!(
+        ids == (1..=last_id_of(25)).collect::<Vec<_>>(),
+        "read back {} ids, {:?}..{:?}; stored {}",
+        ids.len(),
+        ids.first(),
+        ids.last(),
+        last_id_of(25)
+    );
+    for r in &stored {
+        let ts = r["ts"].as_i64().unwrap();
+        let want = if ts / 1000 % 5 == 0 {
+            json!(format!("{ts:0>250}"))
+        } else {
+            json!(ts)
+        };
+        assert_eq!(r["value"], want, "reading {ts} read back intact");
+    }
+    let (code, _) = daemon.sigterm(Duration::from_secs(30), &log).await;
+    assert_eq!(code, Some(0));
+    let check = run_binary(&["check-store"], &config);
+    assert_eq!(
+        check.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+
+    // Damaged: lost blobs are refused; flipped ones make sled roll its tree
+    // back to before them (80 of the 2,320 readings left), which the
+    // high-water mark catches.
+    type Damage = (&'static str, fn(&Path));
+    let damages: [Damage; 2] = [
+        ("every blob deleted", |s| {
+            blobs(s)
+                .iter()
+                .for_each(|b| std::fs::remove_file(b).unwrap())
+        }),
+        ("every blob flipped", |s| {
+            blobs(s).iter().for_each(|b| flip_bytes(b, &[0.5]))
+        }),
+    ];
+    for (name, damage) in damages {
+        let d = dir.path().join(name.replace(' ', "_"));
+        std::fs::create_dir(&d).unwrap();
+        copy_dir(&pristine, &d.join("store"));
+        damage(&d.join("store"));
+        let config = config_for(&d, free_port());
+        let outcome = start_on_damaged_acked(&config, name, last_id_of(20)).await;
+        assert_eq!(outcome, Outcome::Refused, "{name}");
+        let check = run_binary(&["check-store"], &config);
+        assert_ne!(
+            check.status.code(),
+            Some(0),
+            "{name}: check-store calls it healthy: {}",
+            String::from_utf8_lossy(&check.stdout)
+        );
+    }
 }

@@ -41,3 +41,54 @@ pub fn config_for(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
     crate::add_keys(&config, "limits", "max_frame_bytes = \"1MiB\"\n");
     config
 }
+
+/// Writes, with sled directly, the store an earlier version of the daemon
+/// left after acknowledging batches `1..=batches` of device `d1`: the
+/// layout before segments were bounded to 6 KiB (one segment per batch,
+/// whatever its size, so the big batches' leaves are sled blob files), with
+/// its high-water mark (`sensorgate.hwm`, and `m/hwm_kept` saying the store
+/// has one) but no write-ahead log yet (a first start adds it). The keys are
+/// the store's (`src/store/mod.rs`): `s/<first id>` segment, `i/<first id>`
+/// index entry, `q/<device>` last seq, `m/next_id`.
+pub fn write_earlier_version_store(store: &std::path::Path, batches: u64) {
+    use sensorgate::protocol::Value as V;
+    let db = sled::Config::new().path(store).open().expect("sled opens");
+    // Now, so that retention keeps them.
+    let received = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let key = |prefix: &[u8], id: u64| [prefix, &id.to_be_bytes()[..]].concat();
+    let mut next_id = 1u64;
+    for seq in 1..=batches {
+        let n = readings_in(seq);
+        // (id, device, sensor, ts, value, unit, received): a stored row.
+        type Row<'a> = (u64, &'a str, &'a str, i64, V, Option<&'a str>, i64);
+        let rows: Vec<Row<'_>> = (0..n)
+            .map(|i| {
+                let ts = (seq * 1000 + i) as i64;
+                let (sensor, value) = if seq % 5 == 0 {
+                    ("note", V::Str(format!("{ts:0>250}")))
+                } else {
+                    ("s", V::Int(ts))
+                };
+                (next_id + i, "d1", sensor, ts, value, None, received)
+            })
+            .collect();
+        let segment = rmp_serde::to_vec(&rows).expect("rows encode");
+        let last_id = next_id + n - 1;
+        let mut meta = Vec::with_capacity(24);
+        meta.extend_from_slice(&last_id.to_be_bytes());
+        meta.extend_from_slice(&received.to_be_bytes());
+        meta.extend_from_slice(&(segment.len() as u64).to_be_bytes());
+        db.insert(key(b"s/", next_id), segment).unwrap();
+        db.insert(key(b"i/", next_id), meta).unwrap();
+        next_id = last_id + 1;
+    }
+    db.insert(b"q/d1", &batches.to_be_bytes()[..]).unwrap();
+    db.insert(b"m/next_id", &next_id.to_be_bytes()[..]).unwrap();
+    db.insert(b"m/hwm_kept", &[1u8][..]).unwrap();
+    db.flush().unwrap();
+    drop(db);
+    sensorgate::store::hwm::HighWaterMark::create_or_open(store, next_id - 1).unwrap();
+}
