@@ -6,8 +6,11 @@ use std::sync::Arc;
 use super::StoreError;
 use crate::protocol::{Reading, Value};
 
-/// One segment's index entry: enough to decide retention and to answer
-/// "what is retained" without reading segment payloads.
+/// One index entry: readings `first_id..=last_id`, stored in the
+/// consecutive segments from `s/<first_id>` on (one per group commit; a
+/// store written before segments were bounded has one per segment, which
+/// is the same thing with a single segment). Enough to decide retention
+/// and to answer "what is retained" without reading segment payloads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentMeta {
     pub first_id: u64,

@@ -25,10 +25,11 @@ pub struct Pruned {
 }
 
 impl Store {
-    /// Deletes segments whose newest reading was received before
-    /// `now_ms - retention`, then oldest segments while over `max_bytes`.
-    /// Never deletes the segment holding the newest durable reading by size
-    /// alone, so a tiny `max_bytes` still keeps the latest data readable.
+    /// Deletes, an index entry (a group commit's segments) at a time, those
+    /// whose newest reading was received before `now_ms - retention`, then
+    /// the oldest while over `max_bytes`. Never deletes the group holding
+    /// the newest durable reading by size alone, so a tiny `max_bytes`
+    /// still keeps the latest data readable.
     pub fn prune(
         &self,
         now_ms: i64,
@@ -51,7 +52,12 @@ impl Store {
                 break;
             }
             let mut batch = sled::Batch::default();
-            batch.remove(&segment_key(meta.first_id)[..]);
+            for key in db
+                .range(segment_key(meta.first_id)..=segment_key(meta.last_id))
+                .keys()
+            {
+                batch.remove(key?);
+            }
             batch.remove(&index_key(meta.first_id)[..]);
             db.apply_batch(batch)?;
             self.retained_bytes.fetch_sub(meta.bytes, Ordering::Relaxed);

@@ -105,3 +105,67 @@ async fn durable_readings_not_yet_in_sled_are_read_from_the_tail() {
     assert_eq!(ids(&store, 0), (1..=total).collect::<Vec<_>>());
     assert_eq!(store.last_seq("d1").unwrap(), Some(2 + batches));
 }
+
+fn count_prefix(path: &std::path::Path, prefix: &[u8]) -> usize {
+    let db = sled::open(path).unwrap();
+    db.scan_prefix(prefix).count()
+}
+
+/// A group bigger than one segment is one index entry over consecutive
+/// segments: read back whole, healthy by `check-store`, and retention
+/// deletes all of its segments with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_group_of_many_segments_has_one_index_entry_and_is_pruned_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    let storage = StorageConfig {
+        path: path.clone(),
+        ..StorageConfig::default()
+    };
+    let run = |store: Arc<Store>| {
+        writer::spawn_checkpointing_every(
+            store,
+            &storage,
+            64,
+            Vec::new(),
+            std::time::Duration::from_secs(3600),
+        )
+    };
+    let stop = |handle: writer::WriterHandle, join: std::thread::JoinHandle<()>| async move {
+        drop(handle);
+        tokio::task::spawn_blocking(move || join.join().unwrap())
+            .await
+            .unwrap();
+    };
+    // Three groups of 1,000 readings (~30 KB each: several segments).
+    let store = Store::open(&path).unwrap();
+    let (handle, join) = run(store.clone());
+    for seq in 1..=3 {
+        store_batch(handle.sender(), seq, 1000).await;
+    }
+    stop(handle, join).await;
+    drop(store);
+    let segments = count_prefix(&path, super::SEGMENT_PREFIX);
+    assert!(segments >= 9, "{segments} segments for 90 KB");
+    assert_eq!(count_prefix(&path, super::INDEX_PREFIX), 3, "one per group");
+    let report = super::check::check(&path).unwrap();
+    assert!(report.healthy(), "{report}");
+    assert_eq!((report.readings, report.segments), (3000, segments as u64));
+
+    // Over a one-byte size cap: the two older groups go, segments and all.
+    let store = Store::open(&path).unwrap();
+    let pruned = store
+        .prune(2, std::time::Duration::from_secs(3600), 1)
+        .unwrap();
+    assert_eq!(pruned.segments, 2);
+    assert_eq!(ids(&store, 0), (2001..=3000).collect::<Vec<_>>());
+    drop(store);
+    let left = count_prefix(&path, super::SEGMENT_PREFIX);
+    assert!(
+        left > 0 && left <= segments / 3 + 1,
+        "{left} of {segments} left"
+    );
+    let report = super::check::check(&path).unwrap();
+    assert!(report.healthy(), "{report}");
+    assert_eq!(report.readings, 1000);
+}
