@@ -314,7 +314,7 @@ impl ReadingsStored {
 
 /// Retention removed old readings.
 pub struct RetentionPruned {
-    pub segments: u64,
+    pub groups: u64,
     pub bytes: u64,
 }
 
@@ -322,7 +322,7 @@ impl RetentionPruned {
     pub fn emit(self) {
         counter!(PRUNED_BYTES).increment(self.bytes);
         tracing::info!(
-            segments = self.segments,
+            groups = self.groups,
             bytes = self.bytes,
             "retention pruned old readings"
         );

@@ -28,9 +28,10 @@ pub struct Report {
     pub bytes: u64,
     /// Oldest and newest stored id.
     pub id_range: Option<(u64, u64)>,
-    /// `(after, before)`: ids missing between two consecutive segments.
+    /// `(after, before)`: ids missing between two consecutive index entries.
     pub gaps: Vec<(u64, u64)>,
-    /// Segments that could not be decoded, with why.
+    /// Segments that could not be decoded or do not hold the ids their
+    /// index entry names, with why.
     pub damaged: Vec<String>,
     /// Newest id the id bookkeeping accounts for.
     pub content_last_id: u64,

@@ -15,7 +15,7 @@ use crate::protocol::{Reading, Value};
 pub struct SegmentMeta {
     pub first_id: u64,
     pub last_id: u64,
-    /// Newest `received` in the segment: the segment expires when this does.
+    /// Newest `received` in the group: its segments expire when this does.
     pub newest_received: i64,
     pub bytes: u64,
 }

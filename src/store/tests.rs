@@ -113,7 +113,7 @@ fn count_prefix(path: &std::path::Path, prefix: &[u8]) -> usize {
 
 /// A group bigger than one segment is one index entry over consecutive
 /// segments: read back whole, healthy by `check-store`, and retention
-/// deletes all of its segments with it.
+/// deletes all of its segments with it, and none of the next group's.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_group_of_many_segments_has_one_index_entry_and_is_pruned_whole() {
     let dir = tempfile::tempdir().unwrap();
@@ -152,12 +152,30 @@ async fn a_group_of_many_segments_has_one_index_entry_and_is_pruned_whole() {
     assert!(report.healthy(), "{report}");
     assert_eq!((report.readings, report.segments), (3000, segments as u64));
 
-    // Over a one-byte size cap: the two older groups go, segments and all.
+    // The first entry damaged to claim ids of the next two groups: pruning
+    // it still deletes only its own segments (it stops at the next entry).
+    let total: u64 = {
+        let db = sled::open(&path).unwrap();
+        let first = db.scan_prefix(super::INDEX_PREFIX).next().unwrap().unwrap();
+        let mut meta = super::SegmentMeta::decode(&first.0, &first.1).unwrap();
+        meta.last_id = 2500;
+        db.insert(&first.0, &meta.encode()[..]).unwrap();
+        db.flush().unwrap();
+        db.scan_prefix(super::INDEX_PREFIX)
+            .map(|e| {
+                let (k, v) = e.unwrap();
+                super::SegmentMeta::decode(&k, &v).unwrap().bytes
+            })
+            .sum()
+    };
     let store = Store::open(&path).unwrap();
-    let pruned = store
-        .prune(2, std::time::Duration::from_secs(3600), 1)
-        .unwrap();
-    assert_eq!(pruned.segments, 2);
+    let hour = std::time::Duration::from_secs(3600);
+    assert_eq!(store.prune(2, hour, total - 1).unwrap().groups, 1);
+    assert_eq!(ids(&store, 0), (1001..=3000).collect::<Vec<_>>());
+
+    // Over a one-byte size cap: the older of the two left goes too, whole.
+    let pruned = store.prune(2, hour, 1).unwrap();
+    assert_eq!(pruned.groups, 1);
     assert_eq!(ids(&store, 0), (2001..=3000).collect::<Vec<_>>());
     drop(store);
     let left = count_prefix(&path, super::SEGMENT_PREFIX);
