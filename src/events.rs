@@ -314,7 +314,7 @@ impl ReadingsStored {
 
 /// Retention removed old readings.
 pub struct RetentionPruned {
-    pub groups: u64,
+    pub segments: u64,
     pub bytes: u64,
 }
 
@@ -322,7 +322,7 @@ impl RetentionPruned {
     pub fn emit(self) {
         counter!(PRUNED_BYTES).increment(self.bytes);
         tracing::info!(
-            groups = self.groups,
+            segments = self.segments,
             bytes = self.bytes,
             "retention pruned old readings"
         );

@@ -31,7 +31,7 @@ async fn retention_by_size_drops_oldest_and_ids_never_reuse() {
     let pruned = store
         .prune(sensorgate::time::unix_ms(), Duration::from_secs(3600), 1)
         .unwrap();
-    assert_eq!(pruned.groups, 19, "each acked batch was its own commit");
+    assert_eq!(pruned.segments, 19, "each acked batch was its own commit");
     let oldest = store.oldest_id().unwrap().unwrap();
     assert!(oldest > before[0]["id"].as_u64().unwrap());
     drop(store);
@@ -66,13 +66,13 @@ async fn retention_by_age_prunes_expired_readings() {
             u64::MAX,
         )
         .unwrap();
-    assert_eq!(none.groups, 0);
+    assert_eq!(none.segments, 0);
     // ...but an hour from now, everything except the newest durable segment is.
     let later = sensorgate::time::unix_ms() + 3_600_001;
     let p = store
         .prune(later, Duration::from_secs(3600), u64::MAX)
         .unwrap();
-    assert_eq!(p.groups, 3);
+    assert_eq!(p.segments, 3);
     assert_eq!(store.oldest_id().unwrap(), None);
     assert_eq!(store.retained_bytes(), 0);
     let reopened_last = store.last_id();

@@ -6,16 +6,13 @@ use std::sync::Arc;
 use super::StoreError;
 use crate::protocol::{Reading, Value};
 
-/// One index entry: readings `first_id..=last_id`, stored in the
-/// consecutive segments from `s/<first_id>` on (one per group commit; a
-/// store written before segments were bounded has one per segment, which
-/// is the same thing with a single segment). Enough to decide retention
-/// and to answer "what is retained" without reading segment payloads.
+/// One segment's index entry: enough to decide retention and to answer
+/// "what is retained" without reading segment payloads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentMeta {
     pub first_id: u64,
     pub last_id: u64,
-    /// Newest `received` in the group: its segments expire when this does.
+    /// Newest `received` in the segment: the segment expires when this does.
     pub newest_received: i64,
     pub bytes: u64,
 }

@@ -17,9 +17,8 @@
 //!   into as many as it needs: `codec::SEGMENT_MAX_BYTES` says why). One
 //!   sled entry per segment instead of one per reading keeps the write path
 //!   cheap.
-//! - `i/<first_id>` → index entry of one group commit's segments (last id,
-//!   newest `received`, bytes), small enough to scan at start-up and during
-//!   retention.
+//! - `i/<first_id>` → segment index entry (last id, newest `received`, bytes),
+//!   small enough to scan at start-up and during retention.
 //! - `m/bridge_cursor` → u64: the MQTT bridge's outbox cursor. The outbox is
 //!   the readings log itself: every reading with `id > cursor` is still to be
 //!   published ([`crate::bridge`]). Written by the bridge without a flush of

@@ -1,9 +1,9 @@
-//! Background retention: deletes the oldest readings once they are older
+//! Background retention: deletes the oldest segments once they are older
 //! than `storage.retention` (by `received`) or once the retained bytes exceed
 //! `storage.max_bytes` (SPEC §7, §10).
 //!
-//! Works from the small `i/` index entries, deleting one entry and the
-//! segments it covers (a group commit's) in one atomic batch, oldest first. Deleting never touches
+//! Works from the small `i/` index entries only, deleting a segment and its
+//! index entry in one atomic batch, oldest first. Deleting never touches
 //! `m/next_id` or the `q/` seqs, so ids and dedupe survive an empty store.
 
 use std::sync::atomic::Ordering;
@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{codec, index_key, segment_key, SegmentMeta, Store, StoreError, INDEX_PREFIX};
+use super::{index_key, segment_key, SegmentMeta, Store, StoreError, INDEX_PREFIX};
 
 /// How often pruning runs: SPEC §10 asks for at least once a minute.
 pub const PRUNE_EVERY: Duration = Duration::from_secs(30);
@@ -20,17 +20,15 @@ pub const PRUNE_EVERY: Duration = Duration::from_secs(30);
 /// What one pruning pass removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Pruned {
-    /// Index entries removed, each with the segments of its group commit.
-    pub groups: u64,
+    pub segments: u64,
     pub bytes: u64,
 }
 
 impl Store {
-    /// Deletes, an index entry (a group commit's segments) at a time, those
-    /// whose newest reading was received before `now_ms - retention`, then
-    /// the oldest while over `max_bytes`. Never deletes the group holding
-    /// the newest durable reading by size alone, so a tiny `max_bytes`
-    /// still keeps the latest data readable.
+    /// Deletes segments whose newest reading was received before
+    /// `now_ms - retention`, then oldest segments while over `max_bytes`.
+    /// Never deletes the segment holding the newest durable reading by size
+    /// alone, so a tiny `max_bytes` still keeps the latest data readable.
     pub fn prune(
         &self,
         now_ms: i64,
@@ -41,8 +39,7 @@ impl Store {
         let durable = self.last_id();
         let mut pruned = Pruned::default();
         let db = self.db()?;
-        let mut entries = db.scan_prefix(INDEX_PREFIX).peekable();
-        while let Some(entry) = entries.next() {
+        for entry in db.scan_prefix(INDEX_PREFIX) {
             let (k, v) = entry?;
             let meta = SegmentMeta::decode(&k, &v)?;
             if meta.last_id > durable {
@@ -53,24 +50,12 @@ impl Store {
             if !expired && !over_size {
                 break;
             }
-            // Never past the next entry's first id, whatever a damaged
-            // `last_id` says: each deletion stays within its own group.
-            let next_first = match entries.peek() {
-                Some(Ok((next, _))) => codec::id_from_key(next)?,
-                _ => u64::MAX,
-            };
-            let last = meta.last_id.min(next_first.saturating_sub(1));
             let mut batch = sled::Batch::default();
-            for key in db
-                .range(segment_key(meta.first_id)..=segment_key(last))
-                .keys()
-            {
-                batch.remove(key?);
-            }
+            batch.remove(&segment_key(meta.first_id)[..]);
             batch.remove(&index_key(meta.first_id)[..]);
             db.apply_batch(batch)?;
             self.retained_bytes.fetch_sub(meta.bytes, Ordering::Relaxed);
-            pruned.groups += 1;
+            pruned.segments += 1;
             pruned.bytes += meta.bytes;
         }
         Ok(pruned)
@@ -96,9 +81,9 @@ pub async fn run(
         let result =
             tokio::task::spawn_blocking(move || store.prune(now, retention, max_bytes)).await;
         match result {
-            Ok(Ok(p)) if p.groups > 0 => {
+            Ok(Ok(p)) if p.segments > 0 => {
                 crate::events::RetentionPruned {
-                    groups: p.groups,
+                    segments: p.segments,
                     bytes: p.bytes,
                 }
                 .emit();

@@ -488,19 +488,17 @@ impl Writer {
         let mut entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut added_bytes = 0;
         for codec::EncodedSegment { range, bytes } in codec::encode_segments(readings) {
-            added_bytes += bytes.len() as u64;
-            entries.push((segment_key(readings[range.start].id).to_vec(), bytes));
+            let chunk = &readings[range];
+            let meta = SegmentMeta {
+                first_id: chunk[0].id,
+                last_id: chunk[chunk.len() - 1].id,
+                newest_received: chunk.iter().map(|r| r.received).max().unwrap_or(0),
+                bytes: bytes.len() as u64,
+            };
+            added_bytes += meta.bytes;
+            entries.push((segment_key(meta.first_id).to_vec(), bytes));
+            entries.push((index_key(meta.first_id).to_vec(), meta.encode().to_vec()));
         }
-        // One index entry for the whole group, however many segments hold
-        // it: sled's cost is per entry, and an entry per 6 KiB segment took
-        // a fifth of the acked readings/s with big batches.
-        let meta = SegmentMeta {
-            first_id,
-            last_id: readings[readings.len() - 1].id,
-            newest_received: readings.iter().map(|r| r.received).max().unwrap_or(0),
-            bytes: added_bytes,
-        };
-        entries.push((index_key(first_id).to_vec(), meta.encode().to_vec()));
         for (device, seq) in seq_updates {
             entries.push((seq_key(device), seq.to_be_bytes().to_vec()));
         }
