@@ -20,16 +20,24 @@ pub fn last_id_of(seq: u64) -> u64 {
     (1..=seq).map(readings_in).sum()
 }
 
-/// Batch `seq`; reading `i` has `ts = seq * 1000 + i`.
+/// Reading `i` of batch `seq`: its sensor, `ts = seq * 1000 + i` and value
+/// (a 250-byte string in the big batches, `ts` itself in the others).
+pub fn reading_of(seq: u64, i: u64) -> (&'static str, i64, sensorgate::protocol::Value) {
+    use sensorgate::protocol::Value as V;
+    let ts = (seq * 1000 + i) as i64;
+    if seq % 5 == 0 {
+        ("note", ts, V::Str(format!("{ts:0>250}")))
+    } else {
+        ("s", ts, V::Int(ts))
+    }
+}
+
+/// Batch `seq`, as a device sends it.
 pub fn batch_for(seq: u64) -> Value {
     let readings: Vec<Value> = (0..readings_in(seq))
         .map(|i| {
-            let ts = (seq * 1000 + i) as i64;
-            if seq % 5 == 0 {
-                json!({"sensor": "note", "ts": ts, "value": format!("{ts:0>250}")})
-            } else {
-                json!({"sensor": "s", "ts": ts, "value": ts})
-            }
+            let (sensor, ts, value) = reading_of(seq, i);
+            json!({"sensor": sensor, "ts": ts, "value": value})
         })
         .collect();
     json!({"seq": seq, "readings": readings})
@@ -51,7 +59,6 @@ pub fn config_for(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
 /// the store's (`src/store/mod.rs`): `s/<first id>` segment, `i/<first id>`
 /// index entry, `q/<device>` last seq, `m/next_id`.
 pub fn write_earlier_version_store(store: &std::path::Path, batches: u64) {
-    use sensorgate::protocol::Value as V;
     let db = sled::Config::new().path(store).open().expect("sled opens");
     // Now, so that retention keeps them.
     let received = std::time::SystemTime::now()
@@ -63,27 +70,31 @@ pub fn write_earlier_version_store(store: &std::path::Path, batches: u64) {
     for seq in 1..=batches {
         let n = readings_in(seq);
         // (id, device, sensor, ts, value, unit, received): a stored row.
-        type Row<'a> = (u64, &'a str, &'a str, i64, V, Option<&'a str>, i64);
+        type Row<'a> = (
+            u64,
+            &'a str,
+            &'a str,
+            i64,
+            sensorgate::protocol::Value,
+            Option<&'a str>,
+            i64,
+        );
         let rows: Vec<Row<'_>> = (0..n)
             .map(|i| {
-                let ts = (seq * 1000 + i) as i64;
-                let (sensor, value) = if seq % 5 == 0 {
-                    ("note", V::Str(format!("{ts:0>250}")))
-                } else {
-                    ("s", V::Int(ts))
-                };
+                let (sensor, ts, value) = reading_of(seq, i);
                 (next_id + i, "d1", sensor, ts, value, None, received)
             })
             .collect();
         let segment = rmp_serde::to_vec(&rows).expect("rows encode");
-        let last_id = next_id + n - 1;
-        let mut meta = Vec::with_capacity(24);
-        meta.extend_from_slice(&last_id.to_be_bytes());
-        meta.extend_from_slice(&received.to_be_bytes());
-        meta.extend_from_slice(&(segment.len() as u64).to_be_bytes());
+        let meta = sensorgate::store::SegmentMeta {
+            first_id: next_id,
+            last_id: next_id + n - 1,
+            newest_received: received,
+            bytes: segment.len() as u64,
+        };
         db.insert(key(b"s/", next_id), segment).unwrap();
-        db.insert(key(b"i/", next_id), meta).unwrap();
-        next_id = last_id + 1;
+        db.insert(key(b"i/", next_id), &meta.encode()[..]).unwrap();
+        next_id = meta.last_id + 1;
     }
     db.insert(b"q/d1", &batches.to_be_bytes()[..]).unwrap();
     db.insert(b"m/next_id", &next_id.to_be_bytes()[..]).unwrap();
