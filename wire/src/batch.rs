@@ -4,8 +4,14 @@
 //! field by field, so every rejection can say exactly what was wrong
 //! (`readings[3].value: float must be finite`) and nothing is half-accepted:
 //! either the whole [`Batch`] comes back or a [`FrameError`] does.
+//!
+//! Frames in the usual shape take a faster path first ([`fast`]) that
+//! accepts only what this checked decoder accepts, with the same result;
+//! everything else, every rejection included, is decided here.
 
 use rmpv::ValueRef;
+
+mod fast;
 
 use crate::{is_valid_name, ErrorCode, Value, MAX_STRING_VALUE_BYTES, MAX_UNIT_BYTES};
 
@@ -60,6 +66,15 @@ impl FrameError {
 /// Decodes one binary frame into a [`Batch`], enforcing every field rule and
 /// `max_readings` (the frame's byte size is enforced by the socket layer).
 pub fn decode_batch(frame: &[u8], max_readings: usize) -> Result<Batch, FrameError> {
+    match fast::decode(frame, max_readings) {
+        Some(batch) => Ok(batch),
+        None => decode_checked(frame, max_readings),
+    }
+}
+
+/// [`decode_batch`] without the fast path: decodes the whole frame into
+/// borrowed values, then checks it field by field.
+fn decode_checked(frame: &[u8], max_readings: usize) -> Result<Batch, FrameError> {
     let mut rd = frame;
     let root = rmpv::decode::read_value_ref_with_max_depth(&mut rd, MAX_DEPTH)
         .map_err(|e| FrameError::invalid(peek_seq(frame), format!("not valid MessagePack: {e}")))?;
