@@ -2,7 +2,7 @@
 //! server's messages, and the two encodings. Pure functions, no I/O.
 //!
 //! A reading is encoded at most once per encoding however many subscribers
-//! receive it: [`Item`] keeps its JSON and MessagePack bytes (computed on
+//! receive it: [`Item`] keeps its JSON and MessagePack forms (computed on
 //! first use), and [`readings_frame`] splices those bytes into a
 //! `{"type":"readings","items":[...]}` frame without re-serializing them.
 
@@ -43,8 +43,12 @@ pub struct Item {
     /// Set for readings relayed from another instance (`mqtt.relay`): they
     /// are live only and their ids come from another instance's sequence.
     pub origin: Option<Arc<str>>,
-    json: OnceLock<Bytes>,
-    msgpack: OnceLock<Bytes>,
+    /// Kept as a `str` so a JSON frame splices it without checking its
+    /// UTF-8 again for every subscriber.
+    /// (`String` and `Vec`, not boxed slices: boxing would reallocate
+    /// each one to its exact size.)
+    json: OnceLock<String>,
+    msgpack: OnceLock<Vec<u8>>,
 }
 
 impl Item {
@@ -80,14 +84,15 @@ impl Item {
         }
     }
 
-    /// The item's bytes in `enc`, encoded on first use and then shared.
-    pub fn encoded(&self, enc: Encoding) -> &Bytes {
-        match enc {
-            Encoding::Json => self.json.get_or_init(|| item_json(&self.wire()).into()),
-            Encoding::Msgpack => self
-                .msgpack
-                .get_or_init(|| item_msgpack(&self.wire()).into()),
-        }
+    /// The item as JSON, encoded on first use and then shared.
+    pub fn json(&self) -> &str {
+        self.json
+            .get_or_init(|| String::from_utf8(item_json(&self.wire())).expect("JSON is UTF-8"))
+    }
+
+    /// The item as MessagePack, encoded on first use and then shared.
+    pub fn msgpack(&self) -> &[u8] {
+        self.msgpack.get_or_init(|| item_msgpack(&self.wire()))
     }
 }
 
@@ -153,18 +158,20 @@ fn item_msgpack(item: &StreamItem<'_>) -> Vec<u8> {
     use rmp::encode::{write_bool, write_f64, write_map_len, write_sint, write_str, write_uint};
     let mut out = Vec::with_capacity(80 + strings_len(item));
     let fields = 6 + u32::from(item.unit.is_some()) + u32::from(item.origin.is_some());
-    // Writing into a Vec cannot fail: the results are ignored below.
+    // Keys are fixed strings: their bytes (fixstr marker, then the name)
+    // are copied rather than encoded each time. Writing into a Vec cannot
+    // fail, so results are ignored.
     let o = &mut out;
     let _ = write_map_len(o, fields);
-    let _ = write_str(o, "id");
+    o.extend_from_slice(b"\xa2id");
     let _ = write_uint(o, item.id);
-    let _ = write_str(o, "device");
+    o.extend_from_slice(b"\xa6device");
     let _ = write_str(o, item.device);
-    let _ = write_str(o, "sensor");
+    o.extend_from_slice(b"\xa6sensor");
     let _ = write_str(o, item.sensor);
-    let _ = write_str(o, "ts");
+    o.extend_from_slice(b"\xa2ts");
     let _ = write_sint(o, item.ts);
-    let _ = write_str(o, "value");
+    o.extend_from_slice(b"\xa5value");
     let _ = match item.value {
         Value::Bool(b) => write_bool(o, *b).map_err(drop),
         Value::Int(n) => write_sint(o, *n).map(drop).map_err(drop),
@@ -173,13 +180,13 @@ fn item_msgpack(item: &StreamItem<'_>) -> Vec<u8> {
         Value::Str(s) => write_str(o, s).map_err(drop),
     };
     if let Some(unit) = &item.unit {
-        let _ = write_str(o, "unit");
+        o.extend_from_slice(b"\xa4unit");
         let _ = write_str(o, unit);
     }
-    let _ = write_str(o, "received");
+    o.extend_from_slice(b"\xa8received");
     let _ = write_sint(o, item.received);
     if let Some(origin) = &item.origin {
-        let _ = write_str(o, "origin");
+        o.extend_from_slice(b"\xa6origin");
         let _ = write_str(o, origin);
     }
     out
@@ -209,21 +216,20 @@ pub enum Frame {
 pub fn readings_frame(enc: Encoding, items: &[Arc<Item>]) -> Frame {
     match enc {
         Encoding::Json => {
-            let len: usize = items.iter().map(|i| i.encoded(enc).len() + 1).sum();
+            let len: usize = items.iter().map(|i| i.json().len() + 1).sum();
             let mut out = String::with_capacity(len + 32);
             out.push_str(r#"{"type":"readings","items":["#);
             for (n, item) in items.iter().enumerate() {
                 if n > 0 {
                     out.push(',');
                 }
-                // Produced by serde_json just above: always UTF-8.
-                out.push_str(std::str::from_utf8(item.encoded(enc)).expect("JSON is UTF-8"));
+                out.push_str(item.json());
             }
             out.push_str("]}");
             Frame::Text(out)
         }
         Encoding::Msgpack => {
-            let len: usize = items.iter().map(|i| i.encoded(enc).len()).sum();
+            let len: usize = items.iter().map(|i| i.msgpack().len()).sum();
             let mut out = Vec::with_capacity(len + 32);
             // Writing into a Vec cannot fail.
             rmp::encode::write_map_len(&mut out, 2).expect("vec write");
@@ -232,7 +238,7 @@ pub fn readings_frame(enc: Encoding, items: &[Arc<Item>]) -> Frame {
             rmp::encode::write_str(&mut out, "items").expect("vec write");
             rmp::encode::write_array_len(&mut out, items.len() as u32).expect("vec write");
             for item in items {
-                out.extend_from_slice(item.encoded(enc));
+                out.extend_from_slice(item.msgpack());
             }
             Frame::Binary(out.into())
         }
@@ -378,13 +384,13 @@ mod tests {
         for item in varied_items() {
             let wire = item.wire();
             assert_eq!(
-                item.encoded(Encoding::Json)[..],
-                serde_json::to_vec(&wire).unwrap()[..],
+                item.json(),
+                serde_json::to_string(&wire).unwrap(),
                 "{wire:?}"
             );
             assert_eq!(
-                item.encoded(Encoding::Msgpack)[..],
-                rmp_serde::to_vec_named(&wire).unwrap()[..],
+                item.msgpack(),
+                rmp_serde::to_vec_named(&wire).unwrap(),
                 "{wire:?}"
             );
         }
