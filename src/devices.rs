@@ -62,8 +62,10 @@ impl DeviceBook {
     /// Records a commit's readings.
     pub fn observe(&self, readings: &[Reading]) {
         let mut book = self.inner.lock().expect("device book lock");
-        for r in readings {
-            book.observe(r);
+        // A commit holds whole batches, one device each: look each run's
+        // device up once rather than once per reading.
+        for run in readings.chunk_by(|a, b| a.device == b.device) {
+            book.observe_run(run);
         }
     }
 
@@ -121,28 +123,39 @@ impl CommitListener for DeviceBook {
 }
 
 impl Book {
-    fn observe(&mut self, r: &Reading) {
-        if !self.devices.contains_key(&*r.device) {
+    /// Records readings of one device (`run` is not empty).
+    fn observe_run(&mut self, run: &[Reading]) {
+        let device = &run[0].device;
+        let newest = run
+            .iter()
+            .map(|r| r.received)
+            .max()
+            .expect("a run is never empty");
+        if !self.devices.contains_key(&**device) {
             if self.devices.len() >= MAX_DEVICES {
                 self.evict_oldest();
             }
             let seen = Seen {
-                last_seen: r.received,
+                last_seen: newest,
                 sensors: BTreeSet::new(),
             };
-            self.by_last_seen.insert((r.received, r.device.clone()));
-            self.devices.insert(r.device.clone(), seen);
+            self.by_last_seen.insert((newest, device.clone()));
+            self.devices.insert(device.clone(), seen);
         }
-        let seen = self.devices.get_mut(&*r.device).expect("inserted above");
-        if r.received > seen.last_seen {
+        let seen = self.devices.get_mut(&**device).expect("inserted above");
+        if newest > seen.last_seen {
             // Re-key the index entry: O(log n).
-            self.by_last_seen
-                .remove(&(seen.last_seen, r.device.clone()));
-            self.by_last_seen.insert((r.received, r.device.clone()));
-            seen.last_seen = r.received;
+            self.by_last_seen.remove(&(seen.last_seen, device.clone()));
+            self.by_last_seen.insert((newest, device.clone()));
+            seen.last_seen = newest;
         }
-        if seen.sensors.len() < MAX_SENSORS && !seen.sensors.contains(&r.sensor) {
-            seen.sensors.insert(r.sensor.clone());
+        for r in run {
+            if seen.sensors.len() >= MAX_SENSORS {
+                break;
+            }
+            if !seen.sensors.contains(&r.sensor) {
+                seen.sensors.insert(r.sensor.clone());
+            }
         }
     }
 
@@ -203,5 +216,29 @@ mod tests {
         book.observe(&[reading("a", 10), reading("a", 5)]);
         assert_eq!(book.list(&[])[0].last_seen, Some(10));
         assert_eq!(book.inner.lock().unwrap().by_last_seen.len(), 1);
+    }
+
+    #[test]
+    fn a_commit_of_several_devices_records_each_run() {
+        let book = DeviceBook::default();
+        let with = |device: &str, sensor: &str, received: i64| Reading {
+            sensor: sensor.into(),
+            ..reading(device, received)
+        };
+        book.observe(&[
+            with("a", "t", 3),
+            with("a", "h", 4),
+            with("b", "t", 9),
+            with("a", "p", 2),
+            with("a", "t", 7),
+        ]);
+        let list = book.list(&[]);
+        let a = list.iter().find(|d| d.device == "a").unwrap();
+        let b = list.iter().find(|d| d.device == "b").unwrap();
+        assert_eq!((a.last_seen, b.last_seen), (Some(7), Some(9)));
+        assert_eq!(a.sensors, ["h", "p", "t"]);
+        assert_eq!(b.sensors, ["t"]);
+        let book = book.inner.lock().unwrap();
+        assert_eq!(book.by_last_seen.len(), 2);
     }
 }
