@@ -102,6 +102,16 @@ pub enum WriteRequest {
     },
 }
 
+impl WriteRequest {
+    /// Readings this request would store.
+    fn readings(&self) -> usize {
+        match self {
+            WriteRequest::Batch(b) => b.readings.len(),
+            _ => 0,
+        }
+    }
+}
+
 /// What happened to a batch, sent once it is decided (for stored batches:
 /// once durable).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -266,7 +276,10 @@ impl Writer {
                 Some(0) => unreachable!("handled above"),
                 Some(batches) => {
                     let started = Instant::now();
-                    let applied = self.apply(buf.drain(..));
+                    // At most this many readings are stored: sized once,
+                    // the group's readings are never moved while it grows.
+                    let most: usize = buf.iter().map(WriteRequest::readings).sum();
+                    let applied = self.apply(buf.drain(..), most);
                     let took = started.elapsed();
                     crate::events::GroupCommitted { batches, took }.emit();
                     match self.sync {
@@ -333,9 +346,9 @@ impl Writer {
 
     /// Decides every batch of a group and applies the stored ones as one
     /// atomic sled batch. Outcomes are held back until the flush.
-    fn apply(&mut self, requests: impl Iterator<Item = WriteRequest>) -> Applied {
+    fn apply(&mut self, requests: impl Iterator<Item = WriteRequest>, most: usize) -> Applied {
         let mut replies = Vec::new();
-        let mut readings: Vec<Reading> = Vec::new();
+        let mut readings: Vec<Reading> = Vec::with_capacity(most);
         let mut seq_updates: HashMap<Arc<str>, u64> = HashMap::new();
         // Each updated device's seq before this group, to restore if the
         // group is refused (not to forget: sled may not hold it yet).
