@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the ingest hot paths: decoding and validating a
 //! device frame, topic-filter matching, encoding a reading for subscribers
-//! (JSON and MessagePack), and one durable group commit to sled.
+//! (JSON and MessagePack, in a frame of its own), and one durable group
+//! commit to sled.
 //!
 //! `cargo bench --bench hot_paths`
 
@@ -8,6 +9,7 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use sensorgate::config::SyncMode;
+use sensorgate::fanout::wire::{readings_frame, Encoding, Item};
 use sensorgate::fanout::TopicFilter;
 use sensorgate::protocol::{decode_batch, Reading, Value};
 use sensorgate::store::{self, IngestBatch, Store, WriteRequest};
@@ -59,13 +61,20 @@ fn topic_matching(c: &mut Criterion) {
     });
 }
 
+/// One reading encoded for subscribers as the daemon does it: a new
+/// stream item, encoded on first use, in a frame of its own.
 fn encoding(c: &mut Criterion) {
     let r = reading(1201);
     let mut g = c.benchmark_group("encode_reading");
-    g.bench_function("json", |b| b.iter(|| serde_json::to_vec(&r).unwrap()));
-    g.bench_function("msgpack", |b| {
-        b.iter(|| rmp_serde::to_vec_named(&r).unwrap())
-    });
+    for (name, enc) in [("json", Encoding::Json), ("msgpack", Encoding::Msgpack)] {
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || [Arc::new(Item::new(r.clone(), None))],
+                |item| readings_frame(enc, &item),
+                BatchSize::SmallInput,
+            )
+        });
+    }
     g.finish();
 }
 
