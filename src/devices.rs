@@ -45,7 +45,7 @@ struct Book {
 #[derive(Debug, Clone, Default)]
 struct Seen {
     last_seen: i64,
-    sensors: BTreeSet<String>,
+    sensors: BTreeSet<Arc<str>>,
 }
 
 /// One row of `/v1/devices`.
@@ -98,7 +98,7 @@ impl DeviceBook {
                 device: d.to_string(),
                 connected: live.contains(&**d),
                 last_seen: Some(s.last_seen),
-                sensors: s.sensors.iter().cloned().collect(),
+                sensors: s.sensors.iter().map(|s| s.to_string()).collect(),
             })
             .collect();
         for d in connected {

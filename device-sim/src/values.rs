@@ -148,6 +148,6 @@ mod tests {
         .unwrap();
         let batch = sensorgate_wire::decode_batch(&bytes, 10).unwrap();
         assert_eq!(batch.seq, Some(3));
-        assert_eq!(batch.readings[0].sensor, "temp");
+        assert_eq!(&*batch.readings[0].sensor, "temp");
     }
 }

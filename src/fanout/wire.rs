@@ -361,8 +361,8 @@ mod tests {
             let n = n as u64;
             let unit = match n % 3 {
                 0 => None,
-                1 => Some("°C".to_string()),
-                _ => Some("\"in\"".to_string()),
+                1 => Some("°C".into()),
+                _ => Some("\"in\"".into()),
             };
             let origin = (n % 2 == 0).then(|| Arc::<str>::from(format!("site-{n}\r")));
             let reading = Reading {

@@ -42,7 +42,7 @@ impl SegmentMeta {
 
 /// A segment on disk: readings as MessagePack arrays (positional, so
 /// field names are not repeated per reading).
-type Row = (u64, Arc<str>, String, i64, Value, Option<String>, i64);
+type Row = (u64, Arc<str>, Arc<str>, i64, Value, Option<Arc<str>>, i64);
 /// The borrowed form of [`Row`]: what [`encode_row`] writes, as serde
 /// would write it (the tests compare the two).
 #[cfg(test)]
@@ -200,16 +200,16 @@ mod tests {
             let r = Reading {
                 id: [1, 128, 70_000, u64::MAX][i % 4],
                 device: Arc::from("dev-1"),
-                sensor: "s".repeat(1 + i * 5),
+                sensor: "s".repeat(1 + i * 5).into(),
                 ts: [-1, 0, 1_763_800_000_000][i % 3],
                 value,
-                unit: (i % 2 == 0).then(|| "°C".to_string()),
+                unit: (i % 2 == 0).then(|| "°C".into()),
                 received: [i64::MIN, 5, i64::MAX][i % 3],
             };
             let row: RowRef<'_> = (
                 r.id,
                 &*r.device,
-                r.sensor.as_str(),
+                &*r.sensor,
                 r.ts,
                 &r.value,
                 r.unit.as_deref(),
@@ -238,10 +238,10 @@ mod tests {
             .map(|(i, value)| Reading {
                 id: 10 + i as u64,
                 device: dev.clone(),
-                sensor: format!("s{i}"),
+                sensor: format!("s{i}").into(),
                 ts: 1_763_800_000_000 + i as i64,
                 value,
-                unit: (i % 2 == 0).then(|| "C".to_string()),
+                unit: (i % 2 == 0).then(|| "C".into()),
                 received: 1_763_800_000_500,
             })
             .collect();

@@ -9,6 +9,8 @@
 //! accepts only what this checked decoder accepts, with the same result;
 //! everything else, every rejection included, is decided here.
 
+use std::sync::Arc;
+
 use rmpv::ValueRef;
 
 mod fast;
@@ -36,10 +38,10 @@ pub struct Batch {
 /// yet: the server adds those).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReadingIn {
-    pub sensor: String,
+    pub sensor: Arc<str>,
     pub ts: i64,
     pub value: Value,
-    pub unit: Option<String>,
+    pub unit: Option<Arc<str>>,
 }
 
 /// Why a frame was rejected, with the SPEC error code to answer with.
@@ -191,12 +193,12 @@ fn decode_reading(v: &ValueRef<'_>) -> Result<ReadingIn, String> {
                     s.len()
                 ));
             }
-            Some(s.to_string())
+            Some(Arc::from(s))
         }
         Some(other) => return Err(format!("unit: must be a string, got {}", kind_of(other))),
     };
     Ok(ReadingIn {
-        sensor: sensor.to_string(),
+        sensor: Arc::from(sensor),
         ts,
         value,
         unit,

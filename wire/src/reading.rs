@@ -19,11 +19,11 @@ pub enum Value {
 pub struct Reading {
     pub id: u64,
     pub device: std::sync::Arc<str>,
-    pub sensor: String,
+    pub sensor: std::sync::Arc<str>,
     pub ts: i64,
     pub value: Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unit: Option<String>,
+    pub unit: Option<std::sync::Arc<str>>,
     pub received: i64,
 }
 

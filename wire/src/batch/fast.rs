@@ -15,6 +15,8 @@
 //! always got. Where it returns a batch, it is the batch the checked decoder
 //! would return (the test below compares the two over many frames).
 
+use std::sync::Arc;
+
 use super::{Batch, ReadingIn, MAX_SEQ};
 use crate::{is_valid_name, Value, MAX_STRING_VALUE_BYTES, MAX_UNIT_BYTES};
 
@@ -97,7 +99,7 @@ fn reading(c: &mut Cursor<'_>) -> Option<ReadingIn> {
             "unit" if unit.is_none() => {
                 unit = Some(match c.scalar()? {
                     Scalar::Nil => None,
-                    Scalar::Str(s) if s.len() <= MAX_UNIT_BYTES => Some(s.to_string()),
+                    Scalar::Str(s) if s.len() <= MAX_UNIT_BYTES => Some(Arc::from(s)),
                     _ => return None,
                 });
             }
@@ -105,7 +107,7 @@ fn reading(c: &mut Cursor<'_>) -> Option<ReadingIn> {
         }
     }
     Some(ReadingIn {
-        sensor: sensor?.to_string(),
+        sensor: Arc::from(sensor?),
         ts: ts?,
         value: value?,
         unit: unit.flatten(),
