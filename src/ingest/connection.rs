@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Ingest;
 use crate::protocol::{
-    decode_batch, encode_frame, AckFrame, Batch, ErrorCode, ErrorFrame, WelcomeFrame,
+    decode_batch_with, encode_frame, AckFrame, Batch, ErrorCode, ErrorFrame, Names, WelcomeFrame,
 };
 use crate::store::{CommitOutcome, IngestBatch, WriteRequest};
 use crate::ws::{self, Due, End, KeepAlive, Message, Outbound, Peer, Socket};
@@ -51,6 +51,8 @@ struct Conn {
     expected: Option<u64>,
     consecutive_errors: u32,
     pending: FuturesOrdered<Pending>,
+    /// Sensor names and units this device sent: its readings share them.
+    names: Names,
 }
 
 /// Runs the connection to its end; never returns an error (every ending is a
@@ -67,6 +69,7 @@ pub async fn run(socket: Socket, device: Arc<str>, ingest: Arc<Ingest>) {
         expected: None,
         consecutive_errors: 0,
         pending: FuturesOrdered::new(),
+        names: Names::default(),
     };
     let end = conn.serve().await;
     tracing::debug!(device = %conn.device, ?end, "device connection ended");
@@ -162,7 +165,7 @@ impl Conn {
 
     async fn on_frame(&mut self, bytes: &[u8]) -> Result<(), End> {
         let limits = &self.ingest.config.limits;
-        let batch = match decode_batch(bytes, limits.max_readings_per_frame) {
+        let batch = match decode_batch_with(bytes, limits.max_readings_per_frame, &mut self.names) {
             Ok(batch) => batch,
             Err(e) => {
                 let err = ErrorFrame::new(e.seq, e.code, e.detail);

@@ -8,9 +8,9 @@
 //! the limits a welcome announces.
 
 pub use sensorgate_wire::{
-    decode_batch, encode_frame, is_valid_name, AckFrame, Batch, ErrorCode, ErrorFrame, FrameError,
-    Limits, Reading, ReadingIn, ServerFrame, StreamItem, Value, WelcomeFrame, MAX_NAME_LEN,
-    MAX_SEQ, MAX_STRING_VALUE_BYTES, MAX_UNIT_BYTES,
+    decode_batch, decode_batch_with, encode_frame, is_valid_name, AckFrame, Batch, ErrorCode,
+    ErrorFrame, FrameError, Limits, Names, Reading, ReadingIn, ServerFrame, StreamItem, Value,
+    WelcomeFrame, MAX_NAME_LEN, MAX_SEQ, MAX_STRING_VALUE_BYTES, MAX_UNIT_BYTES,
 };
 
 use crate::config::LimitsConfig;

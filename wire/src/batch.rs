@@ -44,6 +44,33 @@ pub struct ReadingIn {
     pub unit: Option<Arc<str>>,
 }
 
+/// The sensor names and units one connection has sent, so that each
+/// reading of a batch shares its name with every earlier reading of that
+/// sensor instead of owning a copy. A device has a handful of sensors;
+/// past [`Names::MAX`] distinct strings new ones are simply not kept, so a
+/// connection's memory stays bounded whatever it sends.
+#[derive(Debug, Default)]
+pub struct Names {
+    known: Vec<Arc<str>>,
+}
+
+impl Names {
+    /// Distinct strings kept per connection.
+    pub const MAX: usize = 32;
+
+    /// `s` as a shared string: the kept one when there is one.
+    pub fn get(&mut self, s: &str) -> Arc<str> {
+        if let Some(known) = self.known.iter().find(|k| ***k == *s) {
+            return known.clone();
+        }
+        let new = Arc::<str>::from(s);
+        if self.known.len() < Self::MAX {
+            self.known.push(new.clone());
+        }
+        new
+    }
+}
+
 /// Why a frame was rejected, with the SPEC error code to answer with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code:?}: {detail}")]
@@ -68,7 +95,17 @@ impl FrameError {
 /// Decodes one binary frame into a [`Batch`], enforcing every field rule and
 /// `max_readings` (the frame's byte size is enforced by the socket layer).
 pub fn decode_batch(frame: &[u8], max_readings: usize) -> Result<Batch, FrameError> {
-    match fast::decode(frame, max_readings) {
+    decode_batch_with(frame, max_readings, &mut Names::default())
+}
+
+/// [`decode_batch`] for a connection that decodes many batches: sensor
+/// names and units already in `names` are shared, not allocated again.
+pub fn decode_batch_with(
+    frame: &[u8],
+    max_readings: usize,
+    names: &mut Names,
+) -> Result<Batch, FrameError> {
+    match fast::decode(frame, max_readings, names) {
         Some(batch) => Ok(batch),
         None => decode_checked(frame, max_readings),
     }

@@ -23,7 +23,7 @@ mod reading;
 mod stream;
 mod time;
 
-pub use batch::{decode_batch, Batch, FrameError, ReadingIn, MAX_SEQ};
+pub use batch::{decode_batch, decode_batch_with, Batch, FrameError, Names, ReadingIn, MAX_SEQ};
 pub use frames::{
     encode as encode_frame, AckFrame, DecodeError, ErrorCode, ErrorFrame, Limits, ServerFrame,
     WelcomeFrame,

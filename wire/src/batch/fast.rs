@@ -15,13 +15,11 @@
 //! always got. Where it returns a batch, it is the batch the checked decoder
 //! would return (the test below compares the two over many frames).
 
-use std::sync::Arc;
-
-use super::{Batch, ReadingIn, MAX_SEQ};
+use super::{Batch, Names, ReadingIn, MAX_SEQ};
 use crate::{is_valid_name, Value, MAX_STRING_VALUE_BYTES, MAX_UNIT_BYTES};
 
 /// The batch in `frame`, or `None` to leave the frame to the checked decoder.
-pub(super) fn decode(frame: &[u8], max_readings: usize) -> Option<Batch> {
+pub(super) fn decode(frame: &[u8], max_readings: usize, names: &mut Names) -> Option<Batch> {
     let mut c = Cursor(frame);
     let mut seq = None;
     let mut seen_seq = false;
@@ -43,7 +41,7 @@ pub(super) fn decode(frame: &[u8], max_readings: usize) -> Option<Batch> {
                 }
                 let mut out = Vec::with_capacity(n);
                 for _ in 0..n {
-                    out.push(reading(&mut c)?);
+                    out.push(reading(&mut c, names)?);
                 }
                 readings = Some(out);
             }
@@ -59,7 +57,7 @@ pub(super) fn decode(frame: &[u8], max_readings: usize) -> Option<Batch> {
     })
 }
 
-fn reading(c: &mut Cursor<'_>) -> Option<ReadingIn> {
+fn reading(c: &mut Cursor<'_>, names: &mut Names) -> Option<ReadingIn> {
     let (mut sensor, mut ts, mut value, mut unit) = (None, None, None, None);
     for _ in 0..c.map_len()? {
         match c.str()? {
@@ -99,7 +97,7 @@ fn reading(c: &mut Cursor<'_>) -> Option<ReadingIn> {
             "unit" if unit.is_none() => {
                 unit = Some(match c.scalar()? {
                     Scalar::Nil => None,
-                    Scalar::Str(s) if s.len() <= MAX_UNIT_BYTES => Some(Arc::from(s)),
+                    Scalar::Str(s) if s.len() <= MAX_UNIT_BYTES => Some(names.get(s)),
                     _ => return None,
                 });
             }
@@ -107,7 +105,7 @@ fn reading(c: &mut Cursor<'_>) -> Option<ReadingIn> {
         }
     }
     Some(ReadingIn {
-        sensor: Arc::from(sensor?),
+        sensor: names.get(sensor?),
         ts: ts?,
         value: value?,
         unit: unit.flatten(),
@@ -228,6 +226,8 @@ fn signed(n: i64) -> Scalar<'static> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::super::decode_checked;
     use super::*;
 
@@ -418,12 +418,14 @@ mod tests {
     fn what_the_fast_path_accepts_the_checked_decoder_accepts_the_same() {
         let mut rng = Rng(0x5eed_cafe_f00d_0001);
         let (mut fast, mut checked_ok) = (0, 0);
+        // One connection's names across all frames, as the daemon keeps them.
+        let mut names = Names::default();
         for _ in 0..200_000 {
             let f = frame(&mut rng);
             let max = 1 + rng.below(12) as usize;
             let checked = decode_checked(&f, max);
             checked_ok += usize::from(checked.is_ok());
-            if let Some(batch) = decode(&f, max) {
+            if let Some(batch) = decode(&f, max, &mut names) {
                 fast += 1;
                 assert_eq!(Ok(&batch), checked.as_ref(), "frame {f:02x?}");
             }
@@ -449,10 +451,39 @@ mod tests {
             ]
         }))
         .unwrap();
-        let batch = decode(&frame, 500).expect("fast path");
+        let batch = decode(&frame, 500, &mut Names::default()).expect("fast path");
         assert_eq!(Ok(&batch), decode_checked(&frame, 500).as_ref());
         assert_eq!(batch.readings[2].value, Value::UInt(u64::MAX));
         assert_eq!(batch.readings[3].unit, None);
+    }
+
+    #[test]
+    fn names_are_shared_across_batches_and_kept_up_to_the_bound() {
+        let frame = |sensors: &[String]| {
+            let readings: Vec<_> = sensors
+                .iter()
+                .map(|s| serde_json::json!({"sensor": s, "ts": 1, "value": 1, "unit": "C"}))
+                .collect();
+            rmp_serde::to_vec_named(&serde_json::json!({"readings": readings})).unwrap()
+        };
+        let mut names = Names::default();
+        let a = decode(&frame(&["t".into(), "h".into()]), 500, &mut names).unwrap();
+        let b = decode(&frame(&["h".into(), "t".into()]), 500, &mut names).unwrap();
+        assert!(Arc::ptr_eq(&a.readings[0].sensor, &b.readings[1].sensor));
+        assert!(Arc::ptr_eq(&a.readings[1].sensor, &b.readings[0].sensor));
+        let units = |r: &ReadingIn| r.unit.clone().unwrap();
+        assert!(Arc::ptr_eq(&units(&a.readings[0]), &units(&b.readings[0])));
+        // Past the bound, new names are still decoded right, just not kept.
+        let many: Vec<String> = (0..2 * Names::MAX).map(|i| format!("s{i}")).collect();
+        let c = decode(&frame(&many), 500, &mut names).unwrap();
+        let d = decode(&frame(&many), 500, &mut names).unwrap();
+        assert_eq!(names.known.len(), Names::MAX);
+        assert!(c.readings.iter().zip(&many).all(|(r, s)| *r.sensor == **s));
+        assert!(Arc::ptr_eq(&c.readings[0].sensor, &d.readings[0].sensor));
+        assert!(!Arc::ptr_eq(
+            &c.readings[2 * Names::MAX - 1].sensor,
+            &d.readings[2 * Names::MAX - 1].sensor
+        ));
     }
 
     #[test]
@@ -466,7 +497,7 @@ mod tests {
             mp(serde_json::json!({"readings": [{"sensor": "t", "ts": 1}]})),
             mp(serde_json::json!({"readings": [{"sensor": "t", "ts": 1, "value": 1, "x": 0}]})),
         ] {
-            assert!(decode(&f, 500).is_none(), "{f:02x?}");
+            assert!(decode(&f, 500, &mut Names::default()).is_none(), "{f:02x?}");
         }
     }
 }
