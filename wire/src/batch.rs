@@ -60,14 +60,20 @@ impl Names {
 
     /// `s` as a shared string: the kept one when there is one.
     pub fn get(&mut self, s: &str) -> Arc<str> {
-        if let Some(known) = self.known.iter().find(|k| ***k == *s) {
-            return known.clone();
+        self.get_utf8(s.as_bytes()).expect("a str is UTF-8")
+    }
+
+    /// The string whose bytes are `b`, shared like [`Names::get`]; `None`
+    /// when `b` is not UTF-8. Only a string not kept yet is checked.
+    pub fn get_utf8(&mut self, b: &[u8]) -> Option<Arc<str>> {
+        if let Some(known) = self.known.iter().find(|k| k.as_bytes() == b) {
+            return Some(known.clone());
         }
-        let new = Arc::<str>::from(s);
+        let new = Arc::<str>::from(std::str::from_utf8(b).ok()?);
         if self.known.len() < Self::MAX {
             self.known.push(new.clone());
         }
-        new
+        Some(new)
     }
 }
 

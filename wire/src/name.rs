@@ -12,9 +12,15 @@ pub const MAX_UNIT_BYTES: usize = 16;
 /// It also keeps MQTT wildcards (`+`, `#`) and the level separator `/` out of
 /// topics, so `<device>/<sensor>` always has exactly two literal levels.
 pub fn is_valid_name(s: &str) -> bool {
+    is_valid_name_bytes(s.as_bytes())
+}
+
+/// [`is_valid_name`] over bytes not yet known to be UTF-8 (a valid name is
+/// ASCII, so it always is).
+pub(crate) fn is_valid_name_bytes(s: &[u8]) -> bool {
     !s.is_empty()
         && s.len() <= MAX_NAME_LEN
-        && s.bytes()
+        && s.iter()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
 }
 

@@ -16,7 +16,8 @@
 //! would return (the test below compares the two over many frames).
 
 use super::{Batch, Names, ReadingIn, MAX_SEQ};
-use crate::{is_valid_name, Value, MAX_STRING_VALUE_BYTES, MAX_UNIT_BYTES};
+use crate::name::is_valid_name_bytes;
+use crate::{Value, MAX_STRING_VALUE_BYTES, MAX_UNIT_BYTES};
 
 /// The batch in `frame`, or `None` to leave the frame to the checked decoder.
 pub(super) fn decode(frame: &[u8], max_readings: usize, names: &mut Names) -> Option<Batch> {
@@ -25,8 +26,8 @@ pub(super) fn decode(frame: &[u8], max_readings: usize, names: &mut Names) -> Op
     let mut seen_seq = false;
     let mut readings = None;
     for _ in 0..c.map_len()? {
-        match c.str()? {
-            "seq" if !seen_seq => {
+        match c.key()? {
+            b"seq" if !seen_seq => {
                 seen_seq = true;
                 seq = match c.scalar()? {
                     Scalar::Nil => None,
@@ -34,7 +35,7 @@ pub(super) fn decode(frame: &[u8], max_readings: usize, names: &mut Names) -> Op
                     _ => return None,
                 };
             }
-            "readings" if readings.is_none() => {
+            b"readings" if readings.is_none() => {
                 let n = c.array_len()?;
                 if n == 0 || n > max_readings {
                     return None;
@@ -60,24 +61,24 @@ pub(super) fn decode(frame: &[u8], max_readings: usize, names: &mut Names) -> Op
 fn reading(c: &mut Cursor<'_>, names: &mut Names) -> Option<ReadingIn> {
     let (mut sensor, mut ts, mut value, mut unit) = (None, None, None, None);
     for _ in 0..c.map_len()? {
-        match c.str()? {
-            "sensor" if sensor.is_none() => {
+        match c.key()? {
+            b"sensor" if sensor.is_none() => {
                 let Scalar::Str(s) = c.scalar()? else {
                     return None;
                 };
-                if !is_valid_name(s) {
+                if !is_valid_name_bytes(s) {
                     return None;
                 }
                 sensor = Some(s);
             }
-            "ts" if ts.is_none() => {
+            b"ts" if ts.is_none() => {
                 ts = Some(match c.scalar()? {
                     Scalar::Int(Int::Neg(n)) => n,
                     Scalar::Int(Int::Pos(n)) => i64::try_from(n).ok()?,
                     _ => return None,
                 });
             }
-            "value" if value.is_none() => {
+            b"value" if value.is_none() => {
                 value = Some(match c.scalar()? {
                     Scalar::Bool(b) => Value::Bool(b),
                     Scalar::Int(Int::Neg(n)) => Value::Int(n),
@@ -87,17 +88,17 @@ fn reading(c: &mut Cursor<'_>, names: &mut Names) -> Option<ReadingIn> {
                     },
                     Scalar::Float(f) if f.is_finite() => Value::Float(f),
                     Scalar::Str(s) if s.len() <= MAX_STRING_VALUE_BYTES => {
-                        Value::Str(s.to_string())
+                        Value::Str(std::str::from_utf8(s).ok()?.to_string())
                     }
                     _ => return None,
                 });
             }
             // `unit: nil` is the same as no unit, but a second `unit` key
             // after it is left to the checked decoder like any duplicate.
-            "unit" if unit.is_none() => {
+            b"unit" if unit.is_none() => {
                 unit = Some(match c.scalar()? {
                     Scalar::Nil => None,
-                    Scalar::Str(s) if s.len() <= MAX_UNIT_BYTES => Some(names.get(s)),
+                    Scalar::Str(s) if s.len() <= MAX_UNIT_BYTES => Some(names.get_utf8(s)?),
                     _ => return None,
                 });
             }
@@ -105,7 +106,8 @@ fn reading(c: &mut Cursor<'_>, names: &mut Names) -> Option<ReadingIn> {
         }
     }
     Some(ReadingIn {
-        sensor: names.get(sensor?),
+        // A valid name is ASCII, so always UTF-8.
+        sensor: names.get_utf8(sensor?)?,
         ts: ts?,
         value: value?,
         unit: unit.flatten(),
@@ -125,7 +127,8 @@ enum Scalar<'a> {
     Bool(bool),
     Int(Int),
     Float(f64),
-    Str(&'a str),
+    /// The bytes of a string, not yet checked to be UTF-8.
+    Str(&'a [u8]),
 }
 
 /// What is left of the frame.
@@ -175,13 +178,14 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    /// A string (valid UTF-8 only).
-    fn str(&mut self) -> Option<&'a str> {
+    /// The bytes of a string, as a map key: compared with the names this
+    /// path knows, so they need no UTF-8 check.
+    fn key(&mut self) -> Option<&'a [u8]> {
         let m = self.byte()?;
         self.str_body(m)
     }
 
-    fn str_body(&mut self, marker: u8) -> Option<&'a str> {
+    fn str_body(&mut self, marker: u8) -> Option<&'a [u8]> {
         let n = match marker {
             m @ 0xa0..=0xbf => usize::from(m & 0x1f),
             0xd9 => usize::from(self.byte()?),
@@ -189,7 +193,7 @@ impl<'a> Cursor<'a> {
             0xdb => self.len32()?,
             _ => return None,
         };
-        std::str::from_utf8(self.take(n)?).ok()
+        self.take(n)
     }
 
     /// A nil, bool, integer, float or string; `None` for anything else.
