@@ -2,7 +2,8 @@
 //! device sends, what the server answers, and the token that admits it.
 //!
 //! Owns: the reading and its value ([`Reading`], [`Value`]), decoding and
-//! validating a device's MessagePack batch ([`decode_batch`]), the
+//! validating a device's MessagePack batch ([`decode_batch`], and
+//! [`decode_batch_with`] sharing a connection's sensor names: [`Names`]), the
 //! server → device frames and their decoding on the device side
 //! ([`WelcomeFrame`], [`AckFrame`], [`ErrorFrame`], [`ServerFrame`]), the
 //! items subscribers receive ([`StreamItem`]), the name rule
