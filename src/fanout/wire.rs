@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::{Reading, StreamItem, Value};
+use crate::protocol::{write_msgpack_value, Reading, StreamItem, Value};
 
 /// The encoding a subscriber chose at the handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,7 +155,7 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
 /// forms), written directly into one buffer for the reason [`item_json`]
 /// gives. The tests compare both byte for byte.
 fn item_msgpack(item: &StreamItem<'_>) -> Vec<u8> {
-    use rmp::encode::{write_bool, write_f64, write_map_len, write_sint, write_str, write_uint};
+    use rmp::encode::{write_map_len, write_sint, write_str, write_uint};
     let mut out = Vec::with_capacity(80 + strings_len(item));
     let fields = 6 + u32::from(item.unit.is_some()) + u32::from(item.origin.is_some());
     // Keys are fixed strings: their bytes (fixstr marker, then the name)
@@ -172,13 +172,7 @@ fn item_msgpack(item: &StreamItem<'_>) -> Vec<u8> {
     o.extend_from_slice(b"\xa2ts");
     let _ = write_sint(o, item.ts);
     o.extend_from_slice(b"\xa5value");
-    let _ = match item.value {
-        Value::Bool(b) => write_bool(o, *b).map_err(drop),
-        Value::Int(n) => write_sint(o, *n).map(drop).map_err(drop),
-        Value::UInt(n) => write_uint(o, *n).map(drop).map_err(drop),
-        Value::Float(f) => write_f64(o, *f).map_err(drop),
-        Value::Str(s) => write_str(o, s).map_err(drop),
-    };
+    write_msgpack_value(o, item.value);
     if let Some(unit) = &item.unit {
         o.extend_from_slice(b"\xa4unit");
         let _ = write_str(o, unit);

@@ -15,6 +15,21 @@ pub use sensorgate_wire::{
 
 use crate::config::LimitsConfig;
 
+/// Appends `v` as MessagePack, as serde writes a [`Value`] (untagged, the
+/// shortest integer form): the one place the daemon's hand-written
+/// encoders (stream items, stored rows) write a value.
+pub fn write_msgpack_value(out: &mut Vec<u8>, v: &Value) {
+    use rmp::encode::{write_bool, write_f64, write_sint, write_str, write_uint};
+    // Writing into a Vec cannot fail.
+    let _ = match v {
+        Value::Bool(b) => write_bool(out, *b).map_err(drop),
+        Value::Int(n) => write_sint(out, *n).map(drop).map_err(drop),
+        Value::UInt(n) => write_uint(out, *n).map(drop).map_err(drop),
+        Value::Float(f) => write_f64(out, *f).map_err(drop),
+        Value::Str(s) => write_str(out, s).map_err(drop),
+    };
+}
+
 impl From<&LimitsConfig> for Limits {
     fn from(c: &LimitsConfig) -> Limits {
         Limits {
