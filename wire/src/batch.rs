@@ -58,13 +58,8 @@ impl Names {
     /// Distinct strings kept per connection.
     pub const MAX: usize = 32;
 
-    /// `s` as a shared string: the kept one when there is one.
-    pub fn get(&mut self, s: &str) -> Arc<str> {
-        self.get_utf8(s.as_bytes()).expect("a str is UTF-8")
-    }
-
-    /// The string whose bytes are `b`, shared like [`Names::get`]; `None`
-    /// when `b` is not UTF-8. Only a string not kept yet is checked.
+    /// The string whose bytes are `b`: the kept one when there is one;
+    /// `None` when `b` is not UTF-8 (only a string not kept yet is checked).
     pub fn get_utf8(&mut self, b: &[u8]) -> Option<Arc<str>> {
         if let Some(known) = self.known.iter().find(|k| k.as_bytes() == b) {
             return Some(known.clone());

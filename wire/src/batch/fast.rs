@@ -19,6 +19,10 @@ use super::{Batch, Names, ReadingIn, MAX_SEQ};
 use crate::name::is_valid_name_bytes;
 use crate::{Value, MAX_STRING_VALUE_BYTES, MAX_UNIT_BYTES};
 
+/// The fewest bytes a reading takes: a map header and the `sensor`, `ts`
+/// and `value` keys with one-byte values.
+const MIN_READING_BYTES: usize = 20;
+
 /// The batch in `frame`, or `None` to leave the frame to the checked decoder.
 pub(super) fn decode(frame: &[u8], max_readings: usize, names: &mut Names) -> Option<Batch> {
     let mut c = Cursor(frame);
@@ -40,7 +44,9 @@ pub(super) fn decode(frame: &[u8], max_readings: usize, names: &mut Names) -> Op
                 if n == 0 || n > max_readings {
                     return None;
                 }
-                let mut out = Vec::with_capacity(n);
+                // The header is only a claim: room for what the bytes left
+                // could hold, so a short frame cannot make a big allocation.
+                let mut out = Vec::with_capacity(n.min(c.0.len() / MIN_READING_BYTES));
                 for _ in 0..n {
                     out.push(reading(&mut c, names)?);
                 }
@@ -264,9 +270,23 @@ mod tests {
             _ => rng.next() as i64 >> rng.below(64),
         };
         if v >= 0 && rng.below(4) == 0 {
-            // A non-negative value as a signed type.
-            out.push(0xd3);
-            out.extend_from_slice(&v.to_be_bytes());
+            // A non-negative value as a signed type, in the smallest one
+            // that holds it or as an i64.
+            match v {
+                0..=0x7f if rng.below(2) == 0 => out.extend_from_slice(&[0xd0, v as u8]),
+                0..=0x7fff if rng.below(2) == 0 => {
+                    out.push(0xd1);
+                    out.extend_from_slice(&(v as i16).to_be_bytes());
+                }
+                0..=0x7fff_ffff if rng.below(2) == 0 => {
+                    out.push(0xd2);
+                    out.extend_from_slice(&(v as i32).to_be_bytes());
+                }
+                _ => {
+                    out.push(0xd3);
+                    out.extend_from_slice(&v.to_be_bytes());
+                }
+            }
         } else if v >= 0 && rng.below(3) == 0 {
             out.push(0xcf);
             out.extend_from_slice(&(v as u64).to_be_bytes());
@@ -296,9 +316,18 @@ mod tests {
             _ => format!("k{}", rng.below(100)),
         };
         if rng.below(6) == 0 {
-            // The long form for a short string.
-            out.push(0xda);
-            out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+            // A longer form than the string needs: str 8, 16 or 32.
+            match rng.below(3) {
+                0 if s.len() < 256 => out.extend_from_slice(&[0xd9, s.len() as u8]),
+                1 => {
+                    out.push(0xdb);
+                    out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+                }
+                _ => {
+                    out.push(0xda);
+                    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+                }
+            }
             out.extend_from_slice(s.as_bytes());
         } else {
             rmp::encode::write_str(out, &s).unwrap();
@@ -346,7 +375,7 @@ mod tests {
         } else {
             rng.below(7) as u32
         };
-        rmp::encode::write_map_len(out, n).unwrap();
+        map_len(out, n, rng);
         if !usual {
             for _ in 0..n {
                 key(out, rng, &KEYS);
@@ -369,6 +398,23 @@ mod tests {
         }
     }
 
+    /// A map header, now and then in a longer form than it needs.
+    fn map_len(out: &mut Vec<u8>, n: u32, rng: &mut Rng) {
+        match rng.below(10) {
+            0 => {
+                out.push(0xde);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            1 => {
+                out.push(0xdf);
+                out.extend_from_slice(&n.to_be_bytes());
+            }
+            _ => {
+                rmp::encode::write_map_len(out, n).unwrap();
+            }
+        }
+    }
+
     fn frame(rng: &mut Rng) -> Vec<u8> {
         let mut out = Vec::new();
         let keys = match rng.below(6) {
@@ -379,7 +425,7 @@ mod tests {
             4 => vec!["readings", "readings"],
             _ => vec!["seq", "readings"],
         };
-        rmp::encode::write_map_len(&mut out, keys.len() as u32).unwrap();
+        map_len(&mut out, keys.len() as u32, rng);
         for k in keys {
             if rng.below(25) == 0 {
                 key(&mut out, rng, &["seq", "readings"]);
@@ -391,11 +437,18 @@ mod tests {
                 "readings" if rng.below(15) != 0 => {
                     let most = if rng.below(2) == 0 { 4 } else { 14 };
                     let n = rng.below(most) as u32;
-                    if rng.below(5) == 0 {
-                        out.push(0xdc);
-                        out.extend_from_slice(&(n as u16).to_be_bytes());
-                    } else {
-                        rmp::encode::write_array_len(&mut out, n).unwrap();
+                    match rng.below(8) {
+                        0 => {
+                            out.push(0xdc);
+                            out.extend_from_slice(&(n as u16).to_be_bytes());
+                        }
+                        1 => {
+                            out.push(0xdd);
+                            out.extend_from_slice(&n.to_be_bytes());
+                        }
+                        _ => {
+                            rmp::encode::write_array_len(&mut out, n).unwrap();
+                        }
                     }
                     for _ in 0..n {
                         reading_frame(&mut out, rng);
