@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::StoreError;
-use crate::protocol::{Reading, Value};
+use crate::protocol::{write_msgpack_value, Reading, Value};
 
 /// One segment's index entry: enough to decide retention and to answer
 /// "what is retained" without reading segment payloads.
@@ -78,14 +78,14 @@ pub struct EncodedSegment {
 pub fn encode_segments(readings: &[Reading]) -> Vec<EncodedSegment> {
     let mut out = Vec::new();
     let mut start = 0;
-    let mut body = segment_with_header();
+    let mut body = segment_with_header(readings.len());
     for (i, r) in readings.iter().enumerate() {
         let before = body.len();
         encode_row(&mut body, r);
         let full = body.len() > SEGMENT_MAX_BYTES || i - start == SEGMENT_MAX_READINGS;
         if full && i > start {
             // This row starts the next segment.
-            let mut next = segment_with_header();
+            let mut next = segment_with_header(readings.len() - i);
             next.extend_from_slice(&body[before..]);
             body.truncate(before);
             out.push(finish_segment(start..i, body));
@@ -103,20 +103,14 @@ pub fn encode_segments(readings: &[Reading]) -> Vec<EncodedSegment> {
 /// [`Row`], written directly (encoding rows was a visible share of the
 /// writer thread's time through serde). The tests compare both.
 fn encode_row(out: &mut Vec<u8>, r: &Reading) {
-    use rmp::encode::{write_bool, write_f64, write_nil, write_sint, write_str, write_uint};
+    use rmp::encode::{write_nil, write_sint, write_str, write_uint};
     // Writing into a Vec cannot fail: results are ignored.
     out.push(0x97); // fixarray of 7
     let _ = write_uint(out, r.id);
     let _ = write_str(out, &r.device);
     let _ = write_str(out, &r.sensor);
     let _ = write_sint(out, r.ts);
-    let _ = match &r.value {
-        Value::Bool(b) => write_bool(out, *b).map_err(drop),
-        Value::Int(n) => write_sint(out, *n).map(drop).map_err(drop),
-        Value::UInt(n) => write_uint(out, *n).map(drop).map_err(drop),
-        Value::Float(f) => write_f64(out, *f).map_err(drop),
-        Value::Str(s) => write_str(out, s).map_err(drop),
-    };
+    write_msgpack_value(out, &r.value);
     let _ = match &r.unit {
         Some(unit) => write_str(out, unit).map_err(drop),
         None => write_nil(out).map_err(drop),
@@ -125,10 +119,12 @@ fn encode_row(out: &mut Vec<u8>, r: &Reading) {
 }
 
 /// A segment buffer starting with room for its `array 16` header, sized
-/// for a whole segment (at most [`SEGMENT_MAX_BYTES`] and one row past it,
-/// which moves to the next): it never grows while rows are added.
-fn segment_with_header() -> Vec<u8> {
-    let mut body = Vec::with_capacity(SEGMENT_MAX_BYTES + 1024);
+/// for the `left` readings still to encode (a typical row is under 64
+/// bytes) but not past a whole segment (at most [`SEGMENT_MAX_BYTES`] and
+/// one row past it, which moves to the next): a big group's segments never
+/// grow while rows are added, and a one-reading commit does not take 7 KiB.
+fn segment_with_header(left: usize) -> Vec<u8> {
+    let mut body = Vec::with_capacity((3 + 64 * left).min(SEGMENT_MAX_BYTES + 1024));
     body.extend_from_slice(&[0xdc, 0, 0]);
     body
 }
