@@ -167,19 +167,21 @@ impl<'a> Cursor<'a> {
     }
 
     fn map_len(&mut self) -> Option<usize> {
-        match self.byte()? {
-            m @ 0x80..=0x8f => Some(usize::from(m & 0x0f)),
-            0xde => self.len16(),
-            0xdf => self.len32(),
-            _ => None,
-        }
+        self.container_len(0x80, 0xde)
     }
 
     fn array_len(&mut self) -> Option<usize> {
+        self.container_len(0x90, 0xdc)
+    }
+
+    /// A map's or an array's length: the fix form's markers are `fix` to
+    /// `fix + 15`, the 16-bit form's `long` and the 32-bit form's `long + 1`
+    /// (map: 0x80, 0xde, 0xdf; array: 0x90, 0xdc, 0xdd).
+    fn container_len(&mut self, fix: u8, long: u8) -> Option<usize> {
         match self.byte()? {
-            m @ 0x90..=0x9f => Some(usize::from(m & 0x0f)),
-            0xdc => self.len16(),
-            0xdd => self.len32(),
+            m if m & 0xf0 == fix => Some(usize::from(m & 0x0f)),
+            m if m == long => self.len16(),
+            m if m == long + 1 => self.len32(),
             _ => None,
         }
     }
@@ -398,21 +400,30 @@ mod tests {
         }
     }
 
-    /// A map header, now and then in a longer form than it needs.
-    fn map_len(out: &mut Vec<u8>, n: u32, rng: &mut Rng) {
+    /// A map or array header of `n` entries, now and then in a longer form
+    /// than it needs: the 16-bit form's marker is `long`, the 32-bit one's
+    /// `long + 1` (map 16/32: 0xde/0xdf, array 16/32: 0xdc/0xdd).
+    fn header(out: &mut Vec<u8>, n: u32, rng: &mut Rng, long: u8) {
         match rng.below(10) {
             0 => {
-                out.push(0xde);
+                out.push(long);
                 out.extend_from_slice(&(n as u16).to_be_bytes());
             }
             1 => {
-                out.push(0xdf);
+                out.push(long + 1);
                 out.extend_from_slice(&n.to_be_bytes());
             }
-            _ => {
+            _ if long == 0xde => {
                 rmp::encode::write_map_len(out, n).unwrap();
             }
+            _ => {
+                rmp::encode::write_array_len(out, n).unwrap();
+            }
         }
+    }
+
+    fn map_len(out: &mut Vec<u8>, n: u32, rng: &mut Rng) {
+        header(out, n, rng, 0xde);
     }
 
     fn frame(rng: &mut Rng) -> Vec<u8> {
@@ -437,19 +448,7 @@ mod tests {
                 "readings" if rng.below(15) != 0 => {
                     let most = if rng.below(2) == 0 { 4 } else { 14 };
                     let n = rng.below(most) as u32;
-                    match rng.below(8) {
-                        0 => {
-                            out.push(0xdc);
-                            out.extend_from_slice(&(n as u16).to_be_bytes());
-                        }
-                        1 => {
-                            out.push(0xdd);
-                            out.extend_from_slice(&n.to_be_bytes());
-                        }
-                        _ => {
-                            rmp::encode::write_array_len(&mut out, n).unwrap();
-                        }
-                    }
+                    header(&mut out, n, rng, 0xdc);
                     for _ in 0..n {
                         reading_frame(&mut out, rng);
                     }
