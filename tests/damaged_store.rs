@@ -81,6 +81,13 @@ fn scratch(f: &Fixture, name: &str) -> (PathBuf, PathBuf) {
     (dir, config)
 }
 
+/// `sensorgate check-store` on `config`'s store: its exit code and report.
+fn check_store(config: &Path) -> (Option<i32>, String) {
+    let out = run_binary(&["check-store"], config);
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out.status.code(), report)
+}
+
 /// Runs the binary to completion (it must not keep running).
 fn run_binary(args: &[&str], config: &Path) -> Output {
     let mut child = sensorgate_cmd()
@@ -259,12 +266,11 @@ async fn damaged_and_rolled_back_stores_are_refused_clearly_and_the_flag_continu
         let (dir, config) = scratch(&f, &name.replace(' ', "_").replace('%', "pc"));
         damage(&dir.join("store"));
         let outcome = start_on_damaged(&config, name).await;
-        let check = run_binary(&["check-store"], &config);
+        let (code, report) = check_store(&config);
         assert_eq!(
-            check.status.code() == Some(0),
+            code == Some(0),
             outcome == Outcome::ServedIntact,
-            "{name}: check-store disagrees with the daemon ({outcome:?}): {}",
-            String::from_utf8_lossy(&check.stdout)
+            "{name}: check-store disagrees with the daemon ({outcome:?}): {report}"
         );
         if outcome == Outcome::Refused {
             refused.push(*name);
@@ -294,8 +300,7 @@ async fn damaged_and_rolled_back_stores_are_refused_clearly_and_the_flag_continu
         start_on_damaged(&config, "rollback").await,
         Outcome::Refused
     );
-    let check = run_binary(&["check-store"], &config);
-    let report = String::from_utf8_lossy(&check.stdout);
+    let (_, report) = check_store(&config);
     let (mark, kept) = (last_id_of(60), last_id_of(30));
     let missing = format!(
         "high-water mark: {mark} -- {} acknowledged readings are MISSING",
@@ -322,9 +327,8 @@ async fn damaged_and_rolled_back_stores_are_refused_clearly_and_the_flag_continu
 
     // The undamaged store: check-store calls it healthy and counts it.
     let (_, config) = scratch(&f, "intact");
-    let check = run_binary(&["check-store"], &config);
-    let report = String::from_utf8_lossy(&check.stdout);
-    assert_eq!(check.status.code(), Some(0), "{report}");
+    let (code, report) = check_store(&config);
+    assert_eq!(code, Some(0), "{report}");
     assert!(
         report.contains(&format!("readings:        {}", last_id_of(60))),
         "{report}"
@@ -446,13 +450,8 @@ async fn a_store_from_before_bounded_segments_is_served_and_its_lost_blobs_refus
     }
     let (code, _) = daemon.sigterm(Duration::from_secs(30), &log).await;
     assert_eq!(code, Some(0));
-    let check = run_binary(&["check-store"], &config);
-    assert_eq!(
-        check.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&check.stdout)
-    );
+    let (code, report) = check_store(&config);
+    assert_eq!(code, Some(0), "{report}");
 
     // Damaged: lost blobs are refused; flipped ones make sled roll its tree
     // back to before them (80 of the 2,320 readings left), which the
@@ -476,12 +475,11 @@ async fn a_store_from_before_bounded_segments_is_served_and_its_lost_blobs_refus
         let config = config_for(&d, free_port());
         let outcome = start_on_damaged_acked(&config, name, last_id_of(20)).await;
         assert_eq!(outcome, Outcome::Refused, "{name}");
-        let check = run_binary(&["check-store"], &config);
+        let (code, report) = check_store(&config);
         assert_ne!(
-            check.status.code(),
+            code,
             Some(0),
-            "{name}: check-store calls it healthy: {}",
-            String::from_utf8_lossy(&check.stdout)
+            "{name}: check-store calls it healthy: {report}"
         );
     }
 }
