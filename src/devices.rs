@@ -153,9 +153,9 @@ impl Book {
             if seen.sensors.len() >= MAX_SENSORS {
                 break;
             }
-            if !seen.sensors.contains(&r.sensor) {
-                seen.sensors.insert(r.sensor.clone());
-            }
+            // A shared name: inserting a known one costs a reference count,
+            // not a copy, so there is no look-up first.
+            seen.sensors.insert(r.sensor.clone());
         }
     }
 
