@@ -445,10 +445,17 @@ impl Runner {
         }
         let store = self.store.clone();
         let since = self.outbox.next();
+        // sled's deserializer panics on some damaged pages: that is an
+        // error to log and retry, like any other failed read.
         let read =
             tokio::task::spawn_blocking(move || store.read_since(since, READ_BATCH, |_| true))
                 .await
-                .expect("outbox read task");
+                .unwrap_or_else(|e| {
+                    Err(crate::store::StoreError::Corrupt {
+                        key: format!("readings after id {since}"),
+                        detail: e.to_string(),
+                    })
+                });
         match read {
             Ok(readings) => {
                 let exhausted = readings.len() < READ_BATCH;
