@@ -26,8 +26,9 @@ use crate::store::{CommitListener, Store, StoreError};
 
 pub const MAX_DEVICES: usize = 100_000;
 pub const MAX_SENSORS: usize = 256;
-/// Readings read back at start-up to learn the devices of `/v1/devices`.
-pub const SEED_READINGS: u64 = 100_000;
+/// Readings read back at start-up to learn the devices of `/v1/devices`:
+/// the ones the store's start has just verified.
+pub const SEED_READINGS: u64 = crate::store::VERIFIED_AT_START;
 
 #[derive(Default)]
 pub struct DeviceBook {

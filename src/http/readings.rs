@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use super::{authenticate_subscriber, ApiError, AppState};
 use crate::fanout::TopicFilter;
-use crate::store::{Page, ScanBound};
+use crate::store::{panic_message, Page, ScanBound, Store, StoreError};
 
 const DEFAULT_LIMIT: usize = 1000;
 const MAX_LIMIT: usize = 10_000;
@@ -79,11 +79,37 @@ async fn page(state: AppState, headers: HeaderMap, q: ReadingsQuery) -> Result<R
         )
     })
     .await
-    .map_err(|e| ApiError::internal(e.to_string()))?
-    .map_err(|e| ApiError::internal(e.to_string()))?;
+    .map_err(|e| match e.try_into_panic() {
+        // sled's deserializer panics on some damaged pages.
+        Ok(panic) => damaged(&state.store, panic_message(&*panic)),
+        Err(e) => ApiError::internal(e.to_string()),
+    })?
+    .map_err(|e| read_failed(&state.store, e))?;
     drop(gone);
     let next = next_cursor(since, &page);
     Ok(Json(json!({"items": page.items, "next": next})).into_response())
+}
+
+/// A failed read. Damage (a page sled cannot read, a segment that does not
+/// decode or that the index lists and sled lost, a blob file gone) says
+/// what to do about it.
+fn read_failed(store: &Store, e: StoreError) -> ApiError {
+    let unreadable = matches!(&e, StoreError::Sled(sled::Error::Io(_)));
+    if e.is_damage() || unreadable {
+        return damaged(store, e);
+    }
+    ApiError::internal(e.to_string())
+}
+
+/// The answer to a read that reached damage, logged too: the operator may
+/// never see this response, and start-up only checks the newest readings.
+fn damaged(store: &Store, e: impl std::fmt::Display) -> ApiError {
+    let detail = format!(
+        "storage.path {}: the store is damaged where this read reached ({e}); inspect it with `sensorgate check-store` (daemon stopped)",
+        store.path().display()
+    );
+    tracing::error!("{detail}");
+    ApiError::internal(detail)
 }
 
 /// SPEC §10: the last item's id, or `since` when the page is empty and

@@ -16,8 +16,9 @@ use std::path::Path;
 
 use super::StoreError;
 use super::{
-    codec, hwm, recovery::recover_with, wal, SegmentMeta, BRIDGE_CURSOR_KEY, INDEX_PREFIX,
-    SEGMENT_PREFIX, SEQ_PREFIX,
+    codec, hwm,
+    recovery::{recover_with, without_panics},
+    wal, SegmentMeta, BRIDGE_CURSOR_KEY, INDEX_PREFIX, SEGMENT_PREFIX, SEQ_PREFIX,
 };
 
 /// What `check-store` found.
@@ -82,9 +83,39 @@ pub fn check(path: &Path) -> Result<Report, StoreError> {
         bridge_cursor: None,
         devices: BTreeMap::new(),
     };
+    // sled reads pages lazily, so damage its open did not touch shows up
+    // only now: as an error, or as a panic in its deserializer.
+    match without_panics(|| read_all(&db, &log, &mut report)) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => report.damaged.push(e.to_string()),
+        Err(panic) => report.damaged.push(panic),
+    }
+    Ok(report)
+}
+
+/// The next entry of `entries`, or `None` at the end or at the first entry
+/// sled cannot read (recorded in `damaged` under `what`): after an error,
+/// sled's iterator yields the same error forever.
+fn next_readable(
+    entries: &mut sled::Iter,
+    what: &str,
+    damaged: &mut Vec<String>,
+) -> Option<(sled::IVec, sled::IVec)> {
+    match entries.next()? {
+        Ok(entry) => Some(entry),
+        Err(e) => {
+            damaged.push(format!("{what}: {e}"));
+            None
+        }
+    }
+}
+
+/// Reads every segment, index entry and device record into `report`, and
+/// what the write-ahead log adds.
+fn read_all(db: &sled::Db, log: &wal::Contents, report: &mut Report) -> Result<(), StoreError> {
     let mut previous_last: Option<u64> = None;
-    for entry in db.scan_prefix(INDEX_PREFIX) {
-        let (k, v) = entry?;
+    let mut index = db.scan_prefix(INDEX_PREFIX);
+    while let Some((k, v)) = next_readable(&mut index, "segment index", &mut report.damaged) {
         let meta = match SegmentMeta::decode(&k, &v) {
             Ok(m) => m,
             Err(e) => {
@@ -114,8 +145,8 @@ pub fn check(path: &Path) -> Result<Report, StoreError> {
                 .push(format!("segment {}: {e}", meta.first_id)),
         }
     }
-    for entry in db.scan_prefix(SEQ_PREFIX) {
-        let (k, v) = entry?;
+    let mut seqs = db.scan_prefix(SEQ_PREFIX);
+    while let Some((k, v)) = next_readable(&mut seqs, "device records", &mut report.damaged) {
         let device = String::from_utf8_lossy(&k[SEQ_PREFIX.len()..]).into_owned();
         match codec::decode_u64(&k, &v) {
             Ok(seq) => {
@@ -125,7 +156,7 @@ pub fn check(path: &Path) -> Result<Report, StoreError> {
         }
     }
     // What the next start adds from the write-ahead log, as it would serve it.
-    for r in super::recovery::pending(super::recovery::stored_next_id(&db)?, &log.records) {
+    for r in super::recovery::pending(super::recovery::stored_next_id(db)?, &log.records) {
         for (k, v) in &r.entries {
             if k.starts_with(SEGMENT_PREFIX) {
                 match codec::decode_segment(k, v) {
@@ -147,13 +178,17 @@ pub fn check(path: &Path) -> Result<Report, StoreError> {
         .and_then(|v| codec::decode_u64(BRIDGE_CURSOR_KEY, &v).ok());
     // Segments without an index entry would be invisible to readers.
     let indexed = report.segments;
-    let stored = db.scan_prefix(SEGMENT_PREFIX).count() as u64;
+    let mut segments = db.scan_prefix(SEGMENT_PREFIX);
+    let mut stored = 0u64;
+    while next_readable(&mut segments, "segments", &mut report.damaged).is_some() {
+        stored += 1;
+    }
     if stored != indexed {
         report
             .damaged
             .push(format!("{stored} segments stored but {indexed} indexed"));
     }
-    Ok(report)
+    Ok(())
 }
 
 impl fmt::Display for Report {

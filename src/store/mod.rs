@@ -50,6 +50,8 @@ use std::time::Instant;
 use crate::protocol::Reading;
 
 pub use codec::SegmentMeta;
+pub(crate) use recovery::panic_message;
+pub use recovery::VERIFIED_AT_START;
 pub use writer::{CommitListener, CommitOutcome, IngestBatch, WriteRequest, WriterHandle};
 
 use durability::FileSync;
@@ -120,6 +122,15 @@ impl StoreError {
                 | StoreError::LogMissing { .. }
                 | StoreError::Log(wal::WalError::Damaged { .. })
                 | StoreError::HighWaterMark(hwm::HwmError::Damaged { .. })
+        )
+    }
+
+    /// True when a read found the store's files damaged: a page sled cannot
+    /// read (bad checksum) or a stored entry that does not decode.
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Sled(sled::Error::Corruption { .. }) | StoreError::Corrupt { .. }
         )
     }
 }
@@ -267,14 +278,26 @@ impl Store {
         let in_sled = view.upper.min(view.applied);
         let (mut segments, mut decoded) = (0usize, 0usize);
         let db = self.db()?;
+        // The id the scan should meet next: a segment starting above it
+        // asks the index whether anything should have been in between. It
+        // starts at the segment the index says holds `since + 1`, since
+        // the scan starts at the last segment sled holds at or below it.
+        let mut next_id = indexed_holding(&db, since.saturating_add(1))?;
         'sled: for entry in db.range(first_segment_from(&db, since)?..segment_end()) {
             if segments >= bound.segments || decoded >= bound.readings || cancelled() {
                 return Ok(page);
             }
             let (k, v) = entry?;
             segments += 1;
+            let first = codec::id_from_key(&k)?;
+            if first > next_id {
+                none_indexed(&db, next_id..first)?;
+            }
             let readings = codec::decode_segment(&k, &v)?;
             decoded += readings.len();
+            if let Some(last) = readings.last() {
+                next_id = next_id.max(last.id.saturating_add(1));
+            }
             for r in readings {
                 if r.id > in_sled {
                     break 'sled;
@@ -283,6 +306,9 @@ impl Store {
                     return Ok(page);
                 }
             }
+        }
+        if next_id <= in_sled {
+            none_indexed(&db, next_id..in_sled + 1)?;
         }
         let tail = view.commits.iter().flat_map(|c| c.iter());
         for r in tail.filter(|r| r.id > in_sled && r.id <= view.upper) {
@@ -496,6 +522,43 @@ fn first_segment_from(db: &sled::Db, since: u64) -> Result<sled::IVec, StoreErro
             None => sled::IVec::from(&segment_key(0)[..]),
         },
     )
+}
+
+/// Fails when the index lists a segment starting in `ids` that a scan did
+/// not meet. Retention removes a segment and its index entry together, and
+/// ids skipped by `--accept-data-loss` were never indexed, so such an entry
+/// means damage: sled has been seen to lose a damaged page's keys silently
+/// (they read as absent), and this turns that into an error.
+fn none_indexed(db: &sled::Db, ids: std::ops::Range<u64>) -> Result<(), StoreError> {
+    match db.range(index_key(ids.start)..index_key(ids.end)).next() {
+        None => Ok(()),
+        Some(entry) => Err(missing_segment(codec::id_from_key(&entry?.0)?)),
+    }
+}
+
+/// The first id of the segment the index says holds `id`, or `id` itself
+/// when none does (pruned, not yet written, or skipped over the mark).
+fn indexed_holding(db: &sled::Db, id: u64) -> Result<u64, StoreError> {
+    match db.range(index_key(0)..=index_key(id)).next_back() {
+        Some(entry) => {
+            let (k, v) = entry?;
+            let meta = SegmentMeta::decode(&k, &v)?;
+            Ok(if meta.last_id >= id {
+                meta.first_id
+            } else {
+                id
+            })
+        }
+        None => Ok(id),
+    }
+}
+
+/// A segment the index lists and sled does not hold.
+fn missing_segment(first_id: u64) -> StoreError {
+    StoreError::Corrupt {
+        key: format!("segment {first_id}"),
+        detail: "indexed but missing from the store".into(),
+    }
 }
 
 fn seq_key(device: &str) -> Vec<u8> {

@@ -13,7 +13,8 @@ use super::durability::{self, FileSync};
 use super::hwm::{self, HighWaterMark};
 use super::{
     codec, fault::poke_stuck_flushes, wal, OpenOptions, SegmentMeta, Store, StoreError,
-    HWM_KEPT_KEY, INDEX_PREFIX, NEXT_ID_KEY, SEGMENT_PREFIX, WAL_KEPT_KEY,
+    BRIDGE_CURSOR_KEY, HWM_KEPT_KEY, INDEX_PREFIX, NEXT_ID_KEY, SEGMENT_PREFIX, SEQ_PREFIX,
+    WAL_KEPT_KEY,
 };
 
 /// How long `open` waits for sled's file lock to be released.
@@ -59,7 +60,7 @@ fn open_sled(path: &Path) -> Result<sled::Db, sled::Error> {
 /// Runs `f`, turning a panic inside sled (its deserializer panics on some
 /// damaged files) into an error message instead of a crash, without the
 /// default hook's multi-line report on stderr.
-fn without_panics<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+pub(super) fn without_panics<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     static HOOK: Mutex<()> = Mutex::new(());
     let _one_at_a_time = HOOK.lock().unwrap_or_else(|e| e.into_inner());
     let previous = std::panic::take_hook();
@@ -67,16 +68,20 @@ fn without_panics<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     std::panic::set_hook(previous);
     result.map_err(|p| {
-        let msg = p
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| p.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".into());
         format!(
             "sled failed reading it: {}",
-            msg.lines().next().unwrap_or("")
+            panic_message(&*p).lines().next().unwrap_or("")
         )
     })
+}
+
+/// What a caught panic said.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// What a freshly opened sled holds, as far as ids go.
@@ -146,7 +151,7 @@ pub(super) fn recover(path: &Path) -> Result<Recovered, StoreError> {
     recover_with(path, true)
 }
 
-/// [`recover`], applying the log only when `replay` is set; otherwise
+/// [`recover`], applying the log only when `apply_log` is set; otherwise
 /// `last_id` still counts what a replay would add.
 pub(super) fn recover_with(path: &Path, apply_log: bool) -> Result<Recovered, StoreError> {
     let unreadable = |detail: String| StoreError::Unreadable {
@@ -195,6 +200,114 @@ pub(super) fn recover_with(path: &Path, apply_log: bool) -> Result<Recovered, St
         StoreError::Log(e) => StoreError::Log(e),
         other => unreadable(other.to_string()),
     })
+}
+
+/// How many of the newest readings the daemon's start reads back: what the
+/// device book is then seeded from, and what
+/// restarted devices and subscribers read first. The rest is left to
+/// `check-store` and to the read that reaches it, so that start-up time
+/// does not grow with the store.
+pub const VERIFIED_AT_START: u64 = 100_000;
+
+/// Reads back the newest [`VERIFIED_AT_START`] readings' segments against
+/// the index (each indexed segment there and decoding, each segment
+/// indexed), every device's `last_seq` and the bridge cursor: what
+/// `check-store` would find wrong there, the start finds too. sled has been
+/// seen to recover a store with a damaged page by losing that page's keys
+/// silently (they read as absent); this refuses such a store rather than
+/// serving it short.
+fn verify_newest(db: &sled::Db) -> Result<(), StoreError> {
+    let mut index = db.scan_prefix(INDEX_PREFIX).rev();
+    let mut segments = db.scan_prefix(SEGMENT_PREFIX).rev();
+    let mut readings = 0u64;
+    while readings < VERIFIED_AT_START {
+        let indexed = match index.next().transpose()? {
+            Some((k, v)) => Some(SegmentMeta::decode(&k, &v)?.first_id),
+            None => None,
+        };
+        let stored = segments.next().transpose()?;
+        let first = match &stored {
+            Some((k, _)) => Some(codec::id_from_key(k)?),
+            None => None,
+        };
+        // Both run newest first: the greater of two different ids is the
+        // one the other side lacks.
+        match (indexed, first) {
+            (None, None) => break,
+            (Some(i), f) if f.is_none_or(|f| i > f) => return Err(super::missing_segment(i)),
+            (i, Some(f)) if i != Some(f) => {
+                return Err(StoreError::Corrupt {
+                    key: format!("segment {f}"),
+                    detail: "stored but missing from the index".into(),
+                })
+            }
+            _ => {}
+        }
+        if let Some((k, v)) = stored {
+            readings += codec::decode_segment(&k, &v)?.len() as u64;
+        }
+    }
+    for entry in db.scan_prefix(SEQ_PREFIX) {
+        let (k, v) = entry?;
+        codec::decode_u64(&k, &v)?;
+    }
+    if let Some(v) = db.get(BRIDGE_CURSOR_KEY)? {
+        codec::decode_u64(BRIDGE_CURSOR_KEY, &v)?;
+    }
+    Ok(())
+}
+
+/// [`verify_newest`] at the daemon's start (not at a reopen after a write
+/// failure: the store was verified when opened). Its failure refuses the
+/// start as unreadable. With `--accept-data-loss` the index entries of
+/// segments sled lost are dropped instead, so that their ids read as a gap
+/// (as ids skipped over the mark do), and the start goes on if the newest
+/// readings then read back whole. Returns the bytes no longer indexed.
+fn verify_or_repair(path: &Path, db: &sled::Db, accept_data_loss: bool) -> Result<u64, StoreError> {
+    let unreadable = |detail: String| StoreError::Unreadable {
+        path: path.to_path_buf(),
+        detail: format!("reading back its newest readings: {detail}"),
+    };
+    let verify = || match without_panics(|| verify_newest(db)) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(unreadable(e.to_string())),
+        Err(panic) => Err(unreadable(panic)),
+    };
+    let Err(damage) = verify() else {
+        return Ok(0);
+    };
+    if !accept_data_loss {
+        return Err(damage);
+    }
+    tracing::warn!(error = %damage, "dropping the index entries of lost segments (--accept-data-loss)");
+    let dropped = match without_panics(|| drop_lost_segments(db)) {
+        Ok(Ok(dropped)) => dropped,
+        Ok(Err(e)) => return Err(unreadable(e.to_string())),
+        Err(panic) => return Err(unreadable(panic)),
+    };
+    tracing::warn!(
+        segments = dropped.segments,
+        bytes = dropped.bytes,
+        "index entries of lost segments dropped"
+    );
+    verify()?;
+    Ok(dropped.bytes)
+}
+
+/// Removes every index entry whose segment sled does not hold.
+fn drop_lost_segments(db: &sled::Db) -> Result<super::retention::Pruned, StoreError> {
+    let mut dropped = super::retention::Pruned::default();
+    for entry in db.scan_prefix(INDEX_PREFIX) {
+        let (k, v) = entry?;
+        let meta = SegmentMeta::decode(&k, &v)?;
+        if !db.contains_key(super::segment_key(meta.first_id))? {
+            db.remove(&k)?;
+            dropped.segments += 1;
+            dropped.bytes += meta.bytes;
+        }
+    }
+    db.flush()?;
+    Ok(dropped)
 }
 
 /// The store's content (its newest id) against the durable high-water mark:
@@ -248,13 +361,24 @@ impl Store {
         let log = wal::read(path)?;
         let mark_file = hwm::read(path)?;
         let mark = mark_file.max(log.as_ref().and_then(|c| c.newest_id));
-        let rec = match recover(path) {
+        let mut rec = match recover(path) {
             Err(StoreError::Unreadable { detail, .. }) if opts.accept_data_loss => {
                 set_aside(path, &detail)?;
                 recover(path)?
             }
             other => other?,
         };
+        match verify_or_repair(path, &rec.db, opts.accept_data_loss) {
+            Ok(unindexed) => rec.retained_bytes = rec.retained_bytes.saturating_sub(unindexed),
+            // Unreadable even after dropping what sled lost: as a store sled
+            // cannot open at all.
+            Err(StoreError::Unreadable { detail, .. }) if opts.accept_data_loss => {
+                drop(rec);
+                set_aside(path, &detail)?;
+                rec = recover(path)?;
+            }
+            Err(e) => return Err(e),
+        }
         let mut last_id = rec.last_id;
         let had_mark = rec.db.get(HWM_KEPT_KEY)?.is_some();
         if log.is_none() && rec.db.get(WAL_KEPT_KEY)?.is_some() {

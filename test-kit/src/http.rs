@@ -30,6 +30,18 @@ pub async fn stored_matching(base: &str, topic: &str) -> Vec<Value> {
 
 /// One `GET /v1/readings` page of the daemon at `base`: its items and `next`.
 pub async fn readings_page(base: &str, topic: &str, since: u64, limit: u64) -> (Vec<Value>, u64) {
+    try_readings_page(base, topic, since, limit)
+        .await
+        .unwrap_or_else(|body| panic!("GET /v1/readings?topic={topic}&since={since}: {body}"))
+}
+
+/// [`readings_page`], or the error body the daemon answered with.
+pub async fn try_readings_page(
+    base: &str,
+    topic: &str,
+    since: u64,
+    limit: u64,
+) -> Result<(Vec<Value>, u64), Value> {
     let token = Authenticator::new(SECRET).mint(Role::Subscriber, "tests", None, None);
     let body: Value = reqwest::Client::new()
         .get(format!("http://{base}/v1/readings"))
@@ -45,8 +57,10 @@ pub async fn readings_page(base: &str, topic: &str, since: u64, limit: u64) -> (
         .json()
         .await
         .unwrap();
-    let items = body["items"].as_array().unwrap().clone();
-    (items, body["next"].as_u64().unwrap())
+    match (body["items"].as_array(), body["next"].as_u64()) {
+        (Some(items), Some(next)) => Ok((items.clone(), next)),
+        _ => Err(body),
+    }
 }
 
 /// One metric's value from the daemon at `base` (`host:port`): the sum over
