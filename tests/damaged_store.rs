@@ -197,7 +197,22 @@ async fn start_on_damaged_acked(config: &Path, damage: &str, acked: u64) -> Outc
 /// The ids of every stored reading, page by page, up to the first page
 /// the daemon answered with an error (and that error).
 async fn stored_ids_or_error(base: &str) -> (Vec<u64>, Option<serde_json::Value>) {
-    let (mut ids, mut since) = (Vec::new(), 0u64);
+    stored_ids_or_error_from(base, 0).await
+}
+
+/// The ids of every stored reading above `since`, which must all read.
+async fn stored_ids_or_error_since(base: &str, since: u64) -> Vec<u64> {
+    let (ids, error) = stored_ids_or_error_from(base, since).await;
+    assert!(error.is_none(), "{error:?}");
+    ids
+}
+
+/// [`stored_ids_or_error`] above `since`.
+async fn stored_ids_or_error_from(
+    base: &str,
+    mut since: u64,
+) -> (Vec<u64>, Option<serde_json::Value>) {
+    let mut ids = Vec::new();
     loop {
         match try_readings_page(base, "#", since, 10_000).await {
             Err(error) => return (ids, Some(error)),
@@ -523,4 +538,75 @@ async fn a_store_from_before_bounded_segments_is_served_and_its_lost_blobs_refus
             "{name}: check-store calls it healthy: {report}"
         );
     }
+}
+
+/// Damage older than what start-up reads back (the newest
+/// `VERIFIED_AT_START` readings, so that starting does not take longer as
+/// the store grows): the daemon starts, the read that reaches the damage
+/// answers an error naming `check-store` rather than a short page, a read
+/// past it is whole, and `check-store` reports it. The damage is the one
+/// sled was seen to leave behind: a segment's key gone while the index
+/// still lists it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damage_older_than_the_start_reads_is_reported_by_the_read_that_reaches_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(dir.path(), port, "");
+    let log = dir.path().join("daemon.log");
+    let mut daemon = ChildDaemon::start(&config, port, &log).await;
+    let per_batch = 500;
+    let batches = sensorgate::store::VERIFIED_AT_START / per_batch + 10;
+    let mut ws = connect_device(&daemon.base(), "d1").await;
+    recv_frame(&mut ws).await;
+    for seq in 1..=batches {
+        send(&mut ws, &batch(Some(seq), "s", per_batch as usize)).await;
+        assert_eq!(recv_frame(&mut ws).await["type"], "ack");
+    }
+    let total = batches * per_batch;
+    let (code, _) = daemon.sigterm(Duration::from_secs(30), &log).await;
+    assert_eq!(code, Some(0));
+
+    // The second-oldest segment's key goes; its index entry stays.
+    let db = sled::open(dir.path().join("store")).unwrap();
+    let segments: Vec<u64> = db
+        .scan_prefix(b"s/")
+        .keys()
+        .take(3)
+        .map(|k| u64::from_be_bytes(k.unwrap()[2..].try_into().unwrap()))
+        .collect();
+    let (lost, after) = (segments[1], segments[2]);
+    assert!(db
+        .remove([&b"s/"[..], &lost.to_be_bytes()].concat())
+        .unwrap()
+        .is_some());
+    db.flush().unwrap();
+    drop(db);
+
+    let daemon = ChildDaemon::start(&config, port, &log).await;
+    let base = daemon.base();
+    let error = match try_readings_page(&base, "#", 0, 10_000).await {
+        Err(error) => error,
+        Ok((items, next)) => panic!(
+            "a read across lost segment {lost} answered {} readings, next {next}",
+            items.len()
+        ),
+    };
+    let detail = error["detail"].as_str().unwrap_or_default();
+    assert!(
+        error["error"] == "internal"
+            && detail.contains("damaged")
+            && detail.contains(&format!("segment {lost}"))
+            && detail.contains("check-store"),
+        "{error}"
+    );
+    let from_after = stored_ids_or_error_since(&base, after - 1).await;
+    assert_eq!(from_after, (after..=total).collect::<Vec<_>>());
+    drop(daemon);
+
+    let (code, report) = check_store(&config);
+    assert_eq!(code, Some(1), "{report}");
+    assert!(
+        report.contains(&format!("segment {lost} is indexed but missing")),
+        "{report}"
+    );
 }
