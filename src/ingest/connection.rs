@@ -13,6 +13,7 @@
 //! [`crate::ws`]'s.
 
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::stream::FuturesOrdered;
@@ -115,7 +116,7 @@ impl Conn {
                 }
                 _ = replaced.cancelled() => return End::Replaced,
                 Some((seq, outcome)) = self.pending.next(), if !self.pending.is_empty() => {
-                    if let Err(end) = self.answer(seq, outcome).await {
+                    if let Err(end) = self.answer_ready(seq, outcome).await {
                         return end;
                     }
                 }
@@ -271,6 +272,46 @@ impl Conn {
         if let Some(seq) = seq {
             if self.expected.is_none_or(|e| e > seq) {
                 self.expected = Some(seq);
+            }
+        }
+    }
+
+    /// Answers `seq` and every later batch whose answer is also in, in
+    /// order. The acks of stored batches go out in one write: a device's
+    /// pipelined batches usually complete in the same group commit, and a
+    /// write each was a syscall and a wake-up of the peer each.
+    async fn answer_ready(&mut self, seq: u64, outcome: CommitOutcome) -> Result<(), End> {
+        let mut acks = Vec::new();
+        let (mut seq, mut outcome) = (seq, outcome);
+        loop {
+            if !matches!(outcome, CommitOutcome::Stored { .. }) {
+                self.send_acks(&acks).await?;
+                acks.clear();
+                self.answer(seq, outcome).await?;
+            } else {
+                acks.push(seq);
+            }
+            // Polled with this task's own context: a reply not in yet wakes
+            // the loop as usual.
+            let next = std::future::poll_fn(|cx| Poll::Ready(self.pending.poll_next_unpin(cx)));
+            match next.await {
+                Poll::Ready(Some((s, o))) => (seq, outcome) = (s, o),
+                Poll::Ready(None) | Poll::Pending => return self.send_acks(&acks).await,
+            }
+        }
+    }
+
+    /// The acks of stored batches `seqs`, in one write.
+    async fn send_acks(&mut self, seqs: &[u64]) -> Result<(), End> {
+        match seqs {
+            [] => Ok(()),
+            [seq] => self.send(&AckFrame::new(*seq, false)).await,
+            _ => {
+                let mut frames = Vec::with_capacity(seqs.len() * 24);
+                for &seq in seqs {
+                    ws::push_binary_frame(&mut frames, &encode_frame(&AckFrame::new(seq, false)));
+                }
+                self.send_msg(Outbound::Frames(frames.into())).await
             }
         }
     }

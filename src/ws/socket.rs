@@ -65,6 +65,33 @@ pub enum Outbound {
     Binary(Bytes),
     /// An empty ping (the keep-alive).
     Ping,
+    /// Whole server frames, already framed ([`push_binary_frame`]), that
+    /// leave as they are: several small messages in one write.
+    Frames(Bytes),
+}
+
+/// Appends `payload` to `out` as one final, unmasked binary frame: what
+/// [`Outbound::Frames`] carries.
+pub fn push_binary_frame(out: &mut Vec<u8>, payload: &[u8]) {
+    let (head, head_len) = frame_head(OpCode::Data(Data::Binary), payload.len());
+    out.extend_from_slice(&head[..head_len as usize]);
+    out.extend_from_slice(payload);
+}
+
+/// A final server frame's header (unmasked) and its length.
+fn frame_head(opcode: OpCode, payload_len: usize) -> ([u8; 10], u8) {
+    let header = FrameHeader {
+        is_final: true,
+        opcode,
+        ..FrameHeader::default()
+    };
+    let mut head = [0u8; 10];
+    let mut cursor = Cursor::new(&mut head[..]);
+    header
+        .format(payload_len as u64, &mut cursor)
+        .expect("a server frame header fits in 10 bytes");
+    let len = cursor.position() as u8;
+    (head, len)
 }
 
 /// A message arriving in fragments (RFC 6455 §5.4).
@@ -84,21 +111,21 @@ struct Outgoing {
 
 impl Outgoing {
     fn new(opcode: OpCode, payload: Bytes) -> Outgoing {
-        let header = FrameHeader {
-            is_final: true,
-            opcode,
-            ..FrameHeader::default()
-        };
-        let mut head = [0u8; 10];
-        let mut cursor = Cursor::new(&mut head[..]);
-        header
-            .format(payload.len() as u64, &mut cursor)
-            .expect("a server frame header fits in 10 bytes");
-        let head_len = cursor.position() as u8;
+        let (head, head_len) = frame_head(opcode, payload.len());
         Outgoing {
             head,
             head_len,
             payload,
+            written: 0,
+        }
+    }
+
+    /// Bytes that are already whole frames.
+    fn framed(frames: Bytes) -> Outgoing {
+        Outgoing {
+            head: [0; 10],
+            head_len: 0,
+            payload: frames,
             written: 0,
         }
     }
@@ -221,12 +248,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
     /// by the closing frame. `Err` means the stream broke.
     pub async fn send(&mut self, msg: Outbound) -> std::io::Result<()> {
         poll_fn(|cx| self.poll_write_queued(cx)).await?;
-        let (opcode, payload) = match msg {
-            Outbound::Text(t) => (OpCode::Data(Data::Text), Bytes::from(t)),
-            Outbound::Binary(b) => (OpCode::Data(Data::Binary), b),
-            Outbound::Ping => (OpCode::Control(Control::Ping), Bytes::new()),
-        };
-        self.out = Some(Outgoing::new(opcode, payload));
+        self.out = Some(match msg {
+            Outbound::Text(t) => Outgoing::new(OpCode::Data(Data::Text), Bytes::from(t)),
+            Outbound::Binary(b) => Outgoing::new(OpCode::Data(Data::Binary), b),
+            Outbound::Ping => Outgoing::new(OpCode::Control(Control::Ping), Bytes::new()),
+            Outbound::Frames(frames) => Outgoing::framed(frames),
+        });
         poll_fn(|cx| self.poll_write_queued(cx)).await
     }
 
@@ -472,6 +499,37 @@ mod tests {
         let mut payload = vec![0; len];
         client.read_exact(&mut payload).await.unwrap();
         (b0, payload)
+    }
+
+    #[tokio::test]
+    async fn frames_sent_together_arrive_as_the_frames_they_are() {
+        let (mut s, mut c) = pair(1 << 20);
+        let lens = [0, 5, 125, 126, 300, 65_535, 65_536];
+        let payloads: Vec<Vec<u8>> = lens
+            .iter()
+            .map(|&len| (0..len).map(|i| (i * 7) as u8).collect())
+            .collect();
+        let mut frames = Vec::new();
+        for p in &payloads {
+            push_binary_frame(&mut frames, p);
+        }
+        let expected: Vec<u8> = payloads
+            .iter()
+            .flat_map(|p| frame(true, 0x2, p, None))
+            .collect();
+        assert_eq!(frames, expected, "each one a final binary frame, unmasked");
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            for _ in 0..lens.len() {
+                got.push(read_frame(&mut c).await);
+            }
+            got
+        });
+        s.send(Outbound::Frames(frames.into())).await.unwrap();
+        let got = reader.await.unwrap();
+        for ((b0, payload), sent) in got.iter().zip(&payloads) {
+            assert_eq!((*b0, payload), (0x82, sent));
+        }
     }
 
     #[tokio::test]
