@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use sensorgate::config::SlowPolicy;
-use sensorgate::fanout::wire::{readings_frame, Encoding};
+use sensorgate::fanout::wire::{readings_frame, Encoding, Item};
 use sensorgate::fanout::{Hub, Subscriber, TopicFilter};
 use sensorgate::protocol::{Reading, Value};
 
@@ -73,7 +73,7 @@ fn bench(c: &mut Criterion) {
                 hub.publish(&readings);
                 for s in &subs {
                     let taken = s.queue().take(usize::MAX);
-                    criterion::black_box(taken.items.len());
+                    criterion::black_box(taken.len());
                 }
             })
         });
@@ -84,7 +84,8 @@ fn bench(c: &mut Criterion) {
                 hub.publish(&readings);
                 for s in &subs {
                     let taken = s.queue().take(usize::MAX);
-                    criterion::black_box(readings_frame(Encoding::Json, &taken.items));
+                    let items: Vec<&Item> = taken.items().map(|i| &**i).collect();
+                    criterion::black_box(readings_frame(Encoding::Json, &items));
                 }
             })
         });

@@ -81,7 +81,7 @@ impl Pattern {
 
 /// Subscribers under one index key, with how many of each one's filters
 /// reduce to that key (so unsubscribing one of two keeps the other).
-type Subs = HashMap<SubId, (Arc<SubscriberQueue>, u32)>;
+type Subs = SubIdMap<(Arc<SubscriberQueue>, u32)>;
 
 #[derive(Default)]
 struct Index {
@@ -131,9 +131,11 @@ impl Index {
         }
     }
 
-    /// Calls `f` for every subscriber entry matching `device/sensor` (a
-    /// subscriber with several matching filters is seen more than once).
-    fn for_each_match(
+    /// Calls `f` for every subscriber entry matching `device/sensor`
+    /// through a filter narrower than `#` (a subscriber with several
+    /// matching filters is seen more than once). Subscribers to everything
+    /// (`all`) match every reading and are routed per commit instead.
+    fn for_each_narrow_match(
         &self,
         device: &str,
         sensor: &str,
@@ -147,7 +149,6 @@ impl Index {
         visit(self.exact.get(device).and_then(|m| m.get(sensor)));
         visit(self.by_device.get(device));
         visit(self.by_sensor.get(sensor));
-        visit(Some(&self.all));
     }
 }
 
@@ -210,18 +211,30 @@ impl Hub {
     }
 
     fn route(&self, readings: &[Reading], origin: Option<&Arc<str>>) {
-        // Per commit: each matched subscriber's items, so each queue is
-        // locked once per commit rather than once per reading.
-        let mut batches: SubIdMap<(Arc<SubscriberQueue>, Vec<Arc<Item>>)> = SubIdMap::default();
         // Pushing under the read lock means that once a subscription change
         // (write lock) returns, no routing decided before it is in flight.
         let index = self.index.read().expect("hub index lock");
+        // Subscribers to everything share one list of the commit's items;
+        // the others get a list each, so each queue is locked once per
+        // commit rather than once per reading.
+        let everything = !index.all.is_empty();
+        let mut all: Vec<Arc<Item>> =
+            Vec::with_capacity(if everything { readings.len() } else { 0 });
+        let mut batches: SubIdMap<(Arc<SubscriberQueue>, Vec<Arc<Item>>)> = SubIdMap::default();
         let mut deliveries = 0u64;
         for r in readings {
             // Made on the first match only: this runs on the writer thread,
             // and a reading nobody subscribed to costs no allocation.
             let mut item: Option<Arc<Item>> = None;
-            index.for_each_match(&r.device, &r.sensor, |id, q| {
+            if everything {
+                let it = Arc::new(Item::new(r.clone(), origin.cloned()));
+                all.push(it.clone());
+                item = Some(it);
+            }
+            index.for_each_narrow_match(&r.device, &r.sensor, |id, q| {
+                if everything && index.all.contains_key(&id) {
+                    return; // it has this reading through `#` already
+                }
                 let item =
                     item.get_or_insert_with(|| Arc::new(Item::new(r.clone(), origin.cloned())));
                 let (_, list) = batches.entry(id).or_insert_with(|| (q.clone(), Vec::new()));
@@ -232,8 +245,15 @@ impl Hub {
                 }
             });
         }
+        if everything {
+            let all: super::queue::Items = all.into();
+            for (q, _) in index.all.values() {
+                q.push(all.clone());
+                deliveries += all.len() as u64;
+            }
+        }
         for (_, (q, list)) in batches {
-            q.push(list.into_iter());
+            q.push(list.into());
         }
         drop(index);
         if deliveries > 0 {
@@ -342,12 +362,7 @@ mod tests {
     }
 
     fn ids(sub: &Subscriber) -> Vec<u64> {
-        sub.queue()
-            .take(1000)
-            .items
-            .iter()
-            .map(|i| i.id())
-            .collect()
+        sub.queue().take(1000).items().map(|i| i.id()).collect()
     }
 
     #[test]
@@ -383,6 +398,36 @@ mod tests {
     }
 
     #[test]
+    fn subscribers_to_everything_share_a_commit_and_get_each_reading_once() {
+        let hub = Hub::new(100, SlowPolicy::DropOldest);
+        let mut all = hub.subscriber();
+        all.add(&[f("#")]);
+        let mut both = hub.subscriber();
+        both.add(&[f("d1/temp"), f("#"), f("+/hum")]);
+        let mut narrow = hub.subscriber();
+        narrow.add(&[f("d1/temp")]);
+        let commit = [
+            reading(1, "d1", "temp"),
+            reading(2, "d2", "hum"),
+            reading(3, "d1", "x"),
+        ];
+        hub.publish(&commit);
+        assert_eq!(ids(&all), vec![1, 2, 3]);
+        assert_eq!(ids(&both), vec![1, 2, 3]);
+        assert_eq!(ids(&narrow), vec![1]);
+        // Dropping `#` leaves the narrower filters routed per reading.
+        both.remove(&[f("#")]);
+        hub.publish(&[
+            reading(4, "d1", "temp"),
+            reading(5, "d3", "hum"),
+            reading(6, "d3", "x"),
+        ]);
+        assert_eq!(ids(&all), vec![4, 5, 6]);
+        assert_eq!(ids(&both), vec![4, 5]);
+        assert_eq!(ids(&narrow), vec![4]);
+    }
+
+    #[test]
     fn relayed_readings_go_live_with_their_origin() {
         let hub = Hub::new(100, SlowPolicy::DropOldest);
         let mut a = hub.subscriber();
@@ -391,9 +436,9 @@ mod tests {
             "sensorgate-b-8750",
             vec![reading(900, "d9", "temp"), reading(901, "d9", "x")],
         );
-        let taken = a.queue().take(10);
-        assert_eq!(taken.items.len(), 1);
-        assert_eq!(taken.items[0].origin.as_deref(), Some("sensorgate-b-8750"));
+        let taken: Vec<_> = a.queue().take(10).items().cloned().collect();
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].origin.as_deref(), Some("sensorgate-b-8750"));
         assert_eq!(hub.announced(), 0, "relayed ids are not this instance's");
     }
 

@@ -1,13 +1,18 @@
 //! One subscriber's bounded queue of readings (`fanout.subscriber_queue`).
 //!
 //! The hub pushes on the writer thread and must never wait for the
-//! subscriber: a push takes a short mutex, appends `Arc`s, and returns. When
-//! the queue is full the named policy decides: `drop_oldest` discards the
-//! oldest queued readings and counts them (reported as `lagged`), and
-//! `disconnect` empties the queue and cancels the subscriber (closed 4008).
-//! Memory per subscriber is therefore at most `capacity` shared items.
+//! subscriber: a push takes a short mutex, appends one shared list of a
+//! commit's items, and returns. Subscribers to everything share one list
+//! per commit, so a commit costs each of them one reference count, not one
+//! per reading. When the queue is full the named policy decides:
+//! `drop_oldest` discards the oldest queued readings and counts them
+//! (reported as `lagged`), and `disconnect` empties the queue and cancels
+//! the subscriber (closed 4008). At most `capacity` readings wait; the
+//! lists they belong to may keep up to one commit's more alive (the front
+//! list's readings already taken or dropped).
 
 use std::collections::VecDeque;
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -15,6 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::wire::Item;
 use crate::config::SlowPolicy;
+
+/// A commit's items for one or more subscribers, in id order.
+pub type Items = Arc<[Arc<Item>]>;
 
 pub struct SubscriberQueue {
     state: Mutex<State>,
@@ -28,9 +36,29 @@ pub struct SubscriberQueue {
 
 #[derive(Default)]
 struct State {
-    items: VecDeque<Arc<Item>>,
+    /// Lists, each with the index of its first reading still waiting.
+    lists: VecDeque<(Items, usize)>,
+    /// Readings waiting, over all lists.
+    len: usize,
     /// Readings dropped since the last [`SubscriberQueue::take`].
     dropped: u64,
+}
+
+impl State {
+    /// Discards the oldest `n` waiting readings.
+    fn drop_front(&mut self, mut n: usize) {
+        self.len -= n;
+        while n > 0 {
+            let (items, from) = self.lists.front_mut().expect("n <= len");
+            let left = items.len() - *from;
+            if left > n {
+                *from += n;
+                return;
+            }
+            n -= left;
+            self.lists.pop_front();
+        }
+    }
 }
 
 /// What the connection task takes out in one go.
@@ -38,7 +66,25 @@ struct State {
 pub struct Taken {
     /// Readings skipped before `items` (drop_oldest).
     pub dropped: u64,
-    pub items: Vec<Arc<Item>>,
+    /// The readings, as ranges of the lists they were pushed in.
+    parts: Vec<(Items, Range<usize>)>,
+}
+
+impl Taken {
+    /// The readings taken, oldest first.
+    pub fn items(&self) -> impl Iterator<Item = &Arc<Item>> {
+        self.parts
+            .iter()
+            .flat_map(|(items, r)| items[r.clone()].iter())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.parts.iter().map(|(_, r)| r.len()).sum()
+    }
 }
 
 impl SubscriberQueue {
@@ -54,53 +100,68 @@ impl SubscriberQueue {
 
     /// Appends `items` (all for this subscriber, in id order). Never blocks
     /// beyond the short queue lock.
-    pub fn push(&self, items: impl ExactSizeIterator<Item = Arc<Item>>) {
-        if self.overflowed.is_cancelled() || items.len() == 0 {
+    pub fn push(&self, items: Items) {
+        if self.overflowed.is_cancelled() || items.is_empty() {
             return;
         }
         let mut st = self.state.lock().expect("subscriber queue lock");
         let incoming = items.len();
-        if st.items.len() + incoming > self.capacity {
+        let mut from = 0;
+        if st.len + incoming > self.capacity {
             match self.policy {
                 SlowPolicy::Disconnect => {
-                    st.items = VecDeque::new();
+                    *st = State::default();
                     drop(st);
                     crate::events::SlowSubscriber::Disconnected.emit();
                     self.overflowed.cancel();
                     return;
                 }
                 SlowPolicy::DropOldest => {
-                    let excess = st.items.len() + incoming - self.capacity;
-                    let from_queue = excess.min(st.items.len());
-                    st.items.drain(..from_queue);
+                    let excess = st.len + incoming - self.capacity;
+                    let from_queue = excess.min(st.len);
+                    st.drop_front(from_queue);
                     st.dropped += excess as u64;
                     crate::events::ReadingsSkipped(excess as u64).emit();
                     // More new items than the whole queue holds: keep the newest.
-                    let skip_new = excess - from_queue;
-                    st.items.extend(items.skip(skip_new));
+                    from = excess - from_queue;
                 }
             }
-        } else {
-            st.items.extend(items);
         }
+        st.len += incoming - from;
+        st.lists.push_back((items, from));
         drop(st);
         self.notify.notify_one();
     }
 
-    /// Takes up to `max` queued items and the count of readings dropped
+    /// Takes up to `max` queued readings and the count of readings dropped
     /// before them.
     pub fn take(&self, max: usize) -> Taken {
         let mut st = self.state.lock().expect("subscriber queue lock");
-        let n = st.items.len().min(max);
-        Taken {
+        let mut taken = Taken {
             dropped: std::mem::take(&mut st.dropped),
-            items: st.items.drain(..n).collect(),
+            parts: Vec::new(),
+        };
+        let mut want = st.len.min(max);
+        st.len -= want;
+        while want > 0 {
+            let (items, from) = st.lists.front_mut().expect("want <= len");
+            let left = items.len() - *from;
+            if left > want {
+                taken.parts.push((items.clone(), *from..*from + want));
+                *from += want;
+                break;
+            }
+            want -= left;
+            let (items, from) = st.lists.pop_front().expect("front");
+            let end = items.len();
+            taken.parts.push((items, from..end));
         }
+        taken
     }
 
     pub fn is_empty(&self) -> bool {
         let st = self.state.lock().expect("subscriber queue lock");
-        st.items.is_empty() && st.dropped == 0
+        st.len == 0 && st.dropped == 0
     }
 
     /// Resolves after the next push (or at once if one happened since the
@@ -124,7 +185,7 @@ mod tests {
     use super::*;
     use crate::protocol::{Reading, Value};
 
-    fn items(ids: std::ops::Range<u64>) -> Vec<Arc<Item>> {
+    fn items(ids: std::ops::Range<u64>) -> Items {
         ids.map(|id| {
             Arc::new(Item::new(
                 Reading {
@@ -143,29 +204,46 @@ mod tests {
     }
 
     fn ids(t: &Taken) -> Vec<u64> {
-        t.items.iter().map(|i| i.id()).collect()
+        t.items().map(|i| i.id()).collect()
     }
 
     #[test]
     fn drop_oldest_keeps_the_newest_and_counts_the_rest() {
         let q = SubscriberQueue::new(3, SlowPolicy::DropOldest);
-        q.push(items(1..3).into_iter());
-        q.push(items(3..6).into_iter());
+        q.push(items(1..3));
+        q.push(items(3..6));
         let t = q.take(10);
         assert_eq!((t.dropped, ids(&t)), (2, vec![3, 4, 5]));
-        q.push(items(6..11).into_iter());
+        q.push(items(6..11));
         let t = q.take(10);
         assert_eq!((t.dropped, ids(&t)), (2, vec![8, 9, 10]));
         assert!(q.is_empty());
     }
 
     #[test]
+    fn takes_and_drops_cut_lists_anywhere() {
+        let q = SubscriberQueue::new(5, SlowPolicy::DropOldest);
+        q.push(items(1..4));
+        q.push(items(4..6));
+        let t = q.take(2);
+        assert_eq!((t.dropped, ids(&t), t.len()), (0, vec![1, 2], 2));
+        q.push(items(6..8));
+        q.push(items(8..9));
+        // Six waiting for five places: 3 goes, from the front list's rest.
+        let t = q.take(4);
+        assert_eq!((t.dropped, ids(&t)), (1, vec![4, 5, 6, 7]));
+        let t = q.take(4);
+        assert_eq!((t.dropped, ids(&t)), (0, vec![8]));
+        assert!(q.is_empty() && q.take(4).is_empty());
+    }
+
+    #[test]
     fn disconnect_policy_cancels_and_frees() {
         let q = SubscriberQueue::new(2, SlowPolicy::Disconnect);
-        q.push(items(1..3).into_iter());
+        q.push(items(1..3));
         assert!(!q.overflowed().is_cancelled());
-        q.push(items(3..4).into_iter());
+        q.push(items(3..4));
         assert!(q.overflowed().is_cancelled());
-        assert!(q.take(10).items.is_empty());
+        assert!(q.take(10).is_empty());
     }
 }

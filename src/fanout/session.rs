@@ -394,16 +394,18 @@ impl Session {
                 })
                 .await?;
             }
-            if taken.items.is_empty() {
+            if taken.is_empty() {
                 break;
             }
-            let items: Vec<Arc<Item>> = taken
-                .items
-                .into_iter()
+            let items: Vec<&Item> = taken
+                .items()
+                .map(|i| &**i)
                 .filter(|i| self.wanted(i, recheck))
                 .collect();
             if !items.is_empty() {
-                self.send(readings_frame(self.enc, &items)).await?;
+                let frame = readings_frame(self.enc, &items);
+                drop(items);
+                self.send(frame).await?;
                 frames += 1;
             }
         }

@@ -207,7 +207,7 @@ pub enum Frame {
 }
 
 /// `{"type":"readings","items":[...]}` from already-encoded items.
-pub fn readings_frame(enc: Encoding, items: &[Arc<Item>]) -> Frame {
+pub fn readings_frame<I: std::ops::Deref<Target = Item>>(enc: Encoding, items: &[I]) -> Frame {
     match enc {
         Encoding::Json => {
             let len: usize = items.iter().map(|i| i.json().len() + 1).sum();
