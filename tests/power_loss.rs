@@ -155,13 +155,25 @@ fn first_bytes(args: &str) -> Vec<u8> {
     unhex(&body[..end])
 }
 
-/// The ack carried by a server frame written to the device, if it is one.
-fn ack_seq(bytes: &[u8]) -> Option<u64> {
-    if bytes.len() < 2 || bytes[0] != 0x82 || bytes[1] >= 126 {
-        return None;
+/// The acks carried by the small binary frames a write to the device
+/// starts with (acks that complete together leave in one write), and
+/// whether the trace cut the last of them short (strace's `-s`).
+fn ack_seqs(bytes: &[u8]) -> (Vec<u64>, bool) {
+    let mut seqs = Vec::new();
+    let mut rest = bytes;
+    while rest.len() >= 2 && rest[0] == 0x82 && rest[1] < 126 {
+        let Some(payload) = rest.get(2..2 + rest[1] as usize) else {
+            return (seqs, true);
+        };
+        let Ok(frame) = rmp_serde::from_slice::<Value>(payload) else {
+            break;
+        };
+        if frame["type"] == "ack" && frame["duplicate"] != true {
+            seqs.extend(frame["seq"].as_u64());
+        }
+        rest = &rest[2 + payload.len()..];
     }
-    let frame: Value = rmp_serde::from_slice(&bytes[2..]).ok()?;
-    (frame["type"] == "ack" && frame["duplicate"] != true).then(|| frame["seq"].as_u64())?
+    (seqs, false)
 }
 
 fn parent(path: &str) -> String {
@@ -240,7 +252,14 @@ impl Replay {
         let path = path.as_str();
         let writes = ["write", "pwrite64", "writev", "sendto", "sendmsg"];
         if path.ends_with(&self.device) && writes.contains(&c.name.as_str()) {
-            if let Some(seq) = ack_seq(&first_bytes(&c.args)) {
+            let (seqs, cut) = ack_seqs(&first_bytes(&c.args));
+            if cut {
+                self.violations.push(format!(
+                    "line {}: a write of acks is cut short in the trace (raise strace's -s)",
+                    c.start
+                ));
+            }
+            for seq in seqs {
                 self.acks_checked += 1;
                 if last_id_of(seq) > self.durable {
                     self.violations.push(format!(
@@ -531,8 +550,9 @@ async fn power_cut(storage: &str) {
         "-qq",
         "-yy",
         "-xx",
+        // Room for a window of acks in one write (~20 bytes each).
         "-s",
-        "64",
+        "512",
         "-e",
         "signal=none",
         "-e",
