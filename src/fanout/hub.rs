@@ -5,9 +5,10 @@
 //! reduces to one of four patterns over that pair — exact `d/s`, device-wide
 //! `d/*`, sensor-wide `*/s`, or everything `*/*` — or to "matches nothing"
 //! (see [`Pattern::of`]). The index keeps subscribers in four maps keyed by
-//! those literals, so routing a reading is four hash look-ups whatever the
-//! number of subscribers, and the cost of a commit grows with the deliveries
-//! it makes, not with the subscribers it skips.
+//! those literals, so routing a reading is three hash look-ups whatever the
+//! number of subscribers (subscribers to everything get one shared list of
+//! the whole commit), and the cost of a commit grows with the deliveries it
+//! makes, not with the subscribers it skips.
 //!
 //! Runs on the writer thread ([`CommitListener`]): it never awaits and never
 //! waits for a subscriber (each subscriber has its own bounded

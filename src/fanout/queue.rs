@@ -7,9 +7,11 @@
 //! per reading. When the queue is full the named policy decides:
 //! `drop_oldest` discards the oldest queued readings and counts them
 //! (reported as `lagged`), and `disconnect` empties the queue and cancels
-//! the subscriber (closed 4008). At most `capacity` readings wait; the
-//! lists they belong to may keep up to one commit's more alive (the front
-//! list's readings already taken or dropped).
+//! the subscriber (closed 4008). At most `capacity` readings wait, and no
+//! list holds more than `capacity` (a bigger commit is cut to its newest
+//! `capacity` when pushed), so the front list's readings already taken or
+//! dropped keep at most `capacity` more alive, and a frame being sent at
+//! most one take more.
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -127,8 +129,15 @@ impl SubscriberQueue {
                 }
             }
         }
-        st.len += incoming - from;
-        st.lists.push_back((items, from));
+        // A list bigger than the whole queue is cut to what it keeps, so
+        // that no list holds more than `capacity` readings alive.
+        let items = if from > 0 {
+            Items::from(&items[from..])
+        } else {
+            items
+        };
+        st.len += items.len();
+        st.lists.push_back((items, 0));
         drop(st);
         self.notify.notify_one();
     }
@@ -235,6 +244,16 @@ mod tests {
         let t = q.take(4);
         assert_eq!((t.dropped, ids(&t)), (0, vec![8]));
         assert!(q.is_empty() && q.take(4).is_empty());
+    }
+
+    #[test]
+    fn a_commit_bigger_than_the_queue_is_cut_to_what_it_keeps() {
+        let q = SubscriberQueue::new(3, SlowPolicy::DropOldest);
+        let big = items(1..11);
+        q.push(big.clone());
+        assert_eq!(Arc::strong_count(&big), 1, "the queue holds a copy of 3");
+        let t = q.take(10);
+        assert_eq!((t.dropped, ids(&t)), (7, vec![8, 9, 10]));
     }
 
     #[test]

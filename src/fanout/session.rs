@@ -404,7 +404,10 @@ impl Session {
                 .collect();
             if !items.is_empty() {
                 let frame = readings_frame(self.enc, &items);
+                // The lists are not kept alive while the frame waits for
+                // the peer.
                 drop(items);
+                drop(taken);
                 self.send(frame).await?;
                 frames += 1;
             }
