@@ -116,8 +116,15 @@ impl Conn {
                 }
                 _ = replaced.cancelled() => return End::Replaced,
                 Some((seq, outcome)) = self.pending.next(), if !self.pending.is_empty() => {
-                    if let Err(end) = self.answer_ready(seq, outcome).await {
-                        return end;
+                    match self.answer_ready(seq, outcome).await {
+                        Ok(()) => {}
+                        // Shutdown won over a send: the batches still
+                        // pending are answered as in the branch above.
+                        Err(End::Shutdown) => {
+                            Box::pin(self.drain_acks(shutdown.drain_deadline())).await;
+                            return End::Shutdown;
+                        }
+                        Err(end) => return end,
                     }
                 }
                 msg = self.socket.recv(), if self.pending.len() < MAX_IN_FLIGHT => {
