@@ -23,18 +23,9 @@ fi
 SG=$1 SIM=$2 LABEL=$3
 shift 4
 HERE=$(cd "$(dirname "$0")" && pwd)
-TMP=$(mktemp -d /tmp/sensorgate-ab.XXXXXX)
-PID=
-cleanup() {
-    [ -n "$PID" ] && kill "$PID" 2>/dev/null || true
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
 # shellcheck source=load/lib.sh
 . "$HERE/lib.sh"
-PORT=$(free_port)
-SECRET=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
-daemon_config "$PORT" "$SECRET" "$TMP/store" >"$TMP/sensorgate.toml"
+run_dir ab
 "$SG" run --config "$TMP/sensorgate.toml" >"$TMP/out.log" 2>&1 &
 PID=$!
 wait_port "$PORT" 10

@@ -45,3 +45,20 @@ sync = "batch"
 level = "warn"
 EOF2
 }
+
+# A run's scratch: a temp dir (removed on exit, and the daemon in $PID
+# killed), a free port, a secret and the daemon's config in the dir.
+#
+#   run_dir NAME   # sets TMP, PORT, SECRET, PID; writes $TMP/sensorgate.toml
+run_dir() {
+    TMP=$(mktemp -d "/tmp/sensorgate-$1.XXXXXX")
+    PID=
+    trap run_dir_cleanup EXIT
+    PORT=$(free_port)
+    SECRET=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+    daemon_config "$PORT" "$SECRET" "$TMP/store" >"$TMP/sensorgate.toml"
+}
+run_dir_cleanup() {
+    [ -n "$PID" ] && kill "$PID" 2>/dev/null || true
+    rm -rf "$TMP"
+}

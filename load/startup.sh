@@ -17,18 +17,9 @@ fi
 SIM=$1 FLOOD=$2 RUNS=$3
 shift 3
 HERE=$(cd "$(dirname "$0")" && pwd)
-TMP=$(mktemp -d /tmp/sensorgate-startup.XXXXXX)
-PID=
-cleanup() {
-    [ -n "$PID" ] && kill "$PID" 2>/dev/null || true
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
 # shellcheck source=load/lib.sh
 . "$HERE/lib.sh"
-PORT=$(free_port)
-SECRET=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
-daemon_config "$PORT" "$SECRET" "$TMP/store" >"$TMP/sensorgate.toml"
+run_dir startup
 
 "$1" run --config "$TMP/sensorgate.toml" >"$TMP/out.log" 2>&1 &
 PID=$!

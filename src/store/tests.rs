@@ -35,13 +35,14 @@ async fn store_batch(tx: &tokio::sync::mpsc::Sender<WriteRequest>, seq: u64, n: 
     ));
 }
 
-fn ids(store: &Store, since: u64) -> Vec<u64> {
-    let readings = store.read_since(since, usize::MAX, |_| true).unwrap();
-    readings.iter().map(|r| r.id).collect()
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn durable_readings_not_yet_in_sled_are_read_from_the_tail() {
+/// A new store in a temp dir (kept while the `TempDir` lives), and the
+/// storage config naming it.
+fn new_store() -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    Arc<Store>,
+    StorageConfig,
+) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store");
     let store = Store::open(&path).unwrap();
@@ -49,6 +50,17 @@ async fn durable_readings_not_yet_in_sled_are_read_from_the_tail() {
         path: path.clone(),
         ..StorageConfig::default()
     };
+    (dir, path, store, storage)
+}
+
+fn ids(store: &Store, since: u64) -> Vec<u64> {
+    let readings = store.read_since(since, usize::MAX, |_| true).unwrap();
+    readings.iter().map(|r| r.id).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn durable_readings_not_yet_in_sled_are_read_from_the_tail() {
+    let (_dir, path, store, storage) = new_store();
     // No checkpoint unless asked: what sled holds is what the applies put there.
     let hour = std::time::Duration::from_secs(3600);
     let (handle, join) =
@@ -113,13 +125,7 @@ async fn durable_readings_not_yet_in_sled_are_read_from_the_tail() {
 /// `--accept-data-loss` skips over) are an ordinary gap.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_segment_lost_from_under_the_index_fails_the_read_and_the_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("store");
-    let store = Store::open(&path).unwrap();
-    let storage = StorageConfig {
-        path: path.clone(),
-        ..StorageConfig::default()
-    };
+    let (_dir, path, store, storage) = new_store();
     let (handle, join) = writer::spawn(store.clone(), &storage, 64, Vec::new());
     let tx = handle.sender().clone();
     for seq in 1..=3 {
