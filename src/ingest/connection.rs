@@ -3,7 +3,8 @@
 //! The loop owns the connection's protocol state: the seq it expects next,
 //! the count of consecutive bad frames, and the window of batches waiting
 //! for the writer. Acks come from a `FuturesOrdered` of writer replies, so
-//! they go out in the order the batches came in. While the window is full the
+//! they go out in the order the batches came in; those that complete
+//! together (one group commit) leave in one write. While the window is full the
 //! loop stops reading: backpressure reaches the device through TCP instead
 //! of memory growing here.
 //!
