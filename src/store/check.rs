@@ -29,8 +29,11 @@ pub struct Report {
     pub bytes: u64,
     /// Oldest and newest stored id.
     pub id_range: Option<(u64, u64)>,
-    /// `(after, before)`: ids missing between two consecutive segments.
+    /// `(after, before)`: ids missing between two consecutive segments, or
+    /// between the newest one and the next id.
     pub gaps: Vec<(u64, u64)>,
+    /// `(after, before)`: such ids skipped on purpose (`--accept-data-loss`).
+    pub skipped: Vec<(u64, u64)>,
     /// Segments that could not be decoded, with why.
     pub damaged: Vec<String>,
     /// Newest id the id bookkeeping accounts for.
@@ -76,6 +79,7 @@ pub fn check(path: &Path) -> Result<Report, StoreError> {
         bytes: 0,
         id_range: None,
         gaps: Vec::new(),
+        skipped: Vec::new(),
         damaged: Vec::new(),
         content_last_id: rec.last_id,
         high_water_mark,
@@ -170,9 +174,25 @@ fn read_all(db: &sled::Db, log: &wal::Contents, report: &mut Report) -> Result<(
                 }
             }
         }
+        if let Some(prev) = previous_last.filter(|&p| r.first_id > p + 1) {
+            report.gaps.push((prev, r.first_id));
+        }
+        previous_last = Some(r.next_id - 1);
         let first = report.id_range.map_or(r.first_id, |(f, _)| f);
         report.id_range = Some((first, r.next_id - 1));
     }
+    // Ids handed out above everything stored (the next id says so).
+    if let Some(prev) = previous_last.filter(|&p| report.content_last_id > p) {
+        report.gaps.push((prev, report.content_last_id + 1));
+    }
+    // Ranges skipped on purpose (--accept-data-loss) are not damage.
+    let skipped = super::holes::skipped(db)?;
+    let (on_purpose, gaps): (Vec<_>, Vec<_>) = report.gaps.iter().partition(|(after, before)| {
+        let hole = after + 1..=before - 1;
+        super::holes::unexplained(std::slice::from_ref(&hole), &skipped).is_empty()
+    });
+    report.gaps = gaps;
+    report.skipped = on_purpose;
     report.bridge_cursor = db
         .get(BRIDGE_CURSOR_KEY)?
         .and_then(|v| codec::decode_u64(BRIDGE_CURSOR_KEY, &v).ok());
@@ -225,6 +245,17 @@ impl fmt::Display for Report {
         writeln!(f, "gaps:            {}", self.gaps.len())?;
         for (after, before) in &self.gaps {
             writeln!(f, "  ids {}..={} missing", after + 1, before - 1)?;
+        }
+        if !self.skipped.is_empty() {
+            writeln!(f, "skipped:         {}", self.skipped.len())?;
+            for (after, before) in &self.skipped {
+                writeln!(
+                    f,
+                    "  ids {}..={} (--accept-data-loss)",
+                    after + 1,
+                    before - 1
+                )?;
+            }
         }
         writeln!(f, "damaged:         {}", self.damaged.len())?;
         for d in &self.damaged {

@@ -33,6 +33,7 @@ pub mod check;
 mod codec;
 pub mod durability;
 mod fault;
+mod holes;
 pub mod hwm;
 mod recovery;
 pub mod retention;

@@ -90,6 +90,9 @@ pub(super) struct Recovered {
     /// Newest id the content accounts for (0 when empty).
     pub(super) last_id: u64,
     pub(super) retained_bytes: u64,
+    /// Ids between the oldest indexed segment and `last_id` in no segment
+    /// (after the log is applied; empty when it is not).
+    pub(super) holes: Vec<super::holes::Ids>,
     /// The write-ahead log, its records already applied to `db`.
     pub(super) wal: wal::Wal,
     /// Newest id the log held (it was acknowledged if the log's sync
@@ -165,12 +168,20 @@ pub(super) fn recover_with(path: &Path, apply_log: bool) -> Result<Recovered, St
         let log_mark = contents.newest_id;
         let mut last_id = next_id - 1;
         let mut bytes = 0u64;
+        let mut holes = super::holes::Holes::default();
         for entry in db.scan_prefix(INDEX_PREFIX) {
             let (k, v) = entry?;
             let meta = SegmentMeta::decode(&k, &v)?;
             bytes += meta.bytes;
             last_id = last_id.max(meta.last_id);
+            holes.segment(meta.first_id, meta.last_id);
         }
+        // Without the log applied, its commits are not in the index yet.
+        let holes = if apply_log {
+            holes.end(last_id + 1)
+        } else {
+            Vec::new()
+        };
         // The newest segment is what a restarted device and subscriber read
         // first; damage there (or a lost blob, in a store written before
         // segments were bounded) is found now rather than on first use.
@@ -182,6 +193,7 @@ pub(super) fn recover_with(path: &Path, apply_log: bool) -> Result<Recovered, St
             db,
             last_id,
             retained_bytes: bytes,
+            holes,
             wal,
             log_mark,
             log_commits,
@@ -294,9 +306,42 @@ fn verify_or_repair(path: &Path, db: &sled::Db, accept_data_loss: bool) -> Resul
     Ok(dropped.bytes)
 }
 
+/// Refuses a store with ids missing between its segments or below its next
+/// id that nothing skipped on purpose ([`super::holes`]). With
+/// `--accept-data-loss` they are recorded as skipped and the start goes on;
+/// so are an older store's at its first start (it was served that way).
+fn check_holes(path: &Path, rec: &Recovered, accept_data_loss: bool) -> Result<(), StoreError> {
+    use super::holes;
+    let unexplained = holes::unexplained(&rec.holes, &holes::skipped(&rec.db)?);
+    let first_check = rec.db.get(holes::HOLES_KEPT_KEY)?.is_none();
+    if !unexplained.is_empty() && !accept_data_loss && !first_check {
+        return Err(StoreError::Unreadable {
+            path: path.to_path_buf(),
+            detail: format!(
+                "{} are in no segment although ids above them were handed out",
+                holes::describe(&unexplained)
+            ),
+        });
+    }
+    if !unexplained.is_empty() {
+        tracing::warn!(
+            missing = %holes::describe(&unexplained),
+            "ids in no segment recorded as skipped ({})",
+            if accept_data_loss { "--accept-data-loss" } else { "first start of this version" }
+        );
+        holes::record_skipped(&rec.db, &unexplained)?;
+    }
+    if first_check || !unexplained.is_empty() {
+        rec.db.insert(holes::HOLES_KEPT_KEY, &[1u8][..])?;
+        rec.db.flush()?;
+    }
+    Ok(())
+}
+
 /// Removes every index entry whose segment sled does not hold.
 fn drop_lost_segments(db: &sled::Db) -> Result<super::retention::Pruned, StoreError> {
     let mut dropped = super::retention::Pruned::default();
+    let mut ranges = Vec::new();
     for entry in db.scan_prefix(INDEX_PREFIX) {
         let (k, v) = entry?;
         let meta = SegmentMeta::decode(&k, &v)?;
@@ -304,8 +349,11 @@ fn drop_lost_segments(db: &sled::Db) -> Result<super::retention::Pruned, StoreEr
             db.remove(&k)?;
             dropped.segments += 1;
             dropped.bytes += meta.bytes;
+            ranges.push(meta.first_id..=meta.last_id);
         }
     }
+    // Their ids are now a hole on purpose.
+    super::holes::record_skipped(db, &ranges)?;
     db.flush()?;
     Ok(dropped)
 }
@@ -379,6 +427,7 @@ impl Store {
             }
             Err(e) => return Err(e),
         }
+        check_holes(path, &rec, opts.accept_data_loss)?;
         let mut last_id = rec.last_id;
         let had_mark = rec.db.get(HWM_KEPT_KEY)?.is_some();
         if log.is_none() && rec.db.get(WAL_KEPT_KEY)?.is_some() {
@@ -407,6 +456,7 @@ impl Store {
                 "store is behind its high-water mark; continuing above it (--accept-data-loss)"
             );
             rec.db.insert(NEXT_ID_KEY, &(mark + 1).to_be_bytes()[..])?;
+            super::holes::record_skipped(&rec.db, &[rec.last_id + 1..=mark])?;
             rec.db.flush()?;
             last_id = mark;
         }
