@@ -53,6 +53,22 @@ fn new_store() -> (
     (dir, path, store, storage)
 }
 
+/// A new store holding three batches of an apply's worth of readings,
+/// all in sled (the writer stopped cleanly), and its newest id.
+async fn three_applies() -> (tempfile::TempDir, std::path::PathBuf, Arc<Store>, u64) {
+    let (dir, path, store, storage) = new_store();
+    let (handle, join) = writer::spawn(store.clone(), &storage, 64, Vec::new());
+    let tx = handle.sender().clone();
+    for seq in 1..=3 {
+        store_batch(&tx, seq, APPLY_AT_READINGS).await;
+    }
+    drop((handle, tx));
+    tokio::task::spawn_blocking(move || join.join().unwrap())
+        .await
+        .unwrap();
+    (dir, path, store, 3 * APPLY_AT_READINGS as u64)
+}
+
 fn ids(store: &Store, since: u64) -> Vec<u64> {
     let readings = store.read_since(since, usize::MAX, |_| true).unwrap();
     readings.iter().map(|r| r.id).collect()
@@ -125,17 +141,7 @@ async fn durable_readings_not_yet_in_sled_are_read_from_the_tail() {
 /// `--accept-data-loss` skips over) are an ordinary gap.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_segment_lost_from_under_the_index_fails_the_read_and_the_start() {
-    let (_dir, path, store, storage) = new_store();
-    let (handle, join) = writer::spawn(store.clone(), &storage, 64, Vec::new());
-    let tx = handle.sender().clone();
-    for seq in 1..=3 {
-        store_batch(&tx, seq, APPLY_AT_READINGS).await;
-    }
-    drop((handle, tx));
-    tokio::task::spawn_blocking(move || join.join().unwrap())
-        .await
-        .unwrap();
-    let total = 3 * APPLY_AT_READINGS as u64;
+    let (_dir, path, store, total) = three_applies().await;
     assert_eq!(ids(&store, 0), (1..=total).collect::<Vec<_>>());
 
     let db = store.db().unwrap();
@@ -207,17 +213,7 @@ async fn a_segment_lost_from_under_the_index_fails_the_read_and_the_start() {
 /// starts accept them, and `check-store` lists them as skipped.
 #[tokio::test(flavor = "multi_thread")]
 async fn ids_lost_with_their_index_entry_refuse_the_start_until_accepted() {
-    let (_dir, path, store, storage) = new_store();
-    let (handle, join) = writer::spawn(store.clone(), &storage, 64, Vec::new());
-    let tx = handle.sender().clone();
-    for seq in 1..=3 {
-        store_batch(&tx, seq, APPLY_AT_READINGS).await;
-    }
-    drop((handle, tx));
-    tokio::task::spawn_blocking(move || join.join().unwrap())
-        .await
-        .unwrap();
-    let total = 3 * APPLY_AT_READINGS as u64;
+    let (_dir, path, store, total) = three_applies().await;
     let db = store.db().unwrap();
     let firsts: Vec<u64> = db
         .scan_prefix(super::INDEX_PREFIX)
