@@ -145,24 +145,27 @@ async fn start_on_damaged(config: &Path, damage: &str) -> Outcome {
 /// [`start_on_damaged`] for a store whose acknowledged ids are `1..=acked`.
 async fn start_on_damaged_acked(config: &Path, damage: &str, acked: u64) -> Outcome {
     let port = port_of(config);
-    let mut child = sensorgate_cmd()
-        .args(["run", "--config"])
-        .arg(config)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Running(
+        sensorgate_cmd()
+            .args(["run", "--config"])
+            .arg(config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let base = format!("127.0.0.1:{port}");
     for _ in 0..300 {
-        if child.try_wait().unwrap().is_some() {
-            let out = child.wait_with_output().unwrap();
-            let stderr = String::from_utf8_lossy(&out.stderr);
+        if let Some(status) = child.0.try_wait().unwrap() {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(&mut child.0.stderr.take().unwrap(), &mut stderr)
+                .unwrap();
             // The reason is one log line (one journal entry under systemd).
             let ours: Vec<&str> = stderr
                 .lines()
                 .filter(|l| l.contains("check-store"))
                 .collect();
-            assert_eq!(out.status.code(), Some(3), "{damage}: {stderr}");
+            assert_eq!(status.code(), Some(3), "{damage}: {stderr}");
             assert_eq!(ours.len(), 1, "{damage}: one line of reason: {stderr}");
             assert!(
                 ours[0].contains("storage.path") && ours[0].contains("check-store"),
@@ -174,8 +177,7 @@ async fn start_on_damaged_acked(config: &Path, damage: &str, acked: u64) -> Outc
         }
         if reqwest::get(format!("http://{base}/healthz")).await.is_ok() {
             let (ids, error) = stored_ids_or_error(&base).await;
-            let _ = child.kill();
-            let _ = child.wait();
+            drop(child);
             // Served readings are never short: ids 1, 2, 3... up to the
             // last acknowledged one, or up to where a read reported damage.
             let whole = ids.iter().zip(1..).all(|(&id, n)| id == n);
@@ -199,8 +201,18 @@ async fn start_on_damaged_acked(config: &Path, damage: &str, acked: u64) -> Outc
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _ = child.kill();
     panic!("{damage}: neither refused nor serving after 30 s");
+}
+
+/// A daemon killed when this is dropped, so that a failing assertion
+/// leaves no daemon running behind the test.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// The ids of every stored reading, page by page, up to the first page
@@ -433,13 +445,15 @@ async fn damaged_then_deleted(f: &Fixture, what: &str, file: &str, damage: impl 
 async fn continues_above_the_mark(config: &Path, damage: &str) {
     let port = port_of(config);
     let log = config.with_file_name("accept.log");
-    let mut child = sensorgate_cmd()
-        .args(["run", "--accept-data-loss", "--config"])
-        .arg(config)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = Running(
+        sensorgate_cmd()
+            .args(["run", "--accept-data-loss", "--config"])
+            .arg(config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     let base = format!("127.0.0.1:{port}");
     let mut up = false;
     for _ in 0..300 {
@@ -448,7 +462,7 @@ async fn continues_above_the_mark(config: &Path, damage: &str) {
             break;
         }
         assert!(
-            child.try_wait().unwrap().is_none(),
+            child.0.try_wait().unwrap().is_none(),
             "{damage}: --accept-data-loss exited: {}",
             std::fs::read_to_string(&log).unwrap()
         );
@@ -472,8 +486,6 @@ async fn continues_above_the_mark(config: &Path, damage: &str) {
         1,
         "{damage}: the new reading is not above the old mark {mark}: {above:?}"
     );
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 fn blobs(store: &Path) -> Vec<PathBuf> {
