@@ -17,7 +17,7 @@ use std::path::Path;
 use super::StoreError;
 use super::{
     codec, hwm,
-    recovery::{recover_with, without_panics},
+    recovery::{read_guarded, recover_with},
     wal, SegmentMeta, BRIDGE_CURSOR_KEY, INDEX_PREFIX, SEGMENT_PREFIX, SEQ_PREFIX,
 };
 
@@ -89,10 +89,8 @@ pub fn check(path: &Path) -> Result<Report, StoreError> {
     };
     // sled reads pages lazily, so damage its open did not touch shows up
     // only now: as an error, or as a panic in its deserializer.
-    match without_panics(|| read_all(&db, &log, &mut report)) {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => report.damaged.push(e.to_string()),
-        Err(panic) => report.damaged.push(panic),
+    if let Err(damage) = read_guarded(|| read_all(&db, &log, &mut report)) {
+        report.damaged.push(damage);
     }
     Ok(report)
 }

@@ -75,6 +75,12 @@ pub(super) fn without_panics<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     })
 }
 
+/// [`without_panics`] for a store operation: its error or sled's panic,
+/// as one message.
+pub(super) fn read_guarded<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, String> {
+    without_panics(f).and_then(|r| r.map_err(|e| e.to_string()))
+}
+
 /// What a caught panic said.
 pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic
@@ -280,11 +286,7 @@ fn verify_or_repair(path: &Path, db: &sled::Db, accept_data_loss: bool) -> Resul
         path: path.to_path_buf(),
         detail: format!("reading back its newest readings: {detail}"),
     };
-    let verify = || match without_panics(|| verify_newest(db)) {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(unreadable(e.to_string())),
-        Err(panic) => Err(unreadable(panic)),
-    };
+    let verify = || read_guarded(|| verify_newest(db)).map_err(unreadable);
     let Err(damage) = verify() else {
         return Ok(0);
     };
@@ -292,11 +294,7 @@ fn verify_or_repair(path: &Path, db: &sled::Db, accept_data_loss: bool) -> Resul
         return Err(damage);
     }
     tracing::warn!(error = %damage, "dropping the index entries of lost segments (--accept-data-loss)");
-    let dropped = match without_panics(|| drop_lost_segments(db)) {
-        Ok(Ok(dropped)) => dropped,
-        Ok(Err(e)) => return Err(unreadable(e.to_string())),
-        Err(panic) => return Err(unreadable(panic)),
-    };
+    let dropped = read_guarded(|| drop_lost_segments(db)).map_err(unreadable)?;
     tracing::warn!(
         segments = dropped.segments,
         bytes = dropped.bytes,
