@@ -9,12 +9,16 @@
 # Starts the daemon on a free 127.0.0.1 port with a temp store
 # (storage.sync = "batch", limits out of the way, log level warn), runs
 # device-sim against it with one JSON subscriber on `#`, and prints one line:
-# acked readings/s, device -> subscriber p50/p99/p999, readings shed as
+# acked readings/s, device -> subscriber p50/p99/p999, device -> ack p99/p999,
+# readings shed as
 # `lagged`, the daemon's CPU seconds (utime + stime) and peak RSS.
 # CAPTURE=1 also captures the daemon's port on `lo` for 5 s mid-run
 # (tcpdump, needs root) and prints the server-side ack latency: the time from
 # a device's frame arriving to the next frame the daemon sends back on that
-# connection (load/acklat.py). Needs jq, python3; bounded by `timeout`.
+# connection (load/acklat.py). METRICS=1 also prints, from /metrics at the
+# end, how many store flushes and group commits took longer than 1, 2.5, 5
+# and 10 ms (where the tail comes from). Needs jq, python3, curl; bounded by
+# `timeout`.
 set -euo pipefail
 if [ $# -lt 4 ] || [ "$4" != "--" ]; then
     sed -n '2,8p' "$0" >&2
@@ -41,11 +45,28 @@ timeout 600 "$SIM" --url "ws://127.0.0.1:$PORT/v1/ingest" --secret "$SECRET" --j
     --subscribe "ws://127.0.0.1:$PORT/v1/stream" "$@" >"$TMP/sim.json" 2>"$TMP/sim.err" || true
 t1=$(cpu_ticks "$PID")
 hwm=$(status_kib "$PID" VmHWM)
+if [ "${METRICS:-0}" = 1 ]; then
+    curl -s --max-time 5 "http://127.0.0.1:$PORT/metrics" | awk '
+        /^sensorgate_store_(flush|commit)_seconds_(bucket|count)/ {
+            name = $1; sub(/_seconds.*/, "", name); sub(/sensorgate_store_/, "", name)
+            if ($1 ~ /_count/) { total[name] = $2; next }
+            le = $1; sub(/.*le="/, "", le); sub(/".*/, "", le)
+            below[name, le] = $2
+        }
+        END {
+            for (n in total) {
+                line = n "s " total[n] ", over 1/2.5/5/10 ms:"
+                split("0.001 0.0025 0.005 0.01", les, " ")
+                for (i = 1; i <= 4; i++) line = line " " total[n] - below[n, les[i]]
+                print line
+            }
+        }' >&2
+fi
 kill "$PID"
 wait "$PID" 2>/dev/null || true
 PID=
 wait
 cpu=$(awk -v a="$t0" -v b="$t1" -v k="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", (b - a) / k }')
 jq -r --arg l "$LABEL" --arg cpu "$cpu" --arg rss "$((hwm / 1024))" \
-    '"\($l): acked/s \(.readings_per_sec | floor), p50/p99/p999 ms \(.subscriber.latency_us.p50 / 1000) / \(.subscriber.latency_us.p99 / 1000) / \(.subscriber.latency_us.p999 / 1000), lagged \(.subscriber.lagged), server CPU s \($cpu), peak RSS MiB \($rss)"' \
+    '"\($l): acked/s \(.readings_per_sec | floor), p50/p99/p999 ms \(.subscriber.latency_us.p50 / 1000) / \(.subscriber.latency_us.p99 / 1000) / \(.subscriber.latency_us.p999 / 1000), ack p99/p999 ms \(.ack_latency_us.p99 / 1000) / \(.ack_latency_us.p999 / 1000), lagged \(.subscriber.lagged), server CPU s \($cpu), peak RSS MiB \($rss)"' \
     "$TMP/sim.json"
