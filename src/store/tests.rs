@@ -101,8 +101,13 @@ async fn durable_readings_not_yet_in_sled_are_read_from_the_tail() {
     for seq in 3..3 + batches {
         store_batch(&tx, seq, per_batch).await;
     }
-    let view = store.view();
     let total = 20 + batches * per_batch as u64;
+    // The apply runs on the applier's thread: wait (bounded) until it is in.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.view().applied <= 20 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let view = store.view();
     assert!(
         view.applied > 20 && view.applied < total,
         "{}..{}",

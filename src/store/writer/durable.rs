@@ -12,9 +12,11 @@ use crate::store::StoreError;
 impl Writer {
     /// Stages one group's entries for sled and appends them to the
     /// write-ahead log (unless an earlier group missed the log). Once
-    /// [`APPLY_AT_READINGS`] readings are staged they are applied, this
-    /// group's included, before its log record is written: a group sled
-    /// refuses never reaches the log. The caller checked the space for it.
+    /// [`APPLY_AT_READINGS`] readings are staged they go to the applier
+    /// ([`super::apply`]), this group's included, which applies them to
+    /// sled while the writer goes on. A failed apply of earlier groups
+    /// refuses this one before it reaches the log. The caller checked the
+    /// space for it.
     pub(super) fn log_and_stage(
         &mut self,
         first_id: u64,
@@ -22,6 +24,9 @@ impl Writer {
         readings: usize,
         entries: Vec<(Vec<u8>, Vec<u8>)>,
     ) -> Result<(), StoreError> {
+        if let Some(e) = self.applier.take_error() {
+            return Err(e);
+        }
         for (k, v) in &entries {
             self.staged_bytes += (k.len() + v.len()) as u64;
             self.staged.insert(k.as_slice(), v.as_slice());
@@ -29,7 +34,7 @@ impl Writer {
         self.staged_readings += readings;
         self.staged_through = next_id - 1;
         if self.staged_readings >= APPLY_AT_READINGS {
-            self.apply_unchecked()?;
+            self.submit_staged()?;
         }
         if !self.unlogged {
             self.unlogged = !self.store.log_commit(first_id, next_id, &entries)?;
@@ -37,31 +42,31 @@ impl Writer {
         Ok(())
     }
 
-    /// Applies what is staged, unless the disk has become too full for it
-    /// since it was written (`Ok(false)`): the writer then refuses writes
+    /// Applies what is staged and waits until sled holds every commit
+    /// staged so far, unless the disk has become too full for it since it
+    /// was written (`Ok(false)`): the writer then refuses writes
     /// ([`super::fault::Fault::DiskFull`]), and the staged commits wait,
     /// durable in the log, until space is back.
     pub(super) fn apply_staged(&mut self) -> Result<bool, StoreError> {
-        if self.staged_readings == 0 {
-            return Ok(true);
+        if self.staged_readings > 0 {
+            if self.check_space(2 * self.staged_bytes).is_err() {
+                return Ok(false);
+            }
+            self.submit_staged()?;
         }
-        if self.check_space(2 * self.staged_bytes).is_err() {
-            return Ok(false);
-        }
-        self.apply_unchecked()?;
+        self.applier.wait()?;
         Ok(true)
     }
 
-    /// Applies every staged entry to sled as one atomic batch. Commits are
-    /// staged in order and the batch carries `m/next_id`, so sled always
-    /// holds a prefix of the log.
-    fn apply_unchecked(&mut self) -> Result<(), StoreError> {
+    /// Hands every staged entry to the applier, to be applied to sled as
+    /// one atomic batch. Commits are staged in order and the batch carries
+    /// `m/next_id`, so sled always holds a prefix of the log.
+    fn submit_staged(&mut self) -> Result<(), StoreError> {
         let batch = std::mem::take(&mut self.staged);
         self.staged_readings = 0;
         self.staged_bytes = 0;
-        self.store.db()?.apply_batch(batch)?;
-        self.store.applied_through(self.staged_through);
-        Ok(())
+        self.applier
+            .submit(self.store.db()?, batch, self.staged_through)
     }
 
     /// The durable point: the log's sync, or a checkpoint when one is due

@@ -59,8 +59,9 @@ impl Writer {
         self.fault = Some(Fault::StoreFailed);
         self.last_recovery = Instant::now();
         self.seqs.clear();
-        // Staged entries die with this sled; the reopen replays the log,
-        // which holds every durable one.
+        // Staged entries, and those handed to the applier, die with this
+        // sled; the reopen replays the log, which holds every durable one.
+        self.applier.abandon();
         self.staged = sled::Batch::default();
         self.staged_readings = 0;
         self.staged_bytes = 0;

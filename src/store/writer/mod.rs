@@ -14,7 +14,8 @@
 //! `fdatasync`: one write and one sync per commit. The same entries reach
 //! sled later, many commits in one `apply_batch` (each apply costs sled the
 //! same writes however small it is): once [`APPLY_AT_READINGS`] readings are
-//! staged, and at every checkpoint. Until then readers find durable readings
+//! staged, and at every checkpoint, on a thread of their own ([`apply`]) so
+//! commits do not wait for them. Until then readers find durable readings
 //! in the store's tail ([`super::tail`]). Checkpoints make
 //! sled itself durable (sled's flush, `fdatasync`/`fsync` of its files and
 //! directories, the high-water mark: [`Store::checkpoint`]) every
@@ -41,6 +42,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+mod apply;
 mod durable;
 mod fault;
 
@@ -58,9 +60,10 @@ pub const MAX_BATCHES_PER_COMMIT: usize = 2048;
 const SEQ_CACHE_MAX: usize = 200_000;
 /// Readings staged for sled before they are applied in one `apply_batch`.
 /// Bigger saves little more CPU (at the fleet shape this is already about
-/// 100 commits per apply) and makes each apply a longer pause for the
-/// commits queued behind it; it also bounds the staged entries and the
-/// store's tail to well under a MiB.
+/// 100 commits per apply) and makes each apply longer for a checkpoint to
+/// wait for; it also bounds the staged entries and the store's tail (three
+/// times this: staged, queued for the applier, being applied) to well under
+/// a MiB.
 pub const APPLY_AT_READINGS: usize = 1024;
 /// How often a refusing writer checks whether it can write again.
 pub const RECOVERY_EVERY: Duration = Duration::from_secs(1);
@@ -174,6 +177,7 @@ pub(super) fn spawn_checkpointing_every(
     let rt = tokio::runtime::Handle::current();
     let next_id = store.last_id() + 1;
     let writer = Writer {
+        applier: apply::Applier::spawn(store.clone()),
         store,
         sync: storage.sync,
         flush_interval: storage.flush_interval,
@@ -205,6 +209,8 @@ pub(super) fn spawn_checkpointing_every(
 
 struct Writer {
     store: Arc<Store>,
+    /// Applies staged commits to sled on its own thread.
+    applier: apply::Applier,
     sync: SyncMode,
     flush_interval: Duration,
     min_free: u64,
@@ -268,6 +274,11 @@ impl Writer {
             });
             if received == Some(0) {
                 break; // every sender gone and queue drained
+            }
+            if self.fault.is_none() {
+                if let Some(e) = self.applier.take_error() {
+                    self.fail(format!("writing to the store failed: {e}"));
+                }
             }
             if self.fault.is_some() && self.last_recovery.elapsed() >= RECOVERY_EVERY {
                 self.try_recover();
