@@ -140,6 +140,13 @@ impl HighWaterMark {
         Ok(())
     }
 
+    /// [`HighWaterMark::set`], never below what is recorded already: a
+    /// checkpoint that ran beside the writer may cover less than the writer
+    /// has noted since.
+    pub fn raise(&mut self, id: u64) -> Result<(), HwmError> {
+        self.set(id.max(self.current))
+    }
+
     /// Records `id`, already durable elsewhere (the write-ahead log), without
     /// a sync of its own: a store rolled back or restored without its mark
     /// is still caught, while a power cut may only leave an older mark, which

@@ -363,15 +363,35 @@ impl Store {
 
     /// A checkpoint: makes every commit applied so far durable in sled
     /// itself, records `last_id` as the durable high-water mark, and lets
-    /// the write-ahead log start again. Only the writer calls this.
+    /// the write-ahead log start again (both halves). Only the writer calls
+    /// this, with nothing being applied or checkpointed meanwhile.
     fn checkpoint(&self, db: &sled::Db, last_id: u64) -> Result<(), StoreError> {
+        self.sled_checkpoint(db, last_id)?;
+        self.wal.lock().unwrap_or_else(|e| e.into_inner()).reset()?;
+        Ok(())
+    }
+
+    /// A checkpoint's work on sled: every commit applied to `db` so far,
+    /// `last_id` among them, becomes durable in sled's files, and the
+    /// high-water mark records at least `last_id`. The log is left alone:
+    /// the applier runs this while the writer logs to the other half.
+    fn sled_checkpoint(&self, db: &sled::Db, last_id: u64) -> Result<(), StoreError> {
         self.sync_files(db)?;
         self.hwm
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .set(last_id)?;
-        self.wal.lock().unwrap_or_else(|e| e.into_inner()).reset()?;
+            .raise(last_id)?;
         Ok(())
+    }
+
+    /// A checkpoint of everything logged so far has started: commits go to
+    /// the log's other half, which must be free ([`wal::Wal::switch`]).
+    fn switch_log(&self) -> Result<(), StoreError> {
+        Ok(self
+            .wal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .switch()?)
     }
 
     /// Writes one applied commit to the write-ahead log (not yet synced).
@@ -387,12 +407,17 @@ impl Store {
     }
 
     /// Makes every commit logged so far durable: the log's `fdatasync`.
-    /// Returns the bytes of log in use, for the writer to decide when a
-    /// checkpoint is due.
+    /// Returns the bytes of the log's current half in use, for the writer
+    /// to decide when a checkpoint is due.
     fn sync_log(&self) -> Result<u64, StoreError> {
         let mut wal = self.wal.lock().unwrap_or_else(|e| e.into_inner());
         wal.sync()?;
         Ok(wal.used())
+    }
+
+    /// Bytes of the log's current half in use.
+    fn log_used(&self) -> u64 {
+        self.wal.lock().unwrap_or_else(|e| e.into_inner()).used()
     }
 
     /// After [`Store::sync_log`] made commits up to `last_id` durable: the

@@ -12,9 +12,16 @@
 //! when it is created, so appending a record overwrites blocks the file
 //! already owns: one `pwrite` and one `fdatasync` that has no metadata to
 //! persist. sled still receives every commit (`apply_batch`, in memory) and
-//! is made durable by checkpoints ([`super::Store::checkpoint`]: sled's
-//! flush, its files' syncs, the high-water mark), after which the log
-//! starts again at offset 0.
+//! is made durable by checkpoints (sled's flush, its files' syncs, the
+//! high-water mark), after which the log's records are no longer needed.
+//!
+//! The file holds two halves, each a chain of its own. Records go to one
+//! half; when a checkpoint starts, the writer switches to the other half
+//! ([`Wal::switch`]) and goes on logging while the checkpoint, on another
+//! thread, makes what the first half holds durable in sled. It switches
+//! back only once that checkpoint has returned, so a half is never written
+//! over while sled may still need it. A checkpoint taken with nothing else
+//! going on frees both halves ([`Wal::reset`]).
 //!
 //! Format: the first 512-byte sector is the file's header (`b"SGWALHDR"`,
 //! the log's size, a CRC-32), written once when the file is created. The
@@ -30,10 +37,13 @@
 //! and the value. Whole sectors mean appending never rewrites a sector that
 //! holds an earlier, acknowledged record.
 //!
-//! Reading it back ([`Wal::open`]) takes records from the second sector
-//! while each is whole (magic, length, checksum) and continues the previous
-//! one (its first id is the previous record's next id): that chain is what
-//! a restart replays. What follows it is never-written zeros, a torn write
+//! Reading it back ([`Wal::open`]) takes records from the start of each
+//! half while each is whole (magic, length, checksum) and continues the
+//! previous one (its first id is the previous record's next id): those two
+//! chains, in id order, are what a restart replays (from the first id sled
+//! does not hold). A log written before the halves is one chain from the
+//! first half's start, which may run on into the second half: it reads the
+//! same way. What follows it is never-written zeros, a torn write
 //! whose commit was not acknowledged (its `fdatasync` had not returned), or
 //! records older than the last checkpoint. The mark and every whole record
 //! in the file count towards [`Contents::newest_id`], so records that are
@@ -59,6 +69,10 @@ const HEADER: usize = 32;
 const SECTOR: usize = 512;
 /// The file header, then the two mark copies, then the records.
 const RECORDS_AT: usize = 3 * SECTOR;
+/// Where the second half's records start; the first half ends there.
+const SECOND_HALF: u64 = WAL_SIZE / 2;
+/// Room for records in a half (the second; the first is 1.5 KiB smaller).
+pub const HALF_SIZE: u64 = WAL_SIZE - SECOND_HALF;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
@@ -76,7 +90,8 @@ pub enum WalError {
 /// What a log file holds.
 #[derive(Debug, Default)]
 pub struct Contents {
-    /// The chain of commits to replay, oldest first.
+    /// The commits of both halves' chains, in id order: what a restart
+    /// replays from the first id sled does not hold.
     pub records: Vec<Record>,
     /// The newest id of any whole record in the file (chained or not) or
     /// of the mark.
@@ -99,6 +114,8 @@ pub struct Wal {
     file: Option<File>,
     dir: PathBuf,
     path: PathBuf,
+    /// The half records go to (0 or 1).
+    half: usize,
     /// Where the next record goes.
     pos: u64,
     /// Newest id appended; newest id a returned sync made durable; the
@@ -134,6 +151,7 @@ impl Wal {
             },
             dir: dir.to_path_buf(),
             path,
+            half: 0,
             pos: WAL_SIZE, // nothing fits until reset
             logged: mark,
             synced: mark,
@@ -156,7 +174,7 @@ impl Wal {
         let Some(file) = &self.file else {
             return Ok(false);
         };
-        if self.pos + self.buf.len() as u64 > WAL_SIZE {
+        if self.pos + self.buf.len() as u64 > half_end(self.half) {
             return Ok(false);
         }
         file.write_all_at(&self.buf, self.pos)
@@ -186,16 +204,28 @@ impl Wal {
     }
 
     /// After a checkpoint made everything in the log durable in sled: the
-    /// next record goes to offset 0. (The old records stay behind it and
-    /// break the chain when read: their ids are below the new ones.) A
-    /// missing or short log is written whole now, not when it was opened:
-    /// what it held had to reach sled's durable files first.
+    /// next record goes to the start of the first half. (The old records
+    /// stay behind it and break the chain when read: their ids are below
+    /// the new ones.) A missing or short log is written whole now, not when
+    /// it was opened: what it held had to reach sled's durable files first.
     pub fn reset(&mut self) -> Result<(), WalError> {
+        self.start_half(0)
+    }
+
+    /// A checkpoint of everything in this half has started: the next record
+    /// goes to the start of the other half, which the caller knows is free
+    /// (the checkpoint of what it held has returned).
+    pub fn switch(&mut self) -> Result<(), WalError> {
+        self.start_half(1 - self.half)
+    }
+
+    fn start_half(&mut self, half: usize) -> Result<(), WalError> {
         if self.file.is_none() {
             create(&self.dir, &self.path)?;
             self.file = Some(open_rw(&self.path)?);
         }
-        self.pos = RECORDS_AT as u64;
+        self.half = half;
+        self.pos = half_start(half);
         Ok(())
     }
 
@@ -204,10 +234,18 @@ impl Wal {
         self.file.is_some()
     }
 
-    /// Bytes of the log in use since the last checkpoint.
+    /// Bytes of the current half in use.
     pub fn used(&self) -> u64 {
-        self.pos.min(WAL_SIZE) - RECORDS_AT as u64
+        self.pos.min(half_end(self.half)) - half_start(self.half)
     }
+}
+
+fn half_start(half: usize) -> u64 {
+    [RECORDS_AT as u64, SECOND_HALF][half]
+}
+
+fn half_end(half: usize) -> u64 {
+    [SECOND_HALF, WAL_SIZE][half]
 }
 
 /// Writes a whole log of zeros (replacing a missing or short one): under a
@@ -343,19 +381,15 @@ fn be_u32(b: &[u8]) -> usize {
     u32::from_be_bytes(b.try_into().expect("4 bytes")) as usize
 }
 
-/// The chain of whole, continuing records from the second sector, and the
-/// newest id of any whole record on a sector boundary.
+/// The chains of whole, continuing records from the start of each half, in
+/// id order, and the newest id of any whole record on a sector boundary.
 fn decode_file(bytes: &[u8]) -> Contents {
-    let mut records: Vec<Record> = Vec::new();
-    let mut at = RECORDS_AT;
-    while let Some((record, len)) = decode_record(&bytes[at..]) {
-        let continues = records.last().is_none_or(|p| p.next_id == record.first_id);
-        if !continues {
-            break;
-        }
-        records.push(record);
-        at += padded(len);
-    }
+    let mut records = chain(bytes, half_start(0) as usize);
+    records.extend(chain(bytes, half_start(1) as usize));
+    // A chain that ran on into the second half (a log written before the
+    // halves, or a first half filled to its end) is read twice there.
+    records.sort_by_key(|r| (r.first_id, r.next_id));
+    records.dedup_by_key(|r| (r.first_id, r.next_id));
     let newest_id = (RECORDS_AT / SECTOR..bytes.len() / SECTOR)
         .filter(|i| bytes[i * SECTOR..].starts_with(MAGIC))
         .filter_map(|i| decode_record(&bytes[i * SECTOR..]))
@@ -366,6 +400,20 @@ fn decode_file(bytes: &[u8]) -> Contents {
         newest_id,
         mark: 0,
     }
+}
+
+/// The whole records from `at` on, while each continues the one before.
+fn chain(bytes: &[u8], mut at: usize) -> Vec<Record> {
+    let mut records: Vec<Record> = Vec::new();
+    while let Some((record, len)) = decode_record(&bytes[at..]) {
+        let continues = records.last().is_none_or(|p| p.next_id == record.first_id);
+        if !continues {
+            break;
+        }
+        records.push(record);
+        at += padded(len);
+    }
+    records
 }
 
 /// One record at the start of `b` and its length, `None` when there is no
@@ -560,11 +608,66 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut w, _) = Wal::open(dir.path()).unwrap();
         w.reset().unwrap();
-        let big = vec![7u8; (WAL_SIZE / 2) as usize];
+        let big = vec![7u8; (HALF_SIZE / 2) as usize];
         assert!(w.append(1, 2, &[(b"k", &big)]).unwrap());
         let used = w.used();
         assert!(!w.append(2, 3, &[(b"k", &big)]).unwrap());
         assert_eq!(w.used(), used, "nothing written");
-        assert_eq!(used, padded(WAL_SIZE as usize / 2 + HEADER + 9) as u64);
+        assert_eq!(used, padded(HALF_SIZE as usize / 2 + HEADER + 9) as u64);
+        // The other half has room for it, and the first half is kept.
+        w.switch().unwrap();
+        assert_eq!(w.used(), 0);
+        assert!(w.append(2, 3, &[(b"k", &big)]).unwrap());
+        drop(w);
+        assert_eq!(ids(&reopened(dir.path()).records), [(1, 2), (2, 3)]);
+    }
+
+    #[test]
+    fn both_halves_are_read_back_as_one_chain_in_id_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, _) = Wal::open(dir.path()).unwrap();
+        w.reset().unwrap();
+        assert!(append(&mut w, 1, 5));
+        assert!(append(&mut w, 5, 9));
+        w.switch().unwrap(); // a checkpoint of 1..8 runs meanwhile
+        assert!(append(&mut w, 9, 12));
+        w.sync().unwrap();
+        let c = reopened(dir.path());
+        assert_eq!(ids(&c.records), [(1, 5), (5, 9), (9, 12)]);
+        assert_eq!(c.newest_id, Some(11));
+
+        // That checkpoint returned: the first half is written over, and
+        // what it held before ends its chain.
+        w.switch().unwrap();
+        assert!(append(&mut w, 12, 20));
+        drop(w);
+        let c = reopened(dir.path());
+        assert_eq!(ids(&c.records), [(9, 12), (12, 20)]);
+        assert_eq!(c.newest_id, Some(19));
+    }
+
+    #[test]
+    fn a_log_written_before_the_halves_reads_as_it_did() {
+        // One chain from the first half's start, running on past the middle
+        // of the file, with a record starting right at the middle.
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, _) = Wal::open(dir.path()).unwrap();
+        w.reset().unwrap();
+        let filler = vec![1u8; SECOND_HALF as usize - RECORDS_AT - HEADER - 9];
+        assert!(w.append(1, 2, &[(b"k", &filler)]).unwrap());
+        assert_eq!(RECORDS_AT as u64 + w.used(), SECOND_HALF);
+        drop(w);
+        let path = dir.path().join(FILE_NAME);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mut at = SECOND_HALF as usize;
+        for (first, next) in [(2, 5), (5, 9)] {
+            let mut record = Vec::new();
+            encode(&mut record, first, next, &[(b"k", b"v")]);
+            bytes[at..at + record.len()].copy_from_slice(&record);
+            at += record.len();
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let c = reopened(dir.path());
+        assert_eq!(ids(&c.records), [(1, 2), (2, 5), (5, 9)], "read once");
     }
 }

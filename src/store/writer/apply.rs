@@ -1,30 +1,58 @@
-//! The applier: a thread that applies staged commits to sled, so the
-//! writer thread does not wait for it.
+//! The applier: a thread that does the writer's sled work, applying
+//! staged commits and taking checkpoints, so commits do not wait for it.
 //!
 //! Why: an `apply_batch` of [`super::APPLY_AT_READINGS`] readings takes sled
-//! 1–2.5 ms. On the writer thread every commit queued meanwhile waited for
-//! it; at the fleet shape (1,000 devices, one small batch a second each)
-//! that was one commit in a hundred, which set the p99. The commits it
-//! applies are already durable in the write-ahead log, so nothing waits
-//! for an apply except a checkpoint (and the writer's seq cache before it
-//! is cleared): they call [`Applier::wait`].
+//! 1–2.5 ms, and a checkpoint (sled's flush, the syncs of its files and of
+//! the high-water mark) several ms, every second. On the writer thread every
+//! commit queued meanwhile waited for them: at the fleet shape (1,000
+//! devices, one small batch a second each) the applies held up one commit
+//! in a hundred, which set the p99, and the checkpoints the p999. What they
+//! work on is already durable in the write-ahead log, so the writer goes on
+//! logging (to the log's other half during a checkpoint: [`super::super::wal`])
+//! and waits only when it needs sled to hold everything ([`Applier::wait`]):
+//! for a checkpoint of its own, before clearing its seq cache, at the end.
 //!
-//! Order and failure: jobs are applied one at a time in the order they
-//! were submitted, so sled still holds a prefix of the log. The first
-//! failure is kept for the writer ([`Applier::take_error`], or returned by
-//! the next [`Applier::wait`]); later jobs of the same generation are
-//! skipped, since applying them would leave sled with a hole. When the
-//! writer gives up on its sled ([`Applier::abandon`], on any store failure)
-//! jobs still queued for that sled are dropped unapplied; the reopen
-//! replays them from the log. Each job carries its own `sled::Db`: while one
-//! is queued, sled's file lock keeps a reopen from opening the same files
-//! a second time.
+//! Order and failure: jobs run one at a time in the order they were
+//! submitted, so sled still holds a prefix of the log and a checkpoint
+//! covers every apply submitted before it. The first failure is kept for
+//! the writer ([`Applier::take_error`], or returned by the next
+//! [`Applier::wait`]); later jobs of the same generation are skipped, since
+//! applying them would leave sled with a hole. When the writer gives up on
+//! its sled ([`Applier::abandon`], on any store failure) jobs still queued
+//! for that sled are dropped; the reopen replays the log. Each job carries
+//! its own `sled::Db`: while one is queued, sled's file lock keeps a reopen
+//! from opening the same files a second time.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 
 use crate::store::{Store, StoreError};
+
+/// What the applier does to the store (a trait so that its tests can make
+/// it fail).
+pub(super) trait Target: Send + 'static {
+    fn apply(&self, db: &sled::Db, batch: sled::Batch) -> Result<(), StoreError>;
+    /// sled holds every commit up to `id`: readers find them there.
+    fn applied(&self, id: u64);
+    /// Every commit applied so far, `last_id` among them, becomes durable
+    /// in sled's own files.
+    fn checkpoint(&self, db: &sled::Db, last_id: u64) -> Result<(), StoreError>;
+}
+
+impl Target for Arc<Store> {
+    fn apply(&self, db: &sled::Db, batch: sled::Batch) -> Result<(), StoreError> {
+        Ok(db.apply_batch(batch)?)
+    }
+
+    fn applied(&self, id: u64) {
+        self.applied_through(id);
+    }
+
+    fn checkpoint(&self, db: &sled::Db, last_id: u64) -> Result<(), StoreError> {
+        self.sled_checkpoint(db, last_id)
+    }
+}
 
 enum Job {
     Apply {
@@ -34,6 +62,11 @@ enum Job {
         /// The newest id in `batch`.
         through: u64,
     },
+    Checkpoint {
+        generation: u64,
+        db: sled::Db,
+        last_id: u64,
+    },
     /// Answered once every job before it is done.
     Wait(SyncSender<()>),
 }
@@ -42,12 +75,14 @@ enum Job {
 struct Shared {
     /// Bumped by [`Applier::abandon`]: jobs of older generations are skipped.
     generation: AtomicU64,
+    /// The newest `last_id` a checkpoint made durable in sled.
+    checkpointed: AtomicU64,
     failure: Mutex<Failure>,
 }
 
 #[derive(Default)]
 struct Failure {
-    /// The generation whose apply failed: its later jobs are skipped.
+    /// The generation whose job failed: its later jobs are skipped.
     generation: Option<u64>,
     /// That failure, until the writer takes it.
     error: Option<StoreError>,
@@ -67,26 +102,17 @@ pub(super) struct Applier {
 }
 
 impl Applier {
-    pub(super) fn spawn(store: Arc<Store>) -> Applier {
-        Applier::spawn_with(apply, move |through| store.applied_through(through))
-    }
-
-    /// The applier with its two effects given: `apply` one batch to sled,
-    /// and tell readers that sled holds everything up to an id (`applied`).
-    fn spawn_with(
-        apply: impl Fn(&sled::Db, sled::Batch) -> Result<(), StoreError> + Send + 'static,
-        applied: impl Fn(u64) + Send + 'static,
-    ) -> Applier {
-        // One job waiting beside the one being applied: a writer that
-        // stages faster than sled applies waits here, which bounds the
-        // store's tail (the readings readers find outside sled).
+    pub(super) fn spawn(target: impl Target) -> Applier {
+        // One job waiting beside the one running: a writer that stages
+        // faster than sled applies waits here, which bounds the store's
+        // tail (the readings readers find outside sled).
         let (tx, rx) = sync_channel(1);
         let shared = Arc::new(Shared::default());
         let thread = std::thread::Builder::new()
             .name("sensorgate-apply".into())
             .spawn({
                 let shared = shared.clone();
-                move || run(&shared, rx, apply, applied)
+                move || run(&shared, rx, target)
             })
             .expect("spawning the applier thread");
         Applier {
@@ -104,16 +130,32 @@ impl Applier {
         batch: sled::Batch,
         through: u64,
     ) -> Result<(), StoreError> {
-        let job = Job::Apply {
-            generation: self.shared.generation.load(Ordering::Acquire),
+        let generation = self.generation();
+        self.send(Job::Apply {
+            generation,
             db,
             batch,
             through,
-        };
-        self.send(job)
+        })
     }
 
-    /// Waits until everything submitted is applied; the first failure since
+    /// Queues a checkpoint of everything submitted before it; once it has
+    /// returned, [`Applier::checkpointed`] is at least `last_id`.
+    pub(super) fn checkpoint(&self, db: sled::Db, last_id: u64) -> Result<(), StoreError> {
+        let generation = self.generation();
+        self.send(Job::Checkpoint {
+            generation,
+            db,
+            last_id,
+        })
+    }
+
+    /// The newest id a checkpoint has made durable in sled.
+    pub(super) fn checkpointed(&self) -> u64 {
+        self.shared.checkpointed.load(Ordering::Acquire)
+    }
+
+    /// Waits until every job submitted has run; the first failure since
     /// the last [`Applier::abandon`], if any.
     pub(super) fn wait(&self) -> Result<(), StoreError> {
         let (tx, rx) = sync_channel(1);
@@ -122,10 +164,10 @@ impl Applier {
         self.take_error().map_or(Ok(()), Err)
     }
 
-    /// A failure of an apply submitted since the last [`Applier::abandon`],
+    /// A failure of a job submitted since the last [`Applier::abandon`],
     /// without waiting.
     pub(super) fn take_error(&self) -> Option<StoreError> {
-        let generation = self.shared.generation.load(Ordering::Acquire);
+        let generation = self.generation();
         let mut failure = self.shared.lock_failure();
         if failure.generation == Some(generation) {
             failure.error.take()
@@ -134,9 +176,13 @@ impl Applier {
         }
     }
 
-    /// The writer gave up on its sled: what is still queued is not applied.
+    /// The writer gave up on its sled: what is still queued is not run.
     pub(super) fn abandon(&self) {
         self.shared.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn generation(&self) -> u64 {
+        self.shared.generation.load(Ordering::Acquire)
     }
 
     fn send(&self, job: Job) -> Result<(), StoreError> {
@@ -164,55 +210,51 @@ fn stopped() -> StoreError {
     ))
 }
 
-fn run(
-    shared: &Shared,
-    rx: Receiver<Job>,
-    apply: impl Fn(&sled::Db, sled::Batch) -> Result<(), StoreError>,
-    applied: impl Fn(u64),
-) {
+fn run(shared: &Shared, rx: Receiver<Job>, target: impl Target) {
     for job in rx {
-        match job {
+        let generation = match &job {
+            Job::Wait(_) => None,
+            Job::Apply { generation, .. } | Job::Checkpoint { generation, .. } => Some(*generation),
+        };
+        if let Some(generation) = generation {
+            let current = shared.generation.load(Ordering::Acquire);
+            if generation != current || shared.lock_failure().generation == Some(generation) {
+                continue; // abandoned, or behind a failed job
+            }
+        }
+        // Effects are reported even for a sled abandoned meanwhile: the
+        // reopen, which resets what readers take sled to hold, cannot come
+        // before the job's handle on sled is dropped (sled's file lock), at
+        // the end of its arm.
+        let ran = match job {
             Job::Wait(done) => {
                 let _ = done.send(());
+                Ok(())
             }
             Job::Apply {
-                generation,
-                db,
-                batch,
-                through,
-            } => {
-                let current = shared.generation.load(Ordering::Acquire);
-                if generation != current || shared.lock_failure().generation == Some(generation) {
-                    continue; // abandoned, or behind a failed apply
-                }
-                match guarded(|| apply(&db, batch)) {
-                    // Even for a sled abandoned meanwhile: the reopen, which
-                    // resets what readers take sled to hold, cannot come
-                    // before `db` is dropped (sled's file lock).
-                    Ok(()) => applied(through),
-                    Err(e) => {
-                        *shared.lock_failure() = Failure {
-                            generation: Some(generation),
-                            error: Some(e),
-                        }
-                    }
-                }
-                drop(db);
+                db, batch, through, ..
+            } => guarded(|| target.apply(&db, batch)).map(|()| target.applied(through)),
+            Job::Checkpoint { db, last_id, .. } => {
+                guarded(|| target.checkpoint(&db, last_id)).map(|()| {
+                    shared.checkpointed.fetch_max(last_id, Ordering::AcqRel);
+                })
             }
+        };
+        if let (Err(e), Some(generation)) = (ran, generation) {
+            *shared.lock_failure() = Failure {
+                generation: Some(generation),
+                error: Some(e),
+            };
         }
     }
 }
 
-fn apply(db: &sled::Db, batch: sled::Batch) -> Result<(), StoreError> {
-    Ok(db.apply_batch(batch)?)
-}
-
 /// `f`, a panic (inside sled) becoming an error: the thread lives on and
-/// the writer learns of it like of any failed apply.
+/// the writer learns of it like of any failed job.
 fn guarded(f: impl FnOnce() -> Result<(), StoreError>) -> Result<(), StoreError> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
         Err(StoreError::Sled(sled::Error::ReportableBug(format!(
-            "sled panicked applying a batch: {}",
+            "sled panicked: {}",
             crate::store::recovery::panic_message(&*panic)
         ))))
     })
@@ -220,33 +262,57 @@ fn guarded(f: impl FnOnce() -> Result<(), StoreError>) -> Result<(), StoreError>
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
 
     use super::*;
 
-    /// An applier whose `apply` fails on the calls listed (counting from
-    /// 0; `panics` panics instead of failing), and the ids it reported
-    /// applied.
-    fn applier(fails: &'static [usize], panics: bool) -> (Applier, Arc<Mutex<Vec<u64>>>) {
-        let calls = AtomicUsize::new(0);
-        let applied = Arc::new(Mutex::new(Vec::new()));
-        let applier = Applier::spawn_with(
-            move |_, _| {
-                let call = calls.fetch_add(1, Ordering::SeqCst);
-                if !fails.contains(&call) {
-                    return Ok(());
+    /// A target whose jobs (applies and checkpoints, counted together from
+    /// 0) fail when listed in `fails`, or panic with `panics`; the first
+    /// job can be held until the test lets it go (`gate`).
+    #[derive(Default)]
+    struct Fake {
+        calls: AtomicUsize,
+        fails: &'static [usize],
+        panics: bool,
+        applied: Arc<Mutex<Vec<u64>>>,
+        gate: Option<(SyncSender<()>, Mutex<Receiver<()>>)>,
+        gated: AtomicBool,
+    }
+
+    impl Fake {
+        fn call(&self) -> Result<(), StoreError> {
+            if let Some((started, release)) = &self.gate {
+                if !self.gated.swap(true, Ordering::SeqCst) {
+                    started.send(()).unwrap();
+                    release.lock().unwrap().recv().unwrap();
                 }
-                if panics {
-                    panic!("deliberate");
-                }
-                Err(StoreError::Sync(std::io::Error::other("deliberate")))
-            },
-            {
-                let applied = applied.clone();
-                move |id| applied.lock().unwrap().push(id)
-            },
-        );
-        (applier, applied)
+            }
+            let call = self.calls.fetch_add(1, Ordering::SeqCst);
+            if !self.fails.contains(&call) {
+                return Ok(());
+            }
+            if self.panics {
+                panic!("deliberate");
+            }
+            Err(StoreError::Sync(std::io::Error::other("deliberate")))
+        }
+    }
+
+    impl Target for Arc<Fake> {
+        fn apply(&self, _: &sled::Db, _: sled::Batch) -> Result<(), StoreError> {
+            self.call()
+        }
+        fn applied(&self, id: u64) {
+            self.applied.lock().unwrap().push(id);
+        }
+        fn checkpoint(&self, _: &sled::Db, _: u64) -> Result<(), StoreError> {
+            self.call()
+        }
+    }
+
+    fn applier(fake: Fake) -> (Applier, Arc<Mutex<Vec<u64>>>) {
+        let applied = fake.applied.clone();
+        (Applier::spawn(Arc::new(fake)), applied)
     }
 
     fn db() -> sled::Db {
@@ -260,41 +326,57 @@ mod tests {
     }
 
     #[test]
-    fn jobs_are_applied_in_order_and_wait_returns_after_them() {
-        let (applier, applied) = applier(&[], false);
+    fn jobs_run_in_order_and_wait_returns_after_them() {
+        let (applier, applied) = applier(Fake::default());
         let db = db();
-        for id in [10, 20, 30] {
+        for id in [10, 20] {
             submit(&applier, &db, id);
         }
+        applier.checkpoint(db.clone(), 20).unwrap();
+        submit(&applier, &db, 30);
         applier.wait().unwrap();
         assert_eq!(*applied.lock().unwrap(), [10, 20, 30]);
+        assert_eq!(applier.checkpointed(), 20);
         assert!(applier.take_error().is_none());
     }
 
     #[test]
-    fn after_a_failure_nothing_more_is_applied_until_abandoned() {
-        for panics in [false, true] {
-            let (applier, applied) = applier(&[1], panics);
+    fn after_a_failure_nothing_more_runs_until_abandoned() {
+        // The second job fails: an apply, then a checkpoint; by error or panic.
+        for (panics, checkpoint) in [(false, false), (true, false), (false, true), (true, true)] {
+            let case = format!("panics {panics}, checkpoint {checkpoint}");
+            let (applier, applied) = applier(Fake {
+                fails: &[1],
+                panics,
+                ..Fake::default()
+            });
             let db = db();
-            for id in [10, 20, 30] {
-                submit(&applier, &db, id);
+            submit(&applier, &db, 10);
+            match checkpoint {
+                true => applier.checkpoint(db.clone(), 10).unwrap(),
+                false => submit(&applier, &db, 20),
             }
-            let e = applier.wait().expect_err("the second apply failed");
+            submit(&applier, &db, 30);
+            applier.checkpoint(db.clone(), 30).unwrap();
+            let e = applier.wait().expect_err("the second job failed");
             let expected = if panics { "panicked" } else { "deliberate" };
-            assert!(e.to_string().contains(expected), "{e}");
-            // 30 comes after the failed 20: applying it would leave a hole.
-            assert_eq!(*applied.lock().unwrap(), [10], "panics: {panics}");
-            assert!(applier.take_error().is_none(), "reported once");
+            assert!(e.to_string().contains(expected), "{case}: {e}");
+            // 30 comes after the failure: applying it would leave a hole.
+            assert_eq!(*applied.lock().unwrap(), [10], "{case}");
+            assert_eq!(applier.checkpointed(), 0, "{case}");
+            assert!(applier.take_error().is_none(), "{case}: reported once");
             submit(&applier, &db, 40);
             applier.wait().unwrap();
-            assert_eq!(*applied.lock().unwrap(), [10], "still skipped");
+            assert_eq!(*applied.lock().unwrap(), [10], "{case}: still skipped");
 
             // The writer gave up on that sled (and reopened it): what it
-            // submits from now on is applied again.
+            // submits from now on runs again.
             applier.abandon();
             submit(&applier, &db, 50);
+            applier.checkpoint(db.clone(), 50).unwrap();
             applier.wait().unwrap();
-            assert_eq!(*applied.lock().unwrap(), [10, 50]);
+            assert_eq!(*applied.lock().unwrap(), [10, 50], "{case}");
+            assert_eq!(applier.checkpointed(), 50, "{case}");
         }
     }
 
@@ -304,26 +386,11 @@ mod tests {
             // The first apply starts, waits for the test, then ends.
             let (started_tx, started) = sync_channel(1);
             let (release, released) = sync_channel::<()>(1);
-            let released = Mutex::new(released);
-            let first = std::sync::atomic::AtomicBool::new(true);
-            let applied = Arc::new(Mutex::new(Vec::new()));
-            let applier = Applier::spawn_with(
-                move |_, _| {
-                    if !first.swap(false, Ordering::SeqCst) {
-                        return Ok(());
-                    }
-                    started_tx.send(()).unwrap();
-                    released.lock().unwrap().recv().unwrap();
-                    match fail_first {
-                        true => Err(StoreError::Sync(std::io::Error::other("deliberate"))),
-                        false => Ok(()),
-                    }
-                },
-                {
-                    let applied = applied.clone();
-                    move |id| applied.lock().unwrap().push(id)
-                },
-            );
+            let (applier, applied) = applier(Fake {
+                fails: if fail_first { &[0] } else { &[] },
+                gate: Some((started_tx, Mutex::new(released))),
+                ..Fake::default()
+            });
             let db = db();
             submit(&applier, &db, 10);
             started.recv().unwrap();

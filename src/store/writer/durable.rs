@@ -1,8 +1,9 @@
 //! How a written group reaches sled and its durable point: its entries go
 //! to the write-ahead log at once and to sled in groups of many commits (see
 //! the module docs of [`super`]; between the two, readers find them in the
-//! store's tail); the log's sync is the usual durable point, and a
-//! checkpoint makes sled's own files durable so the log can start again.
+//! store's tail); the log's sync is the durable point, and checkpoints, run
+//! by the applier while the writer logs to the log's other half, make
+//! sled's own files durable so that half can be written again.
 
 use std::time::Instant;
 
@@ -37,9 +38,23 @@ impl Writer {
             self.submit_staged()?;
         }
         if !self.unlogged {
-            self.unlogged = !self.store.log_commit(first_id, next_id, &entries)?;
+            let mut logged = self.store.log_commit(first_id, next_id, &entries)?;
+            if !logged && self.store.log_used() > 0 && self.rotate_log(first_id - 1)? {
+                logged = self.store.log_commit(first_id, next_id, &entries)?;
+            }
+            self.unlogged = !logged;
         }
         Ok(())
+    }
+
+    /// The log's current half is full: waits for the checkpoint of the
+    /// other half (if one is running), then starts one of this half, up to
+    /// `last_id`, and switches. False when the disk is too full for it.
+    fn rotate_log(&mut self, last_id: u64) -> Result<bool, StoreError> {
+        if self.checkpoint_running() {
+            self.applier.wait()?;
+        }
+        self.start_checkpoint(last_id)
     }
 
     /// Applies what is staged and waits until sled holds every commit
@@ -69,16 +84,30 @@ impl Writer {
             .submit(self.store.db()?, batch, self.staged_through)
     }
 
-    /// The durable point: the log's sync, or a checkpoint when one is due
-    /// (asked for, a group missed the log, the log is half full, or
-    /// [`super::CHECKPOINT_EVERY`] has passed). On failure the writer enters
-    /// [`super::fault::Fault::StoreFailed`].
+    /// The durable point: the log's sync, after which a checkpoint is
+    /// started when one is due (asked for, the log's half is half full, or
+    /// [`super::CHECKPOINT_EVERY`] has passed). A group that missed the log
+    /// is made durable by a checkpoint the writer waits for. On failure the
+    /// writer enters [`super::fault::Fault::StoreFailed`].
     pub(super) fn make_durable(&mut self, checkpoint: bool) -> Result<(), ()> {
-        let started = Instant::now();
         let last_id = self.next_id - 1;
-        let due =
-            checkpoint || self.unlogged || self.last_checkpoint.elapsed() >= self.checkpoint_every;
-        let synced = self.reach_durable_point(last_id, due);
+        let due = checkpoint || self.last_checkpoint.elapsed() >= self.checkpoint_every;
+        self.durable_by(|w| w.reach_durable_point(last_id, due))
+    }
+
+    /// The writer is stopping: everything is made durable in sled itself,
+    /// after any checkpoint still running, so the next start replays nothing.
+    pub(super) fn make_durable_in_sled(&mut self) -> Result<(), ()> {
+        let last_id = self.next_id - 1;
+        self.durable_by(|w| w.checkpoint_now(last_id))
+    }
+
+    fn durable_by(
+        &mut self,
+        how: impl FnOnce(&mut Self) -> Result<(), StoreError>,
+    ) -> Result<(), ()> {
+        let started = Instant::now();
+        let synced = how(self);
         self.last_flush = Instant::now();
         crate::events::StoreFlushed {
             took: started.elapsed(),
@@ -97,41 +126,78 @@ impl Writer {
         }
     }
 
-    /// A checkpoint when `due`; otherwise, or when a full disk postpones
-    /// the checkpoint, the log's sync (it needs no space: the log is
-    /// preallocated).
     fn reach_durable_point(&mut self, last_id: u64, due: bool) -> Result<(), StoreError> {
-        if due && self.checkpoint(last_id)? {
-            return Ok(());
+        if self.unlogged {
+            return self.checkpoint_now(last_id);
         }
         let used = self.store.sync_log()?;
-        if !due && used >= CHECKPOINT_AT_LOG_BYTES && self.checkpoint(last_id)? {
-            return Ok(());
-        }
         self.since_checkpoint = true;
-        self.store.note_durable(last_id)
+        self.store.note_durable(last_id)?;
+        if due || used >= CHECKPOINT_AT_LOG_BYTES {
+            // Not started while the previous one runs: the next commit or
+            // wake-up tries again.
+            if !self.checkpoint_running() {
+                self.start_checkpoint(last_id)?;
+            }
+        }
+        Ok(())
     }
 
-    /// Applies what is staged, makes sled's files durable, moves the mark
-    /// and lets the log start again. `Ok(false)`: postponed, the disk being
-    /// too full to apply (everything staged is still in the log).
-    fn checkpoint(&mut self, last_id: u64) -> Result<bool, StoreError> {
+    /// True while the checkpoint started at the last switch of the log's
+    /// halves has not returned: the other half is not free yet.
+    pub(super) fn checkpoint_running(&mut self) -> bool {
+        if self
+            .checkpoint_running
+            .is_some_and(|id| self.applier.checkpointed() >= id)
+        {
+            self.checkpoint_running = None;
+        }
+        self.checkpoint_running.is_some()
+    }
+
+    /// Hands what is staged and a checkpoint up to `last_id` (everything
+    /// in the log's current half) to the applier, and switches the log to
+    /// its other half, which must be free. `Ok(false)`: postponed, the disk
+    /// being too full to apply (the writer now refuses writes).
+    fn start_checkpoint(&mut self, last_id: u64) -> Result<bool, StoreError> {
+        if self.staged_readings > 0 {
+            if self.check_space(2 * self.staged_bytes).is_err() {
+                return Ok(false);
+            }
+            self.submit_staged()?;
+        }
+        self.applier.checkpoint(self.store.db()?, last_id)?;
+        self.store.switch_log()?;
+        self.checkpoint_running = Some(last_id);
+        self.last_checkpoint = Instant::now();
+        self.since_checkpoint = false;
+        Ok(true)
+    }
+
+    /// A checkpoint the writer waits for: after the applier's jobs, what is
+    /// staged is applied, sled's files made durable, the mark moved, and
+    /// both halves of the log freed. When the disk is too full to apply, the
+    /// log's sync makes the commits durable instead (a group that missed
+    /// the log cannot be, and fails).
+    fn checkpoint_now(&mut self, last_id: u64) -> Result<(), StoreError> {
         if !self.apply_staged()? {
             if self.unlogged {
-                // Only a checkpoint could make that group durable.
                 return Err(StoreError::Sync(std::io::Error::new(
                     std::io::ErrorKind::StorageFull,
                     "no space to apply a commit too large for the write-ahead log",
                 )));
             }
-            return Ok(false);
+            self.store.sync_log()?;
+            self.since_checkpoint = true;
+            return self.store.note_durable(last_id);
         }
         self.store
             .db()
             .and_then(|db| self.store.checkpoint(&db, last_id))?;
+        self.checkpoint_running = None;
         self.last_checkpoint = Instant::now();
         self.since_checkpoint = false;
         self.unlogged = false;
-        Ok(true)
+        Ok(())
     }
 }

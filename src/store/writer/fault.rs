@@ -67,8 +67,10 @@ impl Writer {
         self.staged_bytes = 0;
         self.next_id = self.durable_next_id;
         self.dirty = false;
-        // Reopening replays the log and flushes sled: no checkpoint is owed.
+        // Reopening replays the log and flushes sled: no checkpoint is owed,
+        // and both halves of the log are free again.
         self.since_checkpoint = false;
+        self.checkpoint_running = None;
         self.unlogged = false;
         // Interval mode: groups applied since the last durable point die
         // with this sled; nothing of theirs may be acknowledged.

@@ -71,9 +71,12 @@ pub const RECOVERY_EVERY: Duration = Duration::from_secs(1);
 /// checkpoint puts them in sled's durable files: bounds what a restart
 /// replays and how long the bridge cursor (flushed with sled) lags.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
-/// A checkpoint is also taken once this much of the log is in use, so a
-/// commit rarely finds the log full.
-const CHECKPOINT_AT_LOG_BYTES: u64 = super::wal::WAL_SIZE / 2;
+/// A checkpoint is also started once this much of the log's current half is
+/// in use, so a commit rarely finds the half full.
+const CHECKPOINT_AT_LOG_BYTES: u64 = super::wal::HALF_SIZE / 2;
+/// How often a writer with nothing else to do looks whether a running
+/// checkpoint has returned, when the next one is due already.
+const CHECKPOINT_POLL: Duration = Duration::from_millis(5);
 
 /// A validated batch on its way to storage.
 pub struct IngestBatch {
@@ -196,6 +199,7 @@ pub(super) fn spawn_checkpointing_every(
         last_flush: Instant::now(),
         last_recovery: Instant::now(),
         last_checkpoint: Instant::now(),
+        checkpoint_running: None,
         checkpoint_every,
         since_checkpoint: false,
         unlogged: false,
@@ -241,6 +245,9 @@ struct Writer {
     last_flush: Instant,
     last_recovery: Instant,
     last_checkpoint: Instant,
+    /// The last id of the checkpoint the applier runs (of the log's other
+    /// half), until it is seen to have returned.
+    checkpoint_running: Option<u64>,
     /// [`CHECKPOINT_EVERY`], but for tests.
     checkpoint_every: Duration,
     /// Something was made durable through the log since the last checkpoint.
@@ -311,10 +318,10 @@ impl Writer {
         }
         let pending = std::mem::take(&mut self.pending);
         self.flush_and_release(pending);
-        if self.time_until_checkpoint().is_some() {
+        if self.fault.is_none() && (self.since_checkpoint || self.checkpoint_running()) {
             // A clean stop leaves sled's files and the mark complete: the
             // next start replays nothing.
-            let _ = self.make_durable(true);
+            let _ = self.make_durable_in_sled();
         }
         tracing::debug!("writer drained and flushed");
     }
@@ -336,11 +343,22 @@ impl Writer {
     }
 
     /// Commits durable through the log alone (and sled healthy): how long
-    /// until the checkpoint that puts them in sled's files is due.
+    /// until the checkpoint that puts them in sled's files is due. While the
+    /// previous checkpoint runs, a due one waits for it, looked at every
+    /// [`CHECKPOINT_POLL`].
     fn time_until_checkpoint(&self) -> Option<Duration> {
         (self.since_checkpoint && self.fault.is_none()).then(|| {
-            self.checkpoint_every
-                .saturating_sub(self.last_checkpoint.elapsed())
+            let due = self
+                .checkpoint_every
+                .saturating_sub(self.last_checkpoint.elapsed());
+            let running = self
+                .checkpoint_running
+                .is_some_and(|id| self.applier.checkpointed() < id);
+            if running {
+                due.max(CHECKPOINT_POLL)
+            } else {
+                due
+            }
         })
     }
 
