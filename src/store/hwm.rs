@@ -37,7 +37,23 @@ pub enum HwmError {
     Damaged { path: PathBuf, detail: &'static str },
 }
 
-/// The open high-water mark file. Only the writer thread updates it.
+/// A mark written by [`HighWaterMark::raise`], not yet synced.
+#[must_use = "the mark is durable only once synced"]
+pub struct MarkSync {
+    file: File,
+    path: PathBuf,
+}
+
+impl MarkSync {
+    pub fn sync(self) -> Result<(), HwmError> {
+        self.file
+            .sync_data()
+            .map_err(|source| io(&self.path, source))
+    }
+}
+
+/// The open high-water mark file. The writer notes every commit in it; a
+/// checkpoint raises it.
 pub struct HighWaterMark {
     file: File,
     path: PathBuf,
@@ -140,11 +156,26 @@ impl HighWaterMark {
         Ok(())
     }
 
-    /// [`HighWaterMark::set`], never below what is recorded already: a
-    /// checkpoint that ran beside the writer may cover less than the writer
-    /// has noted since.
-    pub fn raise(&mut self, id: u64) -> Result<(), HwmError> {
-        self.set(id.max(self.current))
+    /// [`HighWaterMark::set`] in two steps, for the applier's checkpoint:
+    /// the writer notes every commit, and must not wait for this lock
+    /// through a disk sync. Records `id` now (never less than what is
+    /// recorded: the writer may have noted a newer id since the checkpoint
+    /// started) and returns the sync that makes it durable, to be run once
+    /// the lock is released. Whatever the file holds by then, this value or
+    /// a newer note, becomes durable; both are true.
+    pub fn raise(&mut self, id: u64) -> Result<MarkSync, HwmError> {
+        let id = id.max(self.current);
+        if id != self.current {
+            self.write(id)?;
+        }
+        let file = self
+            .file
+            .try_clone()
+            .map_err(|source| io(&self.path, source))?;
+        Ok(MarkSync {
+            file,
+            path: self.path.clone(),
+        })
     }
 
     /// Records `id`, already durable elsewhere (the write-ahead log), without
@@ -209,6 +240,18 @@ mod tests {
             assert!(decode(&bad).is_err(), "flip at byte {i} went unnoticed");
         }
         assert_eq!(decode(&b[..10]), Err("wrong length"));
+    }
+
+    #[test]
+    fn a_checkpoint_raises_the_mark_but_never_lowers_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = HighWaterMark::create_or_open(dir.path(), 5).unwrap();
+        m.raise(40).unwrap().sync().unwrap();
+        assert_eq!((m.get(), read(dir.path()).unwrap()), (40, Some(40)));
+        // The writer noted 60 while a checkpoint of 50 ran.
+        m.note(60).unwrap();
+        m.raise(50).unwrap().sync().unwrap();
+        assert_eq!((m.get(), read(dir.path()).unwrap()), (60, Some(60)));
     }
 
     #[test]

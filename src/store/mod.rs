@@ -377,10 +377,13 @@ impl Store {
     /// the applier runs this while the writer logs to the other half.
     fn sled_checkpoint(&self, db: &sled::Db, last_id: u64) -> Result<(), StoreError> {
         self.sync_files(db)?;
-        self.hwm
+        let raised = self
+            .hwm
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .raise(last_id)?;
+        // Synced outside the lock: the writer notes every commit there.
+        raised.sync()?;
         Ok(())
     }
 
