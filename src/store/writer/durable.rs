@@ -11,22 +11,36 @@ use super::{Writer, APPLY_AT_READINGS, CHECKPOINT_AT_LOG_BYTES};
 use crate::store::StoreError;
 
 impl Writer {
-    /// Stages one group's entries for sled and appends them to the
-    /// write-ahead log (unless an earlier group missed the log). Once
+    /// Appends one group's entries to the write-ahead log (unless an
+    /// earlier group missed the log) and stages them for sled. Once
     /// [`APPLY_AT_READINGS`] readings are staged they go to the applier
-    /// ([`super::apply`]), this group's included, which applies them to
-    /// sled while the writer goes on. A failed apply of earlier groups
-    /// refuses this one before it reaches the log. The caller checked the
-    /// space for it.
+    /// ([`super::apply`]), which applies them to sled while the writer goes
+    /// on. A failed apply or checkpoint of earlier groups refuses this one
+    /// before it reaches the log. `Ok(false)`: refused, the log's half being
+    /// full and the disk too full for the checkpoint that would free the
+    /// other (the writer now refuses writes; nothing of the group is logged
+    /// or staged). The caller checked the space for the group itself.
     pub(super) fn log_and_stage(
         &mut self,
         first_id: u64,
         next_id: u64,
         readings: usize,
         entries: Vec<(Vec<u8>, Vec<u8>)>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         if let Some(e) = self.applier.take_error() {
             return Err(e);
+        }
+        if !self.unlogged {
+            let mut logged = self.store.log_commit(first_id, next_id, &entries)?;
+            if !logged && self.store.log_used() > 0 {
+                if !self.rotate_log(first_id - 1)? {
+                    return Ok(false);
+                }
+                logged = self.store.log_commit(first_id, next_id, &entries)?;
+            }
+            // Larger than a half: only a checkpoint of its own makes it
+            // durable, and nothing more is logged until then.
+            self.unlogged = !logged;
         }
         for (k, v) in &entries {
             self.staged_bytes += (k.len() + v.len()) as u64;
@@ -37,19 +51,13 @@ impl Writer {
         if self.staged_readings >= APPLY_AT_READINGS {
             self.submit_staged()?;
         }
-        if !self.unlogged {
-            let mut logged = self.store.log_commit(first_id, next_id, &entries)?;
-            if !logged && self.store.log_used() > 0 && self.rotate_log(first_id - 1)? {
-                logged = self.store.log_commit(first_id, next_id, &entries)?;
-            }
-            self.unlogged = !logged;
-        }
-        Ok(())
+        Ok(true)
     }
 
     /// The log's current half is full: waits for the checkpoint of the
-    /// other half (if one is running), then starts one of this half, up to
-    /// `last_id`, and switches. False when the disk is too full for it.
+    /// other half (if one is running), then starts one of this half (every
+    /// commit up to `last_id`, all staged) and switches. False when the
+    /// disk is too full for it.
     fn rotate_log(&mut self, last_id: u64) -> Result<bool, StoreError> {
         if self.checkpoint_running() {
             self.applier.wait()?;

@@ -332,14 +332,17 @@ impl Writer {
         let recovery = self
             .fault
             .map(|_| RECOVERY_EVERY.saturating_sub(self.last_recovery.elapsed()));
-        [
-            self.time_until_flush(),
-            recovery,
-            self.time_until_checkpoint(),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        // With commits waiting for their flush, the flush starts a due
+        // checkpoint: waking for the checkpoint alone would find nothing to
+        // do and spin until then.
+        let checkpoint = match self.pending.is_empty() {
+            true => self.time_until_checkpoint(),
+            false => None,
+        };
+        [self.time_until_flush(), recovery, checkpoint]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Commits durable through the log alone (and sled healthy): how long
@@ -549,9 +552,14 @@ impl Writer {
         // sled's log holds the group (and may need a new segment file
         // region) before old space is reclaimed: ask for twice its size.
         self.check_space(2 * (added_bytes + self.staged_bytes))?;
-        if let Err(e) = self.log_and_stage(first_id, next_id, readings.len(), entries) {
-            self.fail(format!("writing to the store failed: {e}"));
-            return Err(Fault::StoreFailed);
+        match self.log_and_stage(first_id, next_id, readings.len(), entries) {
+            Ok(true) => {}
+            // `check_space` has put the writer in the fault.
+            Ok(false) => return Err(Fault::DiskFull),
+            Err(e) => {
+                self.fail(format!("writing to the store failed: {e}"));
+                return Err(Fault::StoreFailed);
+            }
         }
         self.store
             .retained_bytes
