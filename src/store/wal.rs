@@ -465,6 +465,14 @@ mod tests {
         records.iter().map(|r| (r.first_id, r.next_id)).collect()
     }
 
+    /// A new log in a new directory, ready for appends.
+    fn new_log() -> (tempfile::TempDir, Wal) {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, _) = Wal::open(dir.path()).unwrap();
+        w.reset().unwrap();
+        (dir, w)
+    }
+
     fn reopened(dir: &Path) -> Contents {
         Wal::open(dir).unwrap().1
     }
@@ -501,9 +509,7 @@ mod tests {
 
     #[test]
     fn after_a_reset_older_records_end_the_chain() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut w, _) = Wal::open(dir.path()).unwrap();
-        w.reset().unwrap();
+        let (dir, mut w) = new_log();
         for i in 0..10 {
             assert!(append(&mut w, 1 + i * 4, 5 + i * 4));
         }
@@ -517,9 +523,7 @@ mod tests {
 
     #[test]
     fn a_damaged_record_ends_the_chain_and_later_records_still_count() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut w, _) = Wal::open(dir.path()).unwrap();
-        w.reset().unwrap();
+        let (dir, mut w) = new_log();
         assert!(append(&mut w, 1, 5));
         let second = RECORDS_AT as u64 + w.used();
         assert!(append(&mut w, 5, 9));
@@ -536,9 +540,7 @@ mod tests {
 
     #[test]
     fn a_torn_last_record_is_not_a_commit() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut w, _) = Wal::open(dir.path()).unwrap();
-        w.reset().unwrap();
+        let (dir, mut w) = new_log();
         assert!(append(&mut w, 1, 5));
         let big = vec![3u8; 3 * SECTOR];
         let at = RECORDS_AT + w.used() as usize;
@@ -556,9 +558,7 @@ mod tests {
 
     #[test]
     fn a_zeroed_or_short_log_is_damaged() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut w, _) = Wal::open(dir.path()).unwrap();
-        w.reset().unwrap();
+        let (dir, mut w) = new_log();
         assert!(append(&mut w, 1, 5));
         drop(w);
         let path = dir.path().join(FILE_NAME);
@@ -574,9 +574,7 @@ mod tests {
 
     #[test]
     fn the_mark_remembers_synced_commits_whose_records_are_gone() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut w, _) = Wal::open(dir.path()).unwrap();
-        w.reset().unwrap();
+        let (dir, mut w) = new_log();
         assert!(append(&mut w, 1, 5));
         w.sync().unwrap();
         w.reset().unwrap(); // a checkpoint: the mark stays
@@ -605,9 +603,7 @@ mod tests {
 
     #[test]
     fn a_commit_larger_than_what_is_left_does_not_fit() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut w, _) = Wal::open(dir.path()).unwrap();
-        w.reset().unwrap();
+        let (dir, mut w) = new_log();
         let big = vec![7u8; (HALF_SIZE / 2) as usize];
         assert!(w.append(1, 2, &[(b"k", &big)]).unwrap());
         let used = w.used();
@@ -624,9 +620,7 @@ mod tests {
 
     #[test]
     fn both_halves_are_read_back_as_one_chain_in_id_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut w, _) = Wal::open(dir.path()).unwrap();
-        w.reset().unwrap();
+        let (dir, mut w) = new_log();
         assert!(append(&mut w, 1, 5));
         assert!(append(&mut w, 5, 9));
         w.switch().unwrap(); // a checkpoint of 1..8 runs meanwhile
@@ -650,9 +644,7 @@ mod tests {
     fn a_log_written_before_the_halves_reads_as_it_did() {
         // One chain from the first half's start, running on past the middle
         // of the file, with a record starting right at the middle.
-        let dir = tempfile::tempdir().unwrap();
-        let (mut w, _) = Wal::open(dir.path()).unwrap();
-        w.reset().unwrap();
+        let (dir, mut w) = new_log();
         let filler = vec![1u8; SECOND_HALF as usize - RECORDS_AT - HEADER - 9];
         assert!(w.append(1, 2, &[(b"k", &filler)]).unwrap());
         assert_eq!(RECORDS_AT as u64 + w.used(), SECOND_HALF);
