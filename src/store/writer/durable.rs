@@ -71,13 +71,23 @@ impl Writer {
     /// ([`super::fault::Fault::DiskFull`]), and the staged commits wait,
     /// durable in the log, until space is back.
     pub(super) fn apply_staged(&mut self) -> Result<bool, StoreError> {
+        if !self.submit_staged_if_room()? {
+            return Ok(false);
+        }
+        self.applier.wait()?;
+        Ok(true)
+    }
+
+    /// [`Self::submit_staged`] when anything is staged, unless the disk has
+    /// become too full to apply it (`Ok(false)`, the writer now in
+    /// [`super::fault::Fault::DiskFull`]).
+    fn submit_staged_if_room(&mut self) -> Result<bool, StoreError> {
         if self.staged_readings > 0 {
             if self.check_space(2 * self.staged_bytes).is_err() {
                 return Ok(false);
             }
             self.submit_staged()?;
         }
-        self.applier.wait()?;
         Ok(true)
     }
 
@@ -138,9 +148,7 @@ impl Writer {
         if self.unlogged {
             return self.checkpoint_now(last_id);
         }
-        let used = self.store.sync_log()?;
-        self.since_checkpoint = true;
-        self.store.note_durable(last_id)?;
+        let used = self.sync_log_and_note(last_id)?;
         if due || used >= CHECKPOINT_AT_LOG_BYTES {
             // Not started while the previous one runs: the next commit or
             // wake-up tries again.
@@ -151,16 +159,21 @@ impl Writer {
         Ok(())
     }
 
+    /// The log's sync made every commit up to `last_id` durable (through
+    /// the log alone, until a checkpoint), and the mark file notes it.
+    /// Returns the bytes of the log's current half in use.
+    fn sync_log_and_note(&mut self, last_id: u64) -> Result<u64, StoreError> {
+        let used = self.store.sync_log()?;
+        self.since_checkpoint = true;
+        self.store.note_durable(last_id)?;
+        Ok(used)
+    }
+
     /// True while the checkpoint started at the last switch of the log's
     /// halves has not returned: the other half is not free yet.
-    pub(super) fn checkpoint_running(&mut self) -> bool {
-        if self
-            .checkpoint_running
-            .is_some_and(|id| self.applier.checkpointed() >= id)
-        {
-            self.checkpoint_running = None;
-        }
-        self.checkpoint_running.is_some()
+    pub(super) fn checkpoint_running(&self) -> bool {
+        self.checkpoint_started
+            .is_some_and(|id| self.applier.checkpointed() < id)
     }
 
     /// Hands what is staged and a checkpoint up to `last_id` (everything
@@ -168,15 +181,12 @@ impl Writer {
     /// its other half, which must be free. `Ok(false)`: postponed, the disk
     /// being too full to apply (the writer now refuses writes).
     fn start_checkpoint(&mut self, last_id: u64) -> Result<bool, StoreError> {
-        if self.staged_readings > 0 {
-            if self.check_space(2 * self.staged_bytes).is_err() {
-                return Ok(false);
-            }
-            self.submit_staged()?;
+        if !self.submit_staged_if_room()? {
+            return Ok(false);
         }
         self.applier.checkpoint(self.store.db()?, last_id)?;
         self.store.switch_log()?;
-        self.checkpoint_running = Some(last_id);
+        self.checkpoint_started = Some(last_id);
         self.last_checkpoint = Instant::now();
         self.since_checkpoint = false;
         Ok(true)
@@ -195,14 +205,12 @@ impl Writer {
                     "no space to apply a commit too large for the write-ahead log",
                 )));
             }
-            self.store.sync_log()?;
-            self.since_checkpoint = true;
-            return self.store.note_durable(last_id);
+            return self.sync_log_and_note(last_id).map(|_| ());
         }
         self.store
             .db()
             .and_then(|db| self.store.checkpoint(&db, last_id))?;
-        self.checkpoint_running = None;
+        self.checkpoint_started = None;
         self.last_checkpoint = Instant::now();
         self.since_checkpoint = false;
         self.unlogged = false;

@@ -70,7 +70,7 @@ impl Writer {
         // Reopening replays the log and flushes sled: no checkpoint is owed,
         // and both halves of the log are free again.
         self.since_checkpoint = false;
-        self.checkpoint_running = None;
+        self.checkpoint_started = None;
         self.unlogged = false;
         // Interval mode: groups applied since the last durable point die
         // with this sled; nothing of theirs may be acknowledged.

@@ -199,7 +199,7 @@ pub(super) fn spawn_checkpointing_every(
         last_flush: Instant::now(),
         last_recovery: Instant::now(),
         last_checkpoint: Instant::now(),
-        checkpoint_running: None,
+        checkpoint_started: None,
         checkpoint_every,
         since_checkpoint: false,
         unlogged: false,
@@ -245,9 +245,10 @@ struct Writer {
     last_flush: Instant,
     last_recovery: Instant,
     last_checkpoint: Instant,
-    /// The last id of the checkpoint the applier runs (of the log's other
-    /// half), until it is seen to have returned.
-    checkpoint_running: Option<u64>,
+    /// The last id of the checkpoint started at the last switch of the
+    /// log's halves (it covers the other half): running until the applier
+    /// reports it ([`Writer::checkpoint_running`]).
+    checkpoint_started: Option<u64>,
     /// [`CHECKPOINT_EVERY`], but for tests.
     checkpoint_every: Duration,
     /// Something was made durable through the log since the last checkpoint.
@@ -354,10 +355,7 @@ impl Writer {
             let due = self
                 .checkpoint_every
                 .saturating_sub(self.last_checkpoint.elapsed());
-            let running = self
-                .checkpoint_running
-                .is_some_and(|id| self.applier.checkpointed() < id);
-            if running {
+            if self.checkpoint_running() {
                 due.max(CHECKPOINT_POLL)
             } else {
                 due
