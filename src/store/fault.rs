@@ -71,7 +71,7 @@ impl Store {
         let files = FileSync::open(&self.path).map_err(StoreError::Sync)?;
         let mut wal = rec.wal;
         wal.reset()?;
-        *self.wal.lock().unwrap_or_else(|e| e.into_inner()) = wal;
+        *self.lock_wal() = wal;
         self.retained_bytes
             .store(rec.retained_bytes, Ordering::Relaxed);
         *self.files.lock().unwrap_or_else(|e| e.into_inner()) = Some(files);

@@ -367,7 +367,7 @@ impl Store {
     /// this, with nothing being applied or checkpointed meanwhile.
     fn checkpoint(&self, db: &sled::Db, last_id: u64) -> Result<(), StoreError> {
         self.sled_checkpoint(db, last_id)?;
-        self.wal.lock().unwrap_or_else(|e| e.into_inner()).reset()?;
+        self.lock_wal().reset()?;
         Ok(())
     }
 
@@ -390,11 +390,7 @@ impl Store {
     /// A checkpoint of everything logged so far has started: commits go to
     /// the log's other half, which must be free ([`wal::Wal::switch`]).
     fn switch_log(&self) -> Result<(), StoreError> {
-        Ok(self
-            .wal
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .switch()?)
+        Ok(self.lock_wal().switch()?)
     }
 
     /// Writes one applied commit to the write-ahead log (not yet synced).
@@ -405,7 +401,7 @@ impl Store {
         next_id: u64,
         entries: &[(Vec<u8>, Vec<u8>)],
     ) -> Result<bool, StoreError> {
-        let mut wal = self.wal.lock().unwrap_or_else(|e| e.into_inner());
+        let mut wal = self.lock_wal();
         Ok(wal.append(first_id, next_id, entries)?)
     }
 
@@ -413,14 +409,14 @@ impl Store {
     /// Returns the bytes of the log's current half in use, for the writer
     /// to decide when a checkpoint is due.
     fn sync_log(&self) -> Result<u64, StoreError> {
-        let mut wal = self.wal.lock().unwrap_or_else(|e| e.into_inner());
+        let mut wal = self.lock_wal();
         wal.sync()?;
         Ok(wal.used())
     }
 
     /// Bytes of the log's current half in use.
     fn log_used(&self) -> u64 {
-        self.wal.lock().unwrap_or_else(|e| e.into_inner()).used()
+        self.lock_wal().used()
     }
 
     /// After [`Store::sync_log`] made commits up to `last_id` durable: the
@@ -452,6 +448,10 @@ impl Store {
     fn view(&self) -> tail::View {
         let tail = self.lock_tail();
         tail.view(self.last_id())
+    }
+
+    fn lock_wal(&self) -> std::sync::MutexGuard<'_, wal::Wal> {
+        self.wal.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock_tail(&self) -> std::sync::MutexGuard<'_, tail::Tail> {
