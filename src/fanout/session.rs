@@ -397,11 +397,14 @@ impl Session {
             if taken.is_empty() {
                 break;
             }
-            let items: Vec<&Item> = taken
-                .items()
-                .map(|i| &**i)
-                .filter(|i| self.wanted(i, recheck))
-                .collect();
+            // Sized up front: a filtered iterator would grow it step by step.
+            let mut items: Vec<&Item> = Vec::with_capacity(taken.len());
+            items.extend(
+                taken
+                    .items()
+                    .map(|i| &**i)
+                    .filter(|i| self.wanted(i, recheck)),
+            );
             if !items.is_empty() {
                 let frame = readings_frame(self.enc, &items);
                 // The lists are not kept alive while the frame waits for
