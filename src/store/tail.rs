@@ -6,8 +6,9 @@
 //! the two, readers (stream replay, `/v1/readings`, the bridge) find those
 //! readings here: the same `Arc` the commit listeners were given, so the
 //! tail costs no copy. It is bounded by how much the writer lets build up
-//! before applying (`APPLY_AT_READINGS`: staged, one apply queued and one
-//! being applied), and every apply empties it of what it put in sled.
+//! before applying (`APPLY_MAX_READINGS` plus a group, three times over:
+//! staged, one apply queued and one being applied), and every apply
+//! empties it of what it put in sled.
 
 use std::collections::VecDeque;
 use std::sync::Arc;

@@ -95,7 +95,9 @@ async fn durable_readings_not_yet_in_sled_are_read_from_the_tail() {
     );
     assert_eq!(ids(&store, 0), (1..=20).collect::<Vec<_>>());
 
-    // Cross an apply: sled holds a prefix, the tail the rest.
+    // Cross an apply: sled holds a prefix, the tail the rest. (This is the
+    // writer's first apply, so the spacing between applies does not hold
+    // it back: `APPLY_SPACING`.)
     let per_batch = 100;
     let batches = (APPLY_AT_READINGS / per_batch + 2) as u64;
     for seq in 3..3 + batches {

@@ -2,7 +2,7 @@
 //! staged commits and taking checkpoints, so commits do not wait for it.
 //!
 //! Why: an `apply_batch` of [`super::APPLY_AT_READINGS`] readings takes sled
-//! 1–2.5 ms, and a checkpoint (sled's flush, the syncs of its files and of
+//! 1–2.5 ms (up to four times that at high rates: [`super::APPLY_SPACING`]), and a checkpoint (sled's flush, the syncs of its files and of
 //! the high-water mark) several ms, every second. On the writer thread every
 //! commit queued meanwhile waited for them: at the fleet shape (1,000
 //! devices, one small batch a second each) the applies held up one commit

@@ -7,13 +7,15 @@
 
 use std::time::Instant;
 
-use super::{Writer, APPLY_AT_READINGS, CHECKPOINT_AT_LOG_BYTES};
+use super::{
+    Writer, APPLY_AT_READINGS, APPLY_MAX_READINGS, APPLY_SPACING, CHECKPOINT_AT_LOG_BYTES,
+};
 use crate::store::StoreError;
 
 impl Writer {
     /// Appends one group's entries to the write-ahead log (unless an
-    /// earlier group missed the log) and stages them for sled. Once
-    /// [`APPLY_AT_READINGS`] readings are staged they go to the applier
+    /// earlier group missed the log) and stages them for sled. Once an
+    /// apply is due ([`Writer::apply_due`]) they go to the applier
     /// ([`super::apply`]), which applies them to sled while the writer goes
     /// on. A failed apply or checkpoint of earlier groups refuses this one
     /// before it reaches the log. `Ok(false)`: refused, the log's half being
@@ -48,10 +50,23 @@ impl Writer {
         }
         self.staged_readings += readings;
         self.staged_through = next_id - 1;
-        if self.staged_readings >= APPLY_AT_READINGS {
+        if self.apply_due() {
             self.submit_staged()?;
         }
         Ok(true)
+    }
+
+    /// Enough is staged for an apply: [`APPLY_AT_READINGS`] once
+    /// [`APPLY_SPACING`] has passed since the last one, or
+    /// [`APPLY_MAX_READINGS`]. A due apply that waits for its spacing goes
+    /// with the next commit or checkpoint; meanwhile its readings are
+    /// durable in the log and readers find them in the tail.
+    fn apply_due(&self) -> bool {
+        let spaced = self
+            .last_submit
+            .is_none_or(|at| at.elapsed() >= APPLY_SPACING);
+        self.staged_readings >= APPLY_MAX_READINGS
+            || (self.staged_readings >= APPLY_AT_READINGS && spaced)
     }
 
     /// The log's current half is full: waits for the checkpoint of the
@@ -96,6 +111,7 @@ impl Writer {
     /// `m/next_id`, so sled always holds a prefix of the log.
     fn submit_staged(&mut self) -> Result<(), StoreError> {
         let batch = std::mem::take(&mut self.staged);
+        self.last_submit = Some(Instant::now());
         self.staged_readings = 0;
         self.staged_bytes = 0;
         self.applier

@@ -65,6 +65,7 @@ impl Writer {
         self.staged = sled::Batch::default();
         self.staged_readings = 0;
         self.staged_bytes = 0;
+        self.last_submit = None;
         self.next_id = self.durable_next_id;
         self.dirty = false;
         // Reopening replays the log and flushes sled: no checkpoint is owed,
