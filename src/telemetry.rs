@@ -32,6 +32,7 @@ pub fn metrics_handle() -> PrometheusHandle {
             // renders nothing, which is not worth refusing to start over.
             let _ = metrics::set_global_recorder(recorder);
             events::describe();
+            events::register_hot();
             handle
         })
         .clone()

@@ -79,6 +79,23 @@ async fn every_metric_has_help_and_type_and_costs_are_histograms() {
         text.contains("sensorgate_ingest_frames_rejected_total{code=\"invalid\"}"),
         "{text}"
     );
+    // The per-batch and per-commit metrics go through handles registered
+    // once (`events::register_hot`): they count what happened. (Other
+    // tests share the process's recorder, hence at least.)
+    for (sample, least) in [
+        ("sensorgate_ingest_batches_accepted_total", 1.0),
+        ("sensorgate_store_readings_stored_total", 3.0),
+        ("sensorgate_store_commit_batches_count", 1.0),
+        ("sensorgate_store_flush_seconds_count", 1.0),
+        ("sensorgate_ingest_queue_wait_seconds_count", 1.0),
+    ] {
+        let value = text
+            .lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {sample}:\n{text}"));
+        assert!(value >= least, "{sample} = {value}:\n{text}");
+    }
 }
 
 #[test]
