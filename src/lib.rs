@@ -161,7 +161,7 @@ impl Daemon {
             tracing::warn!(error = %e, "could not seed /v1/devices from the store");
         }
         listeners.push(devices.clone());
-        listeners.push(hub.clone());
+        listeners.push(hub.spawn_router(&pipeline));
 
         let (writer, writer_thread) = store::writer::spawn(
             store.clone(),

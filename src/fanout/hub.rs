@@ -10,13 +10,21 @@
 //! the whole commit), and the cost of a commit grows with the deliveries it
 //! makes, not with the subscribers it skips.
 //!
-//! Runs on the writer thread ([`CommitListener`]): it never awaits and never
-//! waits for a subscriber (each subscriber has its own bounded
-//! [`SubscriberQueue`]). Subscriptions change under a short write lock.
+//! Routing runs on a runtime task, the [`Router`], which the writer thread
+//! hands each commit to ([`CommitListener`]); it never waits for a
+//! subscriber (each subscriber has its own bounded [`SubscriberQueue`]).
+//! Why not on the writer thread, where it ran before: routing was a fifth
+//! of that thread's time at goal 3, which every ack waited behind, and each
+//! reading's item was allocated there and freed on the runtime's threads,
+//! which made glibc's allocator slow on the writer (BENCHMARKS.md, "Routing
+//! off the writer thread"). Subscriptions change under a short write lock.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
 
 use super::filter::{Level, TopicFilter};
 use super::queue::SubscriberQueue;
@@ -224,8 +232,8 @@ impl Hub {
         let mut batches: SubIdMap<(Arc<SubscriberQueue>, Vec<Arc<Item>>)> = SubIdMap::default();
         let mut deliveries = 0u64;
         for r in readings {
-            // Made on the first match only: this runs on the writer thread,
-            // and a reading nobody subscribed to costs no allocation.
+            // Made on the first match only: a reading nobody subscribed to
+            // costs no allocation.
             let mut item: Option<Arc<Item>> = None;
             if everything {
                 let it = Arc::new(Item::new(r.clone(), origin.cloned()));
@@ -263,9 +271,44 @@ impl Hub {
     }
 }
 
-impl CommitListener for Hub {
+/// Commits the writer has handed over and the router has not routed yet.
+/// A full queue makes the writer wait: the runtime is then too busy to
+/// route, and the wait pushes back on ingest through the writer's queue.
+pub const ROUTER_QUEUE: usize = 64;
+
+/// The writer's side of the router: a [`CommitListener`] that queues each
+/// commit for [`Hub::spawn_router`]'s task, in commit order.
+pub struct Router {
+    tx: mpsc::Sender<Arc<[Reading]>>,
+}
+
+impl Hub {
+    /// Starts the task that routes commits, on `tracker`. It ends once the
+    /// returned [`Router`] is dropped (with the writer, at the drain) and
+    /// what was queued is routed.
+    pub fn spawn_router(self: &Arc<Self>, tracker: &TaskTracker) -> Arc<Router> {
+        let (tx, mut rx) = mpsc::channel::<Arc<[Reading]>>(ROUTER_QUEUE);
+        let hub = self.clone();
+        tracker.spawn(async move {
+            while let Some(readings) = rx.recv().await {
+                hub.publish(&readings);
+            }
+        });
+        Arc::new(Router { tx })
+    }
+}
+
+impl CommitListener for Router {
     fn on_commit(&self, readings: &Arc<[Reading]>) {
-        self.publish(readings);
+        match self.tx.try_send(readings.clone()) {
+            Ok(()) => {}
+            // Called on the writer thread, outside the runtime: it may block.
+            Err(mpsc::error::TrySendError::Full(readings)) => {
+                let _ = self.tx.blocking_send(readings);
+            }
+            // The runtime is going away; nobody is left to deliver to.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
     }
 }
 
@@ -426,6 +469,38 @@ mod tests {
         assert_eq!(ids(&all), vec![4, 5, 6]);
         assert_eq!(ids(&both), vec![4, 5]);
         assert_eq!(ids(&narrow), vec![4]);
+    }
+
+    /// The writer hands commits over from its own thread. With the router
+    /// held up, it waits for room once the router queue is full, and loses
+    /// nothing: every commit is routed, in commit order, and the task ends
+    /// once the router is dropped and its queue is routed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn the_router_routes_every_commit_in_order_then_ends() {
+        let hub = Hub::new(10_000, SlowPolicy::DropOldest);
+        let mut all = hub.subscriber();
+        all.add(&[f("#")]);
+        let tracker = TaskTracker::new();
+        let router = hub.spawn_router(&tracker);
+        let commits = 3 * ROUTER_QUEUE as u64;
+        // Routing needs the index: holding it stops the router.
+        let held = hub.index.write().unwrap();
+        let writer = std::thread::spawn(move || {
+            for id in 1..=commits {
+                let commit: Arc<[Reading]> = vec![reading(id, "d1", "temp")].into();
+                router.on_commit(&commit);
+            }
+        });
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(!writer.is_finished(), "the writer waits for room");
+        drop(held);
+        writer.join().unwrap();
+        tracker.close();
+        tokio::time::timeout(std::time::Duration::from_secs(10), tracker.wait())
+            .await
+            .expect("the router ends once dropped");
+        assert_eq!(ids(&all), (1..=commits).collect::<Vec<_>>());
+        assert_eq!(hub.announced(), commits);
     }
 
     #[test]

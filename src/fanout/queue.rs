@@ -1,6 +1,6 @@
 //! One subscriber's bounded queue of readings (`fanout.subscriber_queue`).
 //!
-//! The hub pushes on the writer thread and must never wait for the
+//! The hub pushes from its router task and must never wait for the
 //! subscriber: a push takes a short mutex, appends one shared list of a
 //! commit's items, and returns. Subscribers to everything share one list
 //! per commit, so a commit costs each of them one reference count, not one
