@@ -8,7 +8,8 @@
 //! as its inputs close, every stage against one deadline ([`shutdown`]).
 //! Every task but the daemon's own (the accept loop, then the drain) is on
 //! one of two trackers: `edge` (connections, upgraded WebSockets, the systemd
-//! watchdog) and `pipeline` (retention, limiter pruning, the MQTT bridge).
+//! watchdog) and `pipeline` (retention, limiter pruning, the fan-out's
+//! router, the MQTT bridge).
 
 pub mod allocator;
 pub mod auth;
@@ -142,6 +143,7 @@ impl Daemon {
 
         // The fan-out hub: routes each commit to `/v1/stream` subscribers.
         let hub = fanout::Hub::new(config.fanout.subscriber_queue, config.fanout.slow_policy);
+        hub.stored_before_start(store.last_id());
         // The MQTT bridge (off unless `mqtt.url`): the writer wakes it after
         // each commit; it drains after the writer at shutdown. With
         // `mqtt.relay` it hands other instances' readings to the hub.

@@ -205,9 +205,35 @@ impl Hub {
     /// Routes durable readings (one commit, in id order) to subscribers.
     pub fn publish(&self, readings: &[Reading]) {
         self.route(readings, None);
+        self.announce(readings);
+    }
+
+    /// [`Hub::publish`] for the router task: a big commit (up to 2,048
+    /// batches) is routed [`ROUTE_STEP`] readings at a time, letting the
+    /// worker's other tasks run in between.
+    async fn publish_in_steps(&self, readings: &[Reading]) {
+        let mut steps = readings.chunks(ROUTE_STEP).peekable();
+        while let Some(step) = steps.next() {
+            self.route(step, None);
+            if steps.peek().is_some() {
+                tokio::task::yield_now().await;
+            }
+        }
+        self.announce(readings);
+    }
+
+    /// Everything up to the last of `readings` (one commit) is routed.
+    fn announce(&self, readings: &[Reading]) {
         if let Some(last) = readings.last() {
             self.announced.fetch_max(last.id, Ordering::AcqRel);
         }
+    }
+
+    /// Ids up to `last_id` were stored before the hub started: none of them
+    /// will be routed, so a subscriber's replay seam at or below it can
+    /// retire once its queue is empty.
+    pub fn stored_before_start(&self, last_id: u64) {
+        self.announced.fetch_max(last_id, Ordering::AcqRel);
     }
 
     /// Delivers readings relayed from another instance (`mqtt.relay`,
@@ -275,16 +301,22 @@ impl Hub {
 /// A full queue makes the writer wait: the runtime is then too busy to
 /// route, and the wait pushes back on ingest through the writer's queue.
 /// Small, because a commit can be big (up to 2,048 batches): with the one
-/// being routed, at most three commits' readings wait for the router. At
+/// being routed and the one the writer holds while it waits, at most four
+/// commits' readings wait for the router. At
 /// goal 3 (about 1,100 commits a second, each routed in tens of µs) the
 /// writer found it full 8 to 15 times in 22,000 commits; in the flood,
 /// 32 to 63 times in 10 s.
 pub const ROUTER_QUEUE: usize = 2;
 
+/// Readings routed in one go by the router task before it yields.
+pub const ROUTE_STEP: usize = 4096;
+
 /// The writer's side of the router: a [`CommitListener`] that queues each
 /// commit for [`Hub::spawn_router`]'s task, in commit order.
 pub struct Router {
     tx: mpsc::Sender<Arc<[Reading]>>,
+    /// The router task is gone: said once.
+    gone: std::sync::atomic::AtomicBool,
 }
 
 impl Hub {
@@ -296,23 +328,32 @@ impl Hub {
         let hub = self.clone();
         tracker.spawn(async move {
             while let Some(readings) = rx.recv().await {
-                hub.publish(&readings);
+                hub.publish_in_steps(&readings).await;
             }
         });
-        Arc::new(Router { tx })
+        Arc::new(Router {
+            tx,
+            gone: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 }
 
 impl CommitListener for Router {
     fn on_commit(&self, readings: &Arc<[Reading]>) {
-        match self.tx.try_send(readings.clone()) {
-            Ok(()) => {}
+        let handed = match self.tx.try_send(readings.clone()) {
+            Ok(()) => true,
             // Called on the writer thread, outside the runtime: it may block.
             Err(mpsc::error::TrySendError::Full(readings)) => {
-                let _ = self.tx.blocking_send(readings);
+                self.tx.blocking_send(readings).is_ok()
             }
-            // The runtime is going away; nobody is left to deliver to.
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        };
+        // The task outlives the writer, unless the runtime is going away
+        // (nobody is left to deliver to) or routing panicked.
+        if !handed && !self.gone.swap(true, Ordering::Relaxed) {
+            tracing::error!(
+                "the fan-out router has stopped: no more live readings for /v1/stream subscribers"
+            );
         }
     }
 }
@@ -506,6 +547,43 @@ mod tests {
             .expect("the router ends once dropped");
         assert_eq!(ids(&all), (1..=commits).collect::<Vec<_>>());
         assert_eq!(hub.announced(), commits);
+    }
+
+    /// A commit bigger than a routing step arrives whole and in order, and
+    /// is announced once all of it is queued.
+    #[tokio::test]
+    async fn a_big_commit_is_routed_in_steps_and_whole() {
+        let hub = Hub::new(3 * ROUTE_STEP, SlowPolicy::DropOldest);
+        let mut all = hub.subscriber();
+        all.add(&[f("#")]);
+        let mut narrow = hub.subscriber();
+        narrow.add(&[f("d2/temp")]);
+        let tracker = TaskTracker::new();
+        let router = hub.spawn_router(&tracker);
+        let n = 2 * ROUTE_STEP as u64 + 5;
+        let commit: Arc<[Reading]> = (1..=n)
+            .map(|id| reading(id, if id % 2 == 0 { "d2" } else { "d1" }, "temp"))
+            .collect();
+        std::thread::spawn(move || router.on_commit(&commit))
+            .join()
+            .unwrap();
+        tracker.close();
+        tracker.wait().await;
+        let taken: Vec<u64> = all
+            .queue()
+            .take(3 * ROUTE_STEP)
+            .items()
+            .map(|i| i.id())
+            .collect();
+        assert_eq!(taken, (1..=n).collect::<Vec<_>>());
+        let taken: Vec<u64> = narrow
+            .queue()
+            .take(3 * ROUTE_STEP)
+            .items()
+            .map(|i| i.id())
+            .collect();
+        assert_eq!(taken, (1..=n).filter(|id| id % 2 == 0).collect::<Vec<_>>());
+        assert_eq!(hub.announced(), n);
     }
 
     #[test]

@@ -258,6 +258,7 @@ impl Session {
                 .notice(&Notice::error(ErrorCode::Invalid, detail))
                 .await;
         }
+        self.retire_seams();
         let prior = Arc::new(self.filters.clone());
         // Register first, then read the seam: see the module docs.
         self.sub.add(&new);
@@ -419,6 +420,19 @@ impl Session {
         // routed: no live item at or below a seam under it can come any more.
         self.seams.retain(|s| s.floor > announced);
         Ok(())
+    }
+
+    /// Drops the seams no live item can fall under any more, as
+    /// [`Session::flush_queue`] does after draining the queue: here only if
+    /// it is empty. So a client that subscribes again and again while no
+    /// reading flows does not pile them up.
+    fn retire_seams(&mut self) {
+        // Read before looking at the queue: every item up to `announced`
+        // was queued before it was raised.
+        let announced = self.sub.hub().announced();
+        if self.queue.is_empty() {
+            self.seams.retain(|s| s.floor > announced);
+        }
     }
 
     fn wanted(&self, item: &Item, recheck: bool) -> bool {
