@@ -244,9 +244,9 @@ impl HandshakeRejected {
 
 /// Handles of the metrics emitted per batch, per group commit or per
 /// broker acknowledgement, registered once. The macros look the name up in
-/// the recorder's registry on every call, and a histogram's lookup also
-/// allocates a new handle: on the writer thread that was 1.6 % of its time
-/// at goal 3 (BENCHMARKS.md, "Fewer allocations on the writer thread").
+/// the recorder's registry on every call and allocate a new handle each
+/// time: on the writer thread that was 1.6 % of its time at goal 3
+/// (BENCHMARKS.md, "Routing off the writer thread").
 struct Hot {
     batches_accepted: Counter,
     queue_wait: Histogram,

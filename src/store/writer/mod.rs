@@ -4,9 +4,9 @@
 //! A dedicated thread takes everything waiting (up to [`MAX_BATCHES_PER_COMMIT`]),
 //! checks each seq against the authoritative per-device `last_seq`, assigns
 //! ids, and writes the whole group as one atomic sled batch followed by one
-//! flush. Only then are the acks released and the readings handed to the
-//! [`CommitListener`]s (fan-out, bridge): nobody ever sees an id that a crash
-//! could take back. While one group is being flushed, the next one gathers in
+//! flush. Only then are the readings handed to the [`CommitListener`]s
+//! (fan-out, bridge, device book) and the acks released: nobody ever sees an
+//! id that a crash could take back. While one group is being flushed, the next one gathers in
 //! the queue, which is what makes the commits grow under load.
 //!
 //! Durable means power-loss safe. A group's sled entries are written to the
@@ -146,8 +146,11 @@ pub enum CommitOutcome {
     LastSeq(Option<u64>),
 }
 
-/// Receives every durable commit. Called on the writer thread: must not
-/// block (hand the readings to a bounded queue or set a flag and return).
+/// Receives every durable commit. Called on the writer thread, outside any
+/// runtime context, before the commit's acks go out: return quickly (set a
+/// flag, take a short lock, or hand the readings to a bounded queue, waiting
+/// for room only when its consumer has fallen behind, as the fan-out's
+/// router does).
 pub trait CommitListener: Send + Sync {
     fn on_commit(&self, readings: &Arc<[Reading]>);
 }
