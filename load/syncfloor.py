@@ -4,8 +4,11 @@
     load/syncfloor.py DIR [SECONDS [RATE...]]
     load/syncfloor.py target/syncfloor 20 2000 10000
 
-Writes 4 KiB and `fdatasync`s it, back to back, in a file under DIR for
-SECONDS (default 20), as a group commit with nothing else to do would. Then,
+Writes 4 KiB and `fdatasync`s it, back to back, for SECONDS (default 20),
+as a group commit with nothing else to do would: in a file under DIR of
+8 MiB, written whole with zeros and synced first and then overwritten in a
+ring, so that no sync has a file size or block allocation to persist (as
+the daemon's write-ahead log). Then,
 for readings arriving evenly at each RATE per second (default 2000 and
 10000: goal 3's and goal 2's batches), each is taken to be acked when the
 first sync that starts after it arrives has returned. Prints p50/p99/p999
@@ -23,19 +26,26 @@ seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 20.0
 rates = [int(r) for r in sys.argv[3:]] or [2000, 10000]
 os.makedirs(directory, exist_ok=True)
 path = os.path.join(directory, "syncfloor.log")
-fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+SIZE = 8 << 20
+fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
 block = b"x" * 4096
 starts, ends = [], []
 offset = 0
-stop = time.monotonic() + seconds
 try:
+    for at in range(0, SIZE, 1 << 20):
+        os.pwrite(fd, bytes(1 << 20), at)
+    os.fsync(fd)
+    dir_fd = os.open(directory, os.O_RDONLY)
+    os.fsync(dir_fd)
+    os.close(dir_fd)
+    stop = time.monotonic() + seconds
     while time.monotonic() < stop:
         began = time.monotonic()
         os.pwrite(fd, block, offset)
         os.fdatasync(fd)
         starts.append(began)
         ends.append(time.monotonic())
-        offset = (offset + len(block)) % (64 << 20)
+        offset = (offset + len(block)) % SIZE
 finally:
     os.close(fd)
     os.remove(path)
