@@ -98,6 +98,24 @@ async fn every_metric_has_help_and_type_and_costs_are_histograms() {
     }
 }
 
+/// Histogram samples are folded into their buckets by a thread of their
+/// own, whether or not anyone scrapes `/metrics` (without it they piled up:
+/// BENCHMARKS.md, "Histogram samples were kept until the next scrape").
+#[tokio::test]
+async fn histograms_are_kept_up_without_a_scrape() {
+    let _d = TestDaemon::start().await;
+    let names: Vec<String> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect();
+    // Thread names are cut to 15 bytes.
+    assert!(
+        names.iter().any(|n| n == "sensorgate-metr"),
+        "no sensorgate-metrics thread among {names:?}"
+    );
+}
+
 #[test]
 fn operations_doc_lists_every_metric() {
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md"))
