@@ -8,7 +8,8 @@ Writes 4 KiB and `fdatasync`s it, back to back, for SECONDS (default 20),
 as a group commit with nothing else to do would: in a file under DIR of
 8 MiB, written whole with zeros and synced first and then overwritten in a
 ring, so that no sync has a file size or block allocation to persist (as
-the daemon's write-ahead log). Then,
+the daemon's write-ahead log, which also rewrites its two mark sectors
+before each sync: this floor is, if anything, a little optimistic). Then,
 for readings arriving evenly at each RATE per second (default 2000 and
 10000: goal 3's and goal 2's batches), each is taken to be acked when the
 first sync that starts after it arrives has returned. Prints p50/p99/p999
@@ -50,6 +51,8 @@ finally:
     os.close(fd)
     os.remove(path)
 
+if len(starts) < 2:
+    sys.exit("too short a run: no syncs to measure")
 slow = sum(1 for s, e in zip(starts, ends) if e - s > 0.010)
 for rate in rates:
     latencies = []

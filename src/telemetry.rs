@@ -3,6 +3,7 @@
 //! no metric carries a device label (unbounded cardinality).
 
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -41,7 +42,16 @@ pub fn metrics_handle() -> PrometheusHandle {
 }
 
 /// How often histogram samples are folded into their buckets.
-const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Upkeeps run so far in this process (for the test that they run).
+static UPKEEPS: AtomicU64 = AtomicU64::new(0);
+
+/// How many times [`start_upkeep`]'s thread has folded the histograms.
+#[doc(hidden)]
+pub fn upkeeps() -> u64 {
+    UPKEEPS.load(Ordering::Relaxed)
+}
 
 /// Folds the histograms' recorded samples into their buckets every
 /// [`UPKEEP_EVERY`], on a thread of its own for the life of the process.
@@ -54,6 +64,7 @@ fn start_upkeep(handle: PrometheusHandle) {
         .spawn(move || loop {
             std::thread::sleep(UPKEEP_EVERY);
             handle.run_upkeep();
+            UPKEEPS.fetch_add(1, Ordering::Relaxed);
         });
     if let Err(e) = spawned {
         tracing::warn!(error = %e, "could not start the metrics upkeep thread; histograms fold only when scraped");

@@ -104,16 +104,16 @@ async fn every_metric_has_help_and_type_and_costs_are_histograms() {
 #[tokio::test]
 async fn histograms_are_kept_up_without_a_scrape() {
     let _d = TestDaemon::start().await;
-    let names: Vec<String> = std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .map(|n| n.trim().to_string())
-        .collect();
-    // Thread names are cut to 15 bytes.
-    assert!(
-        names.iter().any(|n| n == "sensorgate-metr"),
-        "no sensorgate-metrics thread among {names:?}"
-    );
+    let before = sensorgate::telemetry::upkeeps();
+    let deadline = std::time::Instant::now() + 3 * sensorgate::telemetry::UPKEEP_EVERY;
+    while sensorgate::telemetry::upkeeps() == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no histogram upkeep in {:?}",
+            3 * sensorgate::telemetry::UPKEEP_EVERY
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 #[test]

@@ -2,9 +2,9 @@
 //!
 //! The hub pushes from its router task and must never wait for the
 //! subscriber: a push takes a short mutex, appends one shared list of a
-//! commit's items, and returns. Subscribers to everything share one list
-//! per commit, so a commit costs each of them one reference count, not one
-//! per reading. When the queue is full the named policy decides:
+//! commit's items (of each step of 4,096 for a bigger commit), and returns.
+//! Subscribers to everything share that list, so a commit costs each of
+//! them one reference count, not one per reading. When the queue is full the named policy decides:
 //! `drop_oldest` discards the oldest queued readings and counts them
 //! (reported as `lagged`), and `disconnect` empties the queue and cancels
 //! the subscriber (closed 4008). At most `capacity` readings wait, and no
