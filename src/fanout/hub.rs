@@ -303,10 +303,9 @@ impl Hub {
 /// route, and the wait pushes back on ingest through the writer's queue.
 /// Small, because a commit can be big (up to 2,048 batches): with the one
 /// being routed and the one the writer holds while it waits, at most four
-/// commits' readings wait for the router. At
-/// goal 3 (about 1,100 commits a second, each routed in tens of µs) the
-/// writer found it full 8 to 15 times in 22,000 commits; in the flood,
-/// 32 to 63 times in 10 s.
+/// commits' readings wait for the router. At goal 3 (about 1,100 commits
+/// a second, each routed in tens of µs) the writer found it full 8 to 15
+/// times in 22,000 commits; in the flood, 32 to 63 times in 10 s.
 pub const ROUTER_QUEUE: usize = 2;
 
 /// Readings routed in one go by the router task before it yields.

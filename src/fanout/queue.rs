@@ -3,14 +3,14 @@
 //! The hub pushes from its router task and must never wait for the
 //! subscriber: a push takes a short mutex, appends one shared list of a
 //! commit's items (of each step of 4,096 for a bigger commit), and returns.
-//! Subscribers to everything share that list, so a commit costs each of
-//! them one reference count, not one per reading. When the queue is full the named policy decides:
-//! `drop_oldest` discards the oldest queued readings and counts them
-//! (reported as `lagged`), and `disconnect` empties the queue and cancels
-//! the subscriber (closed 4008). At most `capacity` readings wait, and no
-//! list holds more than `capacity` (a bigger commit is cut to its newest
-//! `capacity` when pushed), so the front list's readings already taken or
-//! dropped keep at most `capacity` more alive, and a frame being sent at
+//! Subscribers to everything share that list, so a commit costs each of them
+//! one reference count, not one per reading. When the queue is full the named
+//! policy decides: `drop_oldest` discards the oldest queued readings and
+//! counts them (reported as `lagged`), and `disconnect` empties the queue and
+//! cancels the subscriber (closed 4008). At most `capacity` readings wait,
+//! and no list holds more than `capacity` (a bigger commit is cut to its
+//! newest `capacity` when pushed), so the front list's readings already taken
+//! or dropped keep at most `capacity` more alive, and a frame being sent at
 //! most one take more.
 
 use std::collections::VecDeque;

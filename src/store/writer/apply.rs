@@ -2,15 +2,17 @@
 //! staged commits and taking checkpoints, so commits do not wait for it.
 //!
 //! Why: an `apply_batch` of [`super::APPLY_AT_READINGS`] readings takes sled
-//! 1–2.5 ms (up to four times that at high rates: [`super::APPLY_SPACING`]), and a checkpoint (sled's flush, the syncs of its files and of
-//! the high-water mark) several ms, every second. On the writer thread every
+//! 1–2.5 ms (up to four times that at high rates: [`super::APPLY_SPACING`]),
+//! and a checkpoint (sled's flush, the syncs of its files and of the
+//! high-water mark) several ms, every second. On the writer thread every
 //! commit queued meanwhile waited for them: at the fleet shape (1,000
-//! devices, one small batch a second each) the applies held up one commit
-//! in a hundred, which set the p99, and the checkpoints the p999. What they
-//! work on is already durable in the write-ahead log, so the writer goes on
-//! logging (to the log's other half during a checkpoint: [`super::super::wal`])
-//! and waits only when it needs sled to hold everything ([`Applier::wait`]):
-//! for a checkpoint of its own, before clearing its seq cache, at the end.
+//! devices, one small batch a second each) the applies held up one commit in
+//! a hundred, which set the p99, and the checkpoints the p999. What they work
+//! on is already durable in the write-ahead log, so the writer goes on
+//! logging (to the log's other half during a checkpoint:
+//! [`super::super::wal`]) and waits only when it needs sled to hold
+//! everything ([`Applier::wait`]): for a checkpoint of its own, before
+//! clearing its seq cache, at the end.
 //!
 //! Order and failure: jobs run one at a time in the order they were
 //! submitted, so sled still holds a prefix of the log and a checkpoint

@@ -6,17 +6,18 @@
 //! ids, and writes the whole group as one atomic sled batch followed by one
 //! flush. Only then are the readings handed to the [`CommitListener`]s
 //! (fan-out, bridge, device book) and the acks released: nobody ever sees an
-//! id that a crash could take back. While one group is being flushed, the next one gathers in
-//! the queue, which is what makes the commits grow under load.
+//! id that a crash could take back. While one group is being flushed, the
+//! next one gathers in the queue, which is what makes the commits grow
+//! under load.
 //!
 //! Durable means power-loss safe. A group's sled entries are written to the
 //! write-ahead log ([`super::wal`]), and its durable point is that log's
 //! `fdatasync`: one write and one sync per commit. The same entries reach
 //! sled later, many commits in one `apply_batch` (each apply costs sled the
 //! same writes however small it is): once enough readings are staged
-//! ([`APPLY_AT_READINGS`]), and at every checkpoint, on a thread of their own ([`apply`]) so
-//! commits do not wait for them. Until then readers find durable readings
-//! in the store's tail ([`super::tail`]). Checkpoints make
+//! ([`APPLY_AT_READINGS`]), and at every checkpoint, on a thread of their own
+//! ([`apply`]) so commits do not wait for them. Until then readers find
+//! durable readings in the store's tail ([`super::tail`]). Checkpoints make
 //! sled itself durable (sled's flush, `fdatasync`/`fsync` of its files and
 //! directories, the high-water mark: [`Store::checkpoint`]) every
 //! [`CHECKPOINT_EVERY`] while commits arrive, when the log is half full, and
@@ -66,7 +67,8 @@ const SEQ_CACHE_MAX: usize = 200_000;
 /// previous one, or until [`APPLY_MAX_READINGS`] are staged. At the fleet
 /// shape (10,000 readings/s) that is an apply of 1,024 every ~100 ms, as
 /// before; at goal 3's 100,000 readings/s one of ~4,000 every 40 ms, which
-/// saved 8 % of the daemon's CPU (BENCHMARKS.md, "Fewer wake-ups and bigger applies").
+/// saved 8 % of the daemon's CPU (BENCHMARKS.md, "Fewer wake-ups and
+/// bigger applies").
 /// Why not always bigger: each apply is a burst of sled I/O that the log's
 /// next sync may wait behind, and at low rates there is no CPU to save.
 pub const APPLY_AT_READINGS: usize = 1024;
