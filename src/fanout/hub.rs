@@ -20,9 +20,11 @@
 //! off the writer thread"). Subscriptions change under a short write lock.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use futures_util::FutureExt;
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
@@ -140,6 +142,16 @@ impl Index {
         }
     }
 
+    /// Every subscriber's queue (once per index key it is under).
+    fn queues(&self) -> impl Iterator<Item = &Arc<SubscriberQueue>> {
+        let exact = self.exact.values().flat_map(|m| m.values());
+        exact
+            .chain(self.by_device.values())
+            .chain(self.by_sensor.values())
+            .chain(std::iter::once(&self.all))
+            .flat_map(|subs| subs.values().map(|(q, _)| q))
+    }
+
     /// Calls `f` for every subscriber entry matching `device/sensor`
     /// through a filter narrower than `#` (a subscriber with several
     /// matching filters is seen more than once). Subscribers to everything
@@ -170,6 +182,9 @@ pub struct Hub {
     subscribers: AtomicU64,
     queue_capacity: usize,
     policy: SlowPolicy,
+    /// Tests: routing a list starting at this id panics.
+    #[cfg(test)]
+    panic_at: AtomicU64,
 }
 
 impl Hub {
@@ -181,7 +196,23 @@ impl Hub {
             subscribers: AtomicU64::new(0),
             queue_capacity,
             policy,
+            #[cfg(test)]
+            panic_at: AtomicU64::new(0),
         })
+    }
+
+    /// The index, even if a panic poisoned its lock. Changes under the
+    /// write lock are a few map inserts and removals that cannot panic
+    /// short of a bug; routing under the read lock does not poison it. A
+    /// poisoned lock must not also take down every later subscription,
+    /// unsubscription (inside `Drop`, where a second panic aborts) and
+    /// commit.
+    fn index(&self) -> RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn index_mut(&self) -> RwLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// A new subscriber with no filters yet; dropping it unsubscribes all.
@@ -248,7 +279,7 @@ impl Hub {
     fn route(&self, readings: &[Reading], origin: Option<&Arc<str>>) {
         // Pushing under the read lock means that once a subscription change
         // (write lock) returns, no routing decided before it is in flight.
-        let index = self.index.read().expect("hub index lock");
+        let index = self.index();
         // Subscribers to everything share one list of the items routed
         // here (a commit, or a step of a big one); the others get a list
         // each, so each queue is locked once per call rather than once per
@@ -291,6 +322,10 @@ impl Hub {
         for (_, (q, list)) in batches {
             q.push(list.into());
         }
+        #[cfg(test)]
+        if readings.first().map(|r| r.id) == Some(self.panic_at.load(Ordering::Relaxed)) {
+            panic!("deliberate routing panic");
+        }
         drop(index);
         if deliveries > 0 {
             crate::events::Delivered(deliveries).emit();
@@ -328,13 +363,47 @@ impl Hub {
         let hub = self.clone();
         tracker.spawn(async move {
             while let Some(readings) = rx.recv().await {
-                hub.publish_in_steps(&readings).await;
+                let routed = AssertUnwindSafe(hub.publish_in_steps(&readings))
+                    .catch_unwind()
+                    .await;
+                if let Err(panic) = routed {
+                    hub.routing_failed(&readings, &*panic);
+                }
             }
         });
         Arc::new(Router {
             tx,
             gone: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+}
+
+impl Hub {
+    /// Routing `readings` panicked part-way: some subscribers may have
+    /// missed some of them, and a live stream must have no gap (SPEC §4).
+    /// Every current subscriber is closed (1011) so that it subscribes
+    /// again with `since` and has them replayed from the store; later
+    /// subscribers read their seam from the store, which holds the commit
+    /// already. Routing goes on with the next commit.
+    fn routing_failed(&self, readings: &[Reading], panic: &(dyn std::any::Any + Send)) {
+        let index = self.index();
+        let mut closed = 0usize;
+        for q in index.queues() {
+            if !q.closed().is_cancelled() {
+                q.fail();
+                closed += 1;
+            }
+        }
+        drop(index);
+        // Nothing of this commit will be routed any more: seams under it
+        // may retire.
+        self.announce(readings);
+        tracing::error!(
+            panic = %crate::store::panic_message(panic),
+            readings = readings.len(),
+            subscribers_closed = closed,
+            "routing a commit to /v1/stream subscribers panicked; they were closed to resubscribe with since"
+        );
     }
 }
 
@@ -349,7 +418,7 @@ impl CommitListener for Router {
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         };
         // The task outlives the writer, unless the runtime is going away
-        // (nobody is left to deliver to) or routing panicked.
+        // (nobody is left to deliver to).
         if !handed && !self.gone.swap(true, Ordering::Relaxed) {
             tracing::error!(
                 "the fan-out router has stopped: no more live readings for /v1/stream subscribers"
@@ -379,7 +448,7 @@ impl Subscriber {
     /// Starts live delivery for `filters`. Readings routed after this
     /// returns are queued; ones routed before are not.
     pub fn add(&mut self, filters: &[TopicFilter]) {
-        let mut index = self.hub.index.write().expect("hub index lock");
+        let mut index = self.hub.index_mut();
         for f in filters {
             let p = Pattern::of(f);
             if let Some(slot) = index.slot(&p) {
@@ -394,7 +463,7 @@ impl Subscriber {
     /// Stops live delivery for `filters` (each must have been added).
     /// Items already queued for them stay queued.
     pub fn remove(&mut self, filters: &[TopicFilter]) {
-        let mut index = self.hub.index.write().expect("hub index lock");
+        let mut index = self.hub.index_mut();
         for f in filters {
             let p = Pattern::of(f);
             let Some(pos) = self.patterns.iter().position(|x| *x == p) else {
@@ -420,7 +489,7 @@ impl Subscriber {
 
 impl Drop for Subscriber {
     fn drop(&mut self) {
-        let mut index = self.hub.index.write().expect("hub index lock");
+        let mut index = self.hub.index_mut();
         for p in std::mem::take(&mut self.patterns) {
             Self::unindex(&mut index, self.id, &p);
         }
@@ -433,6 +502,7 @@ impl Drop for Subscriber {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fanout::queue::Closed;
     use crate::protocol::Value;
 
     fn reading(id: u64, d: &str, s: &str) -> Reading {
@@ -547,6 +617,47 @@ mod tests {
             .expect("the router ends once dropped");
         assert_eq!(ids(&all), (1..=commits).collect::<Vec<_>>());
         assert_eq!(hub.announced(), commits);
+    }
+
+    /// A commit whose routing panics closes every subscriber it may have
+    /// missed (to resubscribe with `since`), and the router goes on with
+    /// the next commit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_panic_while_routing_closes_subscribers_and_routing_goes_on() {
+        let hub = Hub::new(10_000, SlowPolicy::DropOldest);
+        let mut all = hub.subscriber();
+        all.add(&[f("#")]);
+        let mut narrow = hub.subscriber();
+        narrow.add(&[f("d1/temp")]);
+        hub.panic_at.store(3, Ordering::Relaxed);
+        let tracker = TaskTracker::new();
+        let router = hub.spawn_router(&tracker);
+        let commit = |ids: std::ops::Range<u64>| -> Arc<[Reading]> {
+            ids.map(|id| reading(id, "d1", "temp")).collect()
+        };
+        router.on_commit(&commit(1..3));
+        router.on_commit(&commit(3..5));
+        let wait = std::time::Duration::from_secs(10);
+        for sub in [&all, &narrow] {
+            tokio::time::timeout(wait, sub.queue().closed().cancelled())
+                .await
+                .expect("closed after the failed commit");
+            assert_eq!(sub.queue().why_closed(), Closed::RoutingFailed);
+        }
+        assert_eq!(hub.announced(), 4, "the failed commit is not waited for");
+        // A subscriber that comes after it still gets live readings.
+        let mut later = hub.subscriber();
+        later.add(&[f("d1/+")]);
+        router.on_commit(&commit(5..7));
+        drop(router);
+        tracker.close();
+        tokio::time::timeout(wait, tracker.wait())
+            .await
+            .expect("the router ends once dropped");
+        assert_eq!(ids(&later), vec![5, 6]);
+        assert!(!later.queue().closed().is_cancelled());
+        assert_eq!(hub.announced(), 6);
+        assert_eq!(ids(&all)[..2], [1, 2], "routed before the panic");
     }
 
     /// A commit bigger than a routing step is routed a step at a time, the

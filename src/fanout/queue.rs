@@ -7,7 +7,9 @@
 //! one reference count, not one per reading. When the queue is full the named
 //! policy decides: `drop_oldest` discards the oldest queued readings and
 //! counts them (reported as `lagged`), and `disconnect` empties the queue and
-//! cancels the subscriber (closed 4008). At most `capacity` readings wait,
+//! closes the subscriber (4008). The hub also closes every queue when routing
+//! a commit failed, since their subscribers would miss it (1011: they
+//! subscribe again with `since`). At most `capacity` readings wait,
 //! and no list holds more than `capacity` (a bigger commit is cut to its
 //! newest `capacity` when pushed), so the front list's readings already taken
 //! or dropped keep at most `capacity` more alive, and a frame being sent at
@@ -15,7 +17,8 @@
 
 use std::collections::VecDeque;
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -32,8 +35,20 @@ pub struct SubscriberQueue {
     policy: SlowPolicy,
     /// Wakes the connection task after a push.
     notify: Notify,
-    /// Cancelled when the `disconnect` policy gives up on this subscriber.
-    overflowed: CancellationToken,
+    /// Cancelled when the hub gives up on this subscriber: see
+    /// [`SubscriberQueue::why_closed`].
+    closed: CancellationToken,
+    /// Set before `closed` when routing failed (else the queue overflowed).
+    routing_failed: AtomicBool,
+}
+
+/// Why the hub gave up on a subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// Full under the `disconnect` policy.
+    Overflowed,
+    /// A commit it may have matched was not routed to it.
+    RoutingFailed,
 }
 
 #[derive(Default)]
@@ -96,17 +111,26 @@ impl SubscriberQueue {
             capacity: capacity.max(1),
             policy,
             notify: Notify::new(),
-            overflowed: CancellationToken::new(),
+            closed: CancellationToken::new(),
+            routing_failed: AtomicBool::new(false),
         }
+    }
+
+    /// The state, even if a panic poisoned the lock: only a push can panic
+    /// while holding it, in routing, and the hub then closes every queue
+    /// ([`SubscriberQueue::fail`]), so the session ends instead of
+    /// panicking on the lock at its next take.
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Appends `items` (all for this subscriber, in id order). Never blocks
     /// beyond the short queue lock.
     pub fn push(&self, items: Items) {
-        if self.overflowed.is_cancelled() || items.is_empty() {
+        if self.closed.is_cancelled() || items.is_empty() {
             return;
         }
-        let mut st = self.state.lock().expect("subscriber queue lock");
+        let mut st = self.state();
         let incoming = items.len();
         let mut from = 0;
         if st.len + incoming > self.capacity {
@@ -115,7 +139,7 @@ impl SubscriberQueue {
                     *st = State::default();
                     drop(st);
                     crate::events::SlowSubscriber::Disconnected.emit();
-                    self.overflowed.cancel();
+                    self.closed.cancel();
                     return;
                 }
                 SlowPolicy::DropOldest => {
@@ -145,7 +169,7 @@ impl SubscriberQueue {
     /// Takes up to `max` queued readings and the count of readings dropped
     /// before them.
     pub fn take(&self, max: usize) -> Taken {
-        let mut st = self.state.lock().expect("subscriber queue lock");
+        let mut st = self.state();
         let mut taken = Taken {
             dropped: std::mem::take(&mut st.dropped),
             parts: Vec::new(),
@@ -169,7 +193,7 @@ impl SubscriberQueue {
     }
 
     pub fn is_empty(&self) -> bool {
-        let st = self.state.lock().expect("subscriber queue lock");
+        let st = self.state();
         st.len == 0 && st.dropped == 0
     }
 
@@ -184,8 +208,25 @@ impl SubscriberQueue {
         self.notify.notify_one();
     }
 
-    pub fn overflowed(&self) -> &CancellationToken {
-        &self.overflowed
+    /// Cancelled once the hub gives up on this subscriber.
+    pub fn closed(&self) -> &CancellationToken {
+        &self.closed
+    }
+
+    /// Why [`SubscriberQueue::closed`] was cancelled.
+    pub fn why_closed(&self) -> Closed {
+        if self.routing_failed.load(Ordering::Acquire) {
+            Closed::RoutingFailed
+        } else {
+            Closed::Overflowed
+        }
+    }
+
+    /// Gives up on this subscriber because a commit was not routed to it.
+    /// Takes no lock: the failed routing may have left one poisoned.
+    pub fn fail(&self) {
+        self.routing_failed.store(true, Ordering::Release);
+        self.closed.cancel();
     }
 }
 
@@ -260,9 +301,21 @@ mod tests {
     fn disconnect_policy_cancels_and_frees() {
         let q = SubscriberQueue::new(2, SlowPolicy::Disconnect);
         q.push(items(1..3));
-        assert!(!q.overflowed().is_cancelled());
+        assert!(!q.closed().is_cancelled());
         q.push(items(3..4));
-        assert!(q.overflowed().is_cancelled());
+        assert!(q.closed().is_cancelled());
+        assert_eq!(q.why_closed(), Closed::Overflowed);
         assert!(q.take(10).is_empty());
+    }
+
+    #[test]
+    fn a_failed_queue_says_why_and_takes_no_more() {
+        let q = SubscriberQueue::new(10, SlowPolicy::DropOldest);
+        q.push(items(1..3));
+        q.fail();
+        assert!(q.closed().is_cancelled());
+        assert_eq!(q.why_closed(), Closed::RoutingFailed);
+        q.push(items(3..4));
+        assert_eq!(ids(&q.take(10)), vec![1, 2], "nothing pushed after");
     }
 }

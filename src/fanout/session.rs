@@ -10,11 +10,11 @@
 //! the registration), every reading `<= L` was durable before the replay
 //! read: no gap, no duplicate.
 //!
-//! Bounded: every send gives way to shutdown and, with `disconnect`, to an
-//! overflow, and fails after `server.idle_timeout` (a peer that reads
-//! nothing loses its socket: [`ws::send`]); the replay reads the store in
-//! steps of at most [`ScanBound::REQUEST`], looking at the socket between
-//! steps. Close codes and the keep-alive are [`crate::ws`]'s.
+//! Bounded: every send gives way to shutdown and to the hub giving up on
+//! the queue (an overflow under `disconnect`, or a failed routing), and
+//! fails after `server.idle_timeout` (a peer that reads nothing loses its
+//! socket: [`ws::send`]); the replay reads the store in steps of at most
+//! [`ScanBound::REQUEST`], looking at the socket between steps. Close codes and the keep-alive are [`crate::ws`]'s.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::shutdown::Shutdown;
 
 use super::hub::{Hub, Subscriber};
-use super::queue::SubscriberQueue;
+use super::queue::{Closed, SubscriberQueue};
 use super::wire::{decode_op, readings_frame, Encoding, ErrorCode, Frame, Item, Notice, Op};
 use super::TopicFilter;
 use crate::config::Config;
@@ -73,7 +73,8 @@ struct Session {
     filters: Vec<TopicFilter>,
     seams: Vec<Seam>,
     shutdown: Shutdown,
-    overflowed: CancellationToken,
+    /// The hub gave up on this subscriber ([`closed_end`]).
+    closed: CancellationToken,
     /// Ops received during a replay, answered after it.
     deferred: std::collections::VecDeque<Message>,
     /// A send the peer does not take within this (`server.idle_timeout`)
@@ -81,9 +82,17 @@ struct Session {
     write_timeout: Duration,
 }
 
+/// How a session ends once the hub gave up on its queue.
+fn closed_end(queue: &SubscriberQueue) -> End {
+    match queue.why_closed() {
+        Closed::Overflowed => End::Lagged,
+        Closed::RoutingFailed => End::RoutingFailed,
+    }
+}
+
 /// Serves the connection until it ends; every ending but a vanished or
 /// stalled peer sends a close frame (1001 shutdown, 4008 too slow, 1000
-/// idle).
+/// idle, 1011 when live readings were missed).
 pub async fn run(
     socket: Socket,
     hub: Arc<Hub>,
@@ -94,7 +103,7 @@ pub async fn run(
 ) {
     let sub = hub.subscriber();
     let queue = sub.queue().clone();
-    let overflowed = queue.overflowed().clone();
+    let closed = queue.closed().clone();
     let mut s = Session {
         socket,
         enc: params.encoding,
@@ -105,7 +114,7 @@ pub async fn run(
         filters: Vec::new(),
         seams: Vec::new(),
         shutdown,
-        overflowed,
+        closed,
         write_timeout: config.server.idle_timeout,
         deferred: Default::default(),
     };
@@ -117,7 +126,7 @@ pub async fn run(
         shutdown,
         ..
     } = s;
-    if end == End::Lagged {
+    if matches!(end, End::Lagged | End::RoutingFailed) {
         // Free the queue's share of memory now; only the socket remains.
         drop(sub);
     }
@@ -132,13 +141,13 @@ impl Session {
         let server = &config.server;
         let mut keep_alive = KeepAlive::start(server.ping_interval, server.idle_timeout);
         let shutdown = self.shutdown.clone();
-        let overflowed = self.overflowed.clone();
+        let closed = self.closed.clone();
         let queue = self.queue.clone();
         loop {
             let step = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => Err(End::Shutdown),
-                _ = overflowed.cancelled() => Err(End::Lagged),
+                _ = closed.cancelled() => Err(closed_end(&queue)),
                 msg = self.socket.recv() => {
                     keep_alive.activity();
                     match msg {
@@ -485,16 +494,16 @@ impl Session {
         self.send_msg(msg).await
     }
 
-    /// Sends one message, giving up at shutdown, when the queue overflows
-    /// under `disconnect`, or after the write timeout (a peer that does not
-    /// read never holds us).
+    /// Sends one message, giving up at shutdown, when the hub gives up on
+    /// the queue, or after the write timeout (a peer that does not read
+    /// never holds us).
     async fn send_msg(&mut self, msg: Outbound) -> Result<(), End> {
-        let (shutdown, overflowed) = (&self.shutdown, &self.overflowed);
+        let (shutdown, closed, queue) = (&self.shutdown, &self.closed, &self.queue);
         let stop = async {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => End::Shutdown,
-                _ = overflowed.cancelled() => End::Lagged,
+                _ = closed.cancelled() => closed_end(queue),
             }
         };
         ws::send(

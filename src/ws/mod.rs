@@ -68,6 +68,9 @@ pub enum End {
     /// A text frame that is not UTF-8.
     BadData,
     StoreFailed,
+    /// A commit was not routed to this subscriber (the router panicked):
+    /// it subscribes again with `since` to have it replayed.
+    RoutingFailed,
     /// The peer closed or the socket broke: nothing more to send.
     Gone,
 }
@@ -85,6 +88,10 @@ impl End {
             End::Protocol => (code::PROTOCOL, "protocol error"),
             End::BadData => (code::BAD_DATA, "invalid UTF-8 in a text frame"),
             End::StoreFailed => (code::INTERNAL, "store unavailable"),
+            End::RoutingFailed => (
+                code::INTERNAL,
+                "live readings missed: resubscribe with since",
+            ),
             End::Stalled | End::Gone => return None,
         })
     }
@@ -203,6 +210,7 @@ mod tests {
         assert_eq!(End::Shutdown.close_frame().unwrap().0, 1001);
         assert_eq!(End::Replaced.close_frame().unwrap().0, 4001);
         assert_eq!(End::Lagged.close_frame().unwrap().0, 4008);
+        assert_eq!(End::RoutingFailed.close_frame().unwrap().0, 1011);
         assert_eq!(End::TooManyErrors.close_frame().unwrap().0, 1008);
         assert_eq!(End::TooBig.close_frame().unwrap().0, 1009);
         assert_eq!(End::Idle.close_frame().unwrap().0, 1000);
