@@ -386,6 +386,9 @@ impl Hub {
     /// subscribers read their seam from the store, which holds the commit
     /// already. Routing goes on with the next commit.
     fn routing_failed(&self, readings: &[Reading], panic: &(dyn std::any::Any + Send)) {
+        // Nothing of this commit will be routed any more: seams under it
+        // may retire (a closed subscriber's seams no longer matter).
+        self.announce(readings);
         let index = self.index();
         let mut closed = 0usize;
         for q in index.queues() {
@@ -395,14 +398,12 @@ impl Hub {
             }
         }
         drop(index);
-        // Nothing of this commit will be routed any more: seams under it
-        // may retire.
-        self.announce(readings);
         tracing::error!(
             panic = %crate::store::panic_message(panic),
             readings = readings.len(),
             subscribers_closed = closed,
-            "routing a commit to /v1/stream subscribers panicked; they were closed to resubscribe with since"
+            "routing a commit to /v1/stream subscribers panicked; \
+             they were closed, to resubscribe with since"
         );
     }
 }

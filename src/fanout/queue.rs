@@ -40,6 +40,23 @@ pub struct SubscriberQueue {
     closed: CancellationToken,
     /// Set before `closed` when routing failed (else the queue overflowed).
     routing_failed: AtomicBool,
+    /// Tests: the next push panics while it holds the lock.
+    #[cfg(test)]
+    panic_in_push: AtomicBool,
+}
+
+/// Gives up on the queue if a push panics (a bug) while it holds the
+/// state: the state may be half-changed, and its subscriber may have
+/// missed what was being pushed. Covers both callers, the router task
+/// (which also closes every other queue) and the bridge's relay.
+struct FailOnPanic<'a>(&'a SubscriberQueue);
+
+impl Drop for FailOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.fail();
+        }
+    }
 }
 
 /// Why the hub gave up on a subscriber.
@@ -113,13 +130,14 @@ impl SubscriberQueue {
             notify: Notify::new(),
             closed: CancellationToken::new(),
             routing_failed: AtomicBool::new(false),
+            #[cfg(test)]
+            panic_in_push: AtomicBool::new(false),
         }
     }
 
-    /// The state, even if a panic poisoned the lock: only a push can panic
-    /// while holding it, in routing, and the hub then closes every queue
-    /// ([`SubscriberQueue::fail`]), so the session ends instead of
-    /// panicking on the lock at its next take.
+    /// The state, even if a panic poisoned the lock: a panic while holding
+    /// it (a bug) also gives up on the queue ([`FailOnPanic`]), so the
+    /// session ends with 1011 instead of panicking on the lock.
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -131,6 +149,11 @@ impl SubscriberQueue {
             return;
         }
         let mut st = self.state();
+        let _fail_on_panic = FailOnPanic(self);
+        #[cfg(test)]
+        if self.panic_in_push.swap(false, Ordering::Relaxed) {
+            panic!("deliberate push panic");
+        }
         let incoming = items.len();
         let mut from = 0;
         if st.len + incoming > self.capacity {
@@ -317,5 +340,19 @@ mod tests {
         assert_eq!(q.why_closed(), Closed::RoutingFailed);
         q.push(items(3..4));
         assert_eq!(ids(&q.take(10)), vec![1, 2], "nothing pushed after");
+    }
+
+    #[test]
+    fn a_panic_inside_push_gives_up_on_the_queue_without_poisoning_it() {
+        let q = SubscriberQueue::new(10, SlowPolicy::DropOldest);
+        q.push(items(1..3));
+        q.panic_in_push.store(true, Ordering::Relaxed);
+        let pushed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| q.push(items(3..5))));
+        assert!(pushed.is_err());
+        assert!(q.closed().is_cancelled());
+        assert_eq!(q.why_closed(), Closed::RoutingFailed);
+        // The lock is poisoned; the queue still answers.
+        assert!(!q.is_empty());
+        assert_eq!(ids(&q.take(10)), vec![1, 2]);
     }
 }

@@ -14,7 +14,8 @@
 //! the queue (an overflow under `disconnect`, or a failed routing), and
 //! fails after `server.idle_timeout` (a peer that reads nothing loses its
 //! socket: [`ws::send`]); the replay reads the store in steps of at most
-//! [`ScanBound::REQUEST`], looking at the socket between steps. Close codes and the keep-alive are [`crate::ws`]'s.
+//! [`ScanBound::REQUEST`], looking at the socket and the queue between
+//! steps. Close codes and the keep-alive are [`crate::ws`]'s.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -339,10 +340,14 @@ impl Session {
         Ok(())
     }
 
-    /// Looks at the socket without waiting: a close or a broken socket ends
-    /// the session; an op that arrived meanwhile is kept (at most
-    /// [`MAX_DEFERRED`]) and answered after the current one.
+    /// Looks at the queue and the socket without waiting: the hub giving
+    /// up on the queue, a close or a broken socket ends the session; an op
+    /// that arrived meanwhile is kept (at most [`MAX_DEFERRED`]) and
+    /// answered after the current one.
     fn check_peer(&mut self) -> Result<(), End> {
+        if self.closed.is_cancelled() {
+            return Err(closed_end(&self.queue));
+        }
         if self.deferred.len() >= MAX_DEFERRED {
             return Ok(());
         }
@@ -391,6 +396,11 @@ impl Session {
         let announced = self.sub.hub().announced();
         let mut frames = 0;
         loop {
+            // Given up on (overflow, failed routing): what is queued may
+            // have a gap, and must not go out.
+            if self.closed.is_cancelled() {
+                return Err(closed_end(&self.queue));
+            }
             if !recheck && frames == FRAMES_PER_TURN {
                 // Come back after looking at the socket and the timers.
                 self.queue.wake();
