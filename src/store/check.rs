@@ -115,6 +115,9 @@ fn next_readable(
 /// Reads every segment, index entry and device record into `report`, and
 /// what the write-ahead log adds.
 fn read_all(db: &sled::Db, log: &wal::Contents, report: &mut Report) -> Result<(), StoreError> {
+    // Ids between segments, and between the newest and the next id, that
+    // nothing holds: found as the daemon's start finds them.
+    let mut holes = super::holes::Holes::default();
     let mut previous_last: Option<u64> = None;
     let mut index = db.scan_prefix(INDEX_PREFIX);
     while let Some((k, v)) = next_readable(&mut index, "segment index", &mut report.damaged) {
@@ -125,10 +128,16 @@ fn read_all(db: &sled::Db, log: &wal::Contents, report: &mut Report) -> Result<(
                 continue;
             }
         };
-        if let Some(prev) = previous_last.filter(|&p| meta.first_id != p + 1) {
-            report.gaps.push((prev, meta.first_id));
+        // Index keys sort by first id: a segment starting at or below the
+        // last one's end holds ids twice.
+        if let Some(prev) = previous_last.filter(|&p| meta.first_id <= p) {
+            report.damaged.push(format!(
+                "segment {} overlaps the one before it (ids up to {prev})",
+                meta.first_id
+            ));
         }
         previous_last = Some(meta.last_id);
+        holes.segment(meta.first_id, meta.last_id);
         report.segments += 1;
         report.bytes += meta.bytes;
         let first = report.id_range.map_or(meta.first_id, |(f, _)| f);
@@ -172,25 +181,22 @@ fn read_all(db: &sled::Db, log: &wal::Contents, report: &mut Report) -> Result<(
                 }
             }
         }
-        if let Some(prev) = previous_last.filter(|&p| r.first_id > p + 1) {
-            report.gaps.push((prev, r.first_id));
-        }
-        previous_last = Some(r.next_id - 1);
+        holes.segment(r.first_id, r.next_id - 1);
         let first = report.id_range.map_or(r.first_id, |(f, _)| f);
         report.id_range = Some((first, r.next_id - 1));
     }
-    // Ids handed out above everything stored (the next id says so).
-    if let Some(prev) = previous_last.filter(|&p| report.content_last_id > p) {
-        report.gaps.push((prev, report.content_last_id + 1));
-    }
-    // Ranges skipped on purpose (--accept-data-loss) are not damage.
-    let skipped = super::holes::skipped(db)?;
-    let (on_purpose, gaps): (Vec<_>, Vec<_>) = report.gaps.iter().partition(|(after, before)| {
-        let hole = after + 1..=before - 1;
-        super::holes::unexplained(std::slice::from_ref(&hole), &skipped).is_empty()
-    });
-    report.gaps = gaps;
-    report.skipped = on_purpose;
+    // Ids handed out above everything stored (the next id says so) are
+    // missing too; ranges skipped on purpose (--accept-data-loss) are not
+    // damage.
+    let found = holes.end(report.content_last_id + 1);
+    let gaps = super::holes::unexplained(&found, &super::holes::skipped(db)?);
+    let around = |h: &super::holes::Ids| (h.start() - 1, h.end() + 1);
+    report.skipped = found
+        .iter()
+        .filter(|h| !gaps.contains(h))
+        .map(around)
+        .collect();
+    report.gaps = gaps.iter().map(around).collect();
     report.bridge_cursor = db
         .get(BRIDGE_CURSOR_KEY)?
         .and_then(|v| codec::decode_u64(BRIDGE_CURSOR_KEY, &v).ok());

@@ -233,6 +233,9 @@ async fn ids_lost_with_their_index_entry_refuse_the_start_until_accepted() {
     db.flush().unwrap();
     drop((db, store));
 
+    let report = super::check::check(&path).unwrap();
+    assert_eq!(report.gaps, vec![(lost - 1, after)], "{report}");
+    assert!(report.skipped.is_empty() && !report.healthy(), "{report}");
     let refused = Store::open(&path).err().expect("a start with ids lost");
     assert!(refused.needs_operator(), "{refused}");
     let missing = format!("ids {lost}..={}", after - 1);
@@ -252,4 +255,34 @@ async fn ids_lost_with_their_index_entry_refuse_the_start_until_accepted() {
     let report = super::check::check(&path).unwrap();
     assert_eq!(report.skipped, vec![(lost - 1, after)]);
     assert!(report.gaps.is_empty() && report.healthy(), "{report}");
+}
+
+/// An index entry whose segment starts inside the one before holds ids
+/// twice: `check-store` calls it damage (it used to list it as a gap whose
+/// first id came after its last).
+#[tokio::test(flavor = "multi_thread")]
+async fn check_store_calls_overlapping_segments_damage() {
+    let (_dir, path, store, _total) = three_applies().await;
+    let db = store.db().unwrap();
+    let (k, v) = db.scan_prefix(super::INDEX_PREFIX).nth(1).unwrap().unwrap();
+    let meta = super::SegmentMeta::decode(&k, &v).unwrap();
+    assert!(
+        meta.last_id > meta.first_id,
+        "a segment of several readings"
+    );
+    // The same segment again, indexed one id later.
+    let twin = meta.first_id + 1;
+    let seg = db.get(super::segment_key(meta.first_id)).unwrap().unwrap();
+    db.insert(super::segment_key(twin), seg).unwrap();
+    db.insert(super::index_key(twin), v).unwrap();
+    db.flush().unwrap();
+    drop((db, store));
+
+    let report = super::check::check(&path).unwrap();
+    let overlap = format!("segment {twin} overlaps the one before it");
+    assert!(
+        report.damaged.iter().any(|d| d.contains(&overlap)),
+        "{report}"
+    );
+    assert!(report.gaps.is_empty() && !report.healthy(), "{report}");
 }
