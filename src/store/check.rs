@@ -128,15 +128,15 @@ fn read_all(db: &sled::Db, log: &wal::Contents, report: &mut Report) -> Result<(
                 continue;
             }
         };
-        // Index keys sort by first id: a segment starting at or below the
-        // last one's end holds ids twice.
+        // Index keys sort by first id: a segment starting at or below an
+        // earlier one's end holds ids twice (no write makes one).
         if let Some(prev) = previous_last.filter(|&p| meta.first_id <= p) {
             report.damaged.push(format!(
-                "segment {} overlaps the one before it (ids up to {prev})",
+                "segment {} overlaps an earlier segment (ids up to {prev})",
                 meta.first_id
             ));
         }
-        previous_last = Some(meta.last_id);
+        previous_last = Some(previous_last.map_or(meta.last_id, |p| p.max(meta.last_id)));
         holes.segment(meta.first_id, meta.last_id);
         report.segments += 1;
         report.bytes += meta.bytes;

@@ -257,7 +257,7 @@ async fn ids_lost_with_their_index_entry_refuse_the_start_until_accepted() {
     assert!(report.gaps.is_empty() && report.healthy(), "{report}");
 }
 
-/// An index entry whose segment starts inside the one before holds ids
+/// An index entry whose segment starts inside an earlier one holds ids
 /// twice: `check-store` calls it damage (it used to list it as a gap whose
 /// first id came after its last).
 #[tokio::test(flavor = "multi_thread")]
@@ -267,22 +267,33 @@ async fn check_store_calls_overlapping_segments_damage() {
     let (k, v) = db.scan_prefix(super::INDEX_PREFIX).nth(1).unwrap().unwrap();
     let meta = super::SegmentMeta::decode(&k, &v).unwrap();
     assert!(
-        meta.last_id > meta.first_id,
+        meta.last_id > meta.first_id + 2,
         "a segment of several readings"
     );
-    // The same segment again, indexed one id later.
-    let twin = meta.first_id + 1;
+    // Two one-id segments inside it: the second starts after the first
+    // ends, but still inside the big one.
     let seg = db.get(super::segment_key(meta.first_id)).unwrap().unwrap();
-    db.insert(super::segment_key(twin), seg).unwrap();
-    db.insert(super::index_key(twin), v).unwrap();
+    let twins = [meta.first_id + 1, meta.first_id + 2];
+    for twin in twins {
+        let inner = super::SegmentMeta {
+            first_id: twin,
+            last_id: twin,
+            ..meta
+        };
+        db.insert(super::segment_key(twin), seg.clone()).unwrap();
+        db.insert(super::index_key(twin), inner.encode().to_vec())
+            .unwrap();
+    }
     db.flush().unwrap();
     drop((db, store));
 
     let report = super::check::check(&path).unwrap();
-    let overlap = format!("segment {twin} overlaps the one before it");
-    assert!(
-        report.damaged.iter().any(|d| d.contains(&overlap)),
-        "{report}"
-    );
+    for twin in twins {
+        let overlap = format!("segment {twin} overlaps an earlier segment");
+        assert!(
+            report.damaged.iter().any(|d| d.contains(&overlap)),
+            "{report}"
+        );
+    }
     assert!(report.gaps.is_empty() && !report.healthy(), "{report}");
 }
