@@ -5,7 +5,8 @@
 //! Kept in memory, fed by the writer: the [`DeviceBook`] is a
 //! [`CommitListener`], updated from every durable commit (on the writer
 //! thread, under a short lock), and seeded at start-up from the newest stored
-//! readings ([`DeviceBook::seed_from`]). Relayed readings of other instances
+//! readings, the ones the store's start read back to verify them
+//! ([`DeviceBook::seed`]). Relayed readings of other instances
 //! (`mqtt.relay`) are not stored here and never reach it. Bounded: at most
 //! [`MAX_DEVICES`] devices (the least recently seen is forgotten past that)
 //! and [`MAX_SENSORS`] sensor names per device.
@@ -22,13 +23,10 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 use crate::protocol::Reading;
-use crate::store::{CommitListener, Store, StoreError};
+use crate::store::CommitListener;
 
 pub const MAX_DEVICES: usize = 100_000;
 pub const MAX_SENSORS: usize = 256;
-/// Readings read back at start-up to learn the devices of `/v1/devices`:
-/// the ones the store's start has just verified.
-pub const SEED_READINGS: u64 = crate::store::VERIFIED_AT_START;
 
 #[derive(Default)]
 pub struct DeviceBook {
@@ -79,13 +77,14 @@ impl DeviceBook {
         self.len() == 0
     }
 
-    /// Seeds the book from the newest [`SEED_READINGS`] stored readings.
-    /// Blocking (sled): call before serving, or from `spawn_blocking`.
-    pub fn seed_from(&self, store: &Store) -> Result<(), StoreError> {
-        let since = store.last_id().saturating_sub(SEED_READINGS);
-        let readings = store.read_since(since, SEED_READINGS as usize, |_| true)?;
-        self.observe(&readings);
-        Ok(())
+    /// Seeds the book from stored readings, oldest first (as commits come,
+    /// so that a full book keeps the newest devices): at start-up, those
+    /// the store verified ([`crate::store::Store::take_verified`], about
+    /// [`crate::store::VERIFIED_AT_START`]), rather than reading them again.
+    pub fn seed(&self, segments: &[Vec<Reading>]) {
+        for readings in segments {
+            self.observe(readings);
+        }
     }
 
     /// Every known device plus every connected one, sorted by id.

@@ -127,6 +127,12 @@ impl Daemon {
             path: path.display().to_string(),
             source,
         })?;
+        // The device book below learns its devices from what the start
+        // verified, rather than reading it again.
+        let open = OpenOptions {
+            keep_verified: true,
+            ..open
+        };
         let store = tokio::task::spawn_blocking(move || Store::open_with(&path, open))
             .await
             .expect("store open task")?;
@@ -153,15 +159,11 @@ impl Daemon {
             bridge::Bridge::start(&config.mqtt, store.clone(), hub.clone(), &pipeline).await?;
         let mut listeners: Vec<Arc<dyn store::CommitListener>> = Vec::new();
         listeners.extend(bridge.as_ref().map(|b| b.listener()));
-        // The device book behind `/v1/devices`: seeded from the store, then
-        // fed by the writer after every commit.
+        // The device book behind `/v1/devices`: seeded from the readings
+        // the store's start verified, then fed by the writer after every
+        // commit.
         let devices = Arc::new(DeviceBook::default());
-        let (seed_book, seed_store) = (devices.clone(), store.clone());
-        if let Ok(Err(e)) =
-            tokio::task::spawn_blocking(move || seed_book.seed_from(&seed_store)).await
-        {
-            tracing::warn!(error = %e, "could not seed /v1/devices from the store");
-        }
+        devices.seed(&store.take_verified().unwrap_or_default());
         listeners.push(devices.clone());
         listeners.push(hub.spawn_router(&pipeline));
 

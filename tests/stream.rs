@@ -587,7 +587,7 @@ async fn shutdown_closes_subscribers_with_1001() {
 #[tokio::test]
 async fn devices_lists_connection_state_last_seen_and_sensors() {
     let _shared = FLOOD_LOCK.read().await;
-    let d = TestDaemon::start().await;
+    let mut d = TestDaemon::start().await;
     let (mut d1, _) = d.device("d1").await;
     publish_acked(&mut d1, 1, 1, "temp", 1).await;
     publish_acked(&mut d1, 2, 1, "hum", 1).await;
@@ -597,8 +597,10 @@ async fn devices_lists_connection_state_last_seen_and_sensors() {
     let (_d3, _) = d.device("d3").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let token = d.token(Role::Subscriber, "web");
+    // The same address after a restart.
+    let devices = d.http("/v1/devices");
     let get = |token: String| {
-        let url = d.http("/v1/devices");
+        let url = devices.clone();
         async move {
             reqwest::Client::new()
                 .get(url)
@@ -632,4 +634,28 @@ async fn devices_lists_connection_state_last_seen_and_sensors() {
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_eq!(list[0]["sensors"], json!(["temp"]));
     assert_eq!(get(d.token(Role::Device, "d1")).await.status(), 403);
+
+    // A restarted daemon learns its devices from the stored readings (the
+    // ones its start verified): the same devices, sensors and last_seen,
+    // none connected; d3 never stored a reading.
+    let before = get(d.token(Role::Subscriber, "web"))
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    drop((d1, _d3));
+    d.restart().await;
+    let list: Value = get(d.token(Role::Subscriber, "web"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 2, "{list:?}");
+    for (after, before) in list.iter().zip(before.as_array().unwrap()) {
+        assert_eq!(after["device"], before["device"]);
+        assert_eq!(after["sensors"], before["sensors"]);
+        assert_eq!(after["last_seen"], before["last_seen"]);
+        assert_eq!(after["connected"], false);
+    }
 }

@@ -9,6 +9,8 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
+use crate::protocol::Reading;
+
 use super::durability::{self, FileSync};
 use super::hwm::{self, HighWaterMark};
 use super::{
@@ -233,11 +235,12 @@ pub const VERIFIED_AT_START: u64 = 100_000;
 /// `check-store` would find wrong there, the start finds too. sled has been
 /// seen to recover a store with a damaged page by losing that page's keys
 /// silently (they read as absent); this refuses such a store rather than
-/// serving it short.
-fn verify_newest(db: &sled::Db) -> Result<(), StoreError> {
+/// serving it short. Returns the readings read back, oldest first.
+fn verify_newest(db: &sled::Db) -> Result<Vec<Vec<Reading>>, StoreError> {
     let mut index = db.scan_prefix(INDEX_PREFIX).rev();
     let mut segments = db.scan_prefix(SEGMENT_PREFIX).rev();
     let mut readings = 0u64;
+    let mut newest_first = Vec::new();
     while readings < VERIFIED_AT_START {
         let indexed = match index.next().transpose()? {
             Some((k, v)) => Some(SegmentMeta::decode(&k, &v)?.first_id),
@@ -262,7 +265,9 @@ fn verify_newest(db: &sled::Db) -> Result<(), StoreError> {
             _ => {}
         }
         if let Some((k, v)) = stored {
-            readings += codec::decode_segment(&k, &v)?.len() as u64;
+            let segment = codec::decode_segment(&k, &v)?;
+            readings += segment.len() as u64;
+            newest_first.push(segment);
         }
     }
     for entry in db.scan_prefix(SEQ_PREFIX) {
@@ -272,7 +277,15 @@ fn verify_newest(db: &sled::Db) -> Result<(), StoreError> {
     if let Some(v) = db.get(BRIDGE_CURSOR_KEY)? {
         codec::decode_u64(BRIDGE_CURSOR_KEY, &v)?;
     }
-    Ok(())
+    newest_first.reverse();
+    Ok(newest_first)
+}
+
+/// What [`verify_or_repair`] leaves: the bytes no longer indexed, and the
+/// newest readings it read back (oldest first, one list per segment).
+struct Verified {
+    unindexed: u64,
+    readings: Vec<Vec<Reading>>,
 }
 
 /// [`verify_newest`] at the daemon's start (not at a reopen after a write
@@ -280,15 +293,25 @@ fn verify_newest(db: &sled::Db) -> Result<(), StoreError> {
 /// start as unreadable. With `--accept-data-loss` the index entries of
 /// segments sled lost are dropped instead, so that their ids read as a gap
 /// (as ids skipped over the mark do), and the start goes on if the newest
-/// readings then read back whole. Returns the bytes no longer indexed.
-fn verify_or_repair(path: &Path, db: &sled::Db, accept_data_loss: bool) -> Result<u64, StoreError> {
+/// readings then read back whole.
+fn verify_or_repair(
+    path: &Path,
+    db: &sled::Db,
+    accept_data_loss: bool,
+) -> Result<Verified, StoreError> {
     let unreadable = |detail: String| StoreError::Unreadable {
         path: path.to_path_buf(),
         detail: format!("reading back its newest readings: {detail}"),
     };
     let verify = || read_guarded(|| verify_newest(db)).map_err(unreadable);
-    let Err(damage) = verify() else {
-        return Ok(0);
+    let damage = match verify() {
+        Ok(readings) => {
+            return Ok(Verified {
+                unindexed: 0,
+                readings,
+            })
+        }
+        Err(damage) => damage,
     };
     if !accept_data_loss {
         return Err(damage);
@@ -300,8 +323,10 @@ fn verify_or_repair(path: &Path, db: &sled::Db, accept_data_loss: bool) -> Resul
         bytes = dropped.bytes,
         "index entries of lost segments dropped"
     );
-    verify()?;
-    Ok(dropped.bytes)
+    Ok(Verified {
+        unindexed: dropped.bytes,
+        readings: verify()?,
+    })
 }
 
 /// Refuses a store with ids missing between its segments or below its next
@@ -414,8 +439,12 @@ impl Store {
             }
             other => other?,
         };
+        let mut verified = Vec::new();
         match verify_or_repair(path, &rec.db, opts.accept_data_loss) {
-            Ok(unindexed) => rec.retained_bytes = rec.retained_bytes.saturating_sub(unindexed),
+            Ok(v) => {
+                rec.retained_bytes = rec.retained_bytes.saturating_sub(v.unindexed);
+                verified = v.readings;
+            }
             // Unreadable even after dropping what sled lost: as a store sled
             // cannot open at all.
             Err(StoreError::Unreadable { detail, .. }) if opts.accept_data_loss => {
@@ -488,6 +517,11 @@ impl Store {
             wedged: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             closing: Mutex::new(None),
             restart_in_place: opts.restart_in_place,
+            verified: Mutex::new(if opts.keep_verified {
+                Some(verified)
+            } else {
+                None
+            }),
             flush_started_ms: AtomicU64::new(0),
             epoch: Instant::now(),
         });
