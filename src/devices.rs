@@ -5,8 +5,8 @@
 //! Kept in memory, fed by the writer: the [`DeviceBook`] is a
 //! [`CommitListener`], updated from every durable commit (on the writer
 //! thread, under a short lock), and seeded at start-up from the newest stored
-//! readings, the ones the store's start read back to verify them
-//! ([`DeviceBook::seed`]). Relayed readings of other instances
+//! readings, as the store's start reads them back to verify them (the book
+//! is the start's [`SeenAtStart`]). Relayed readings of other instances
 //! (`mqtt.relay`) are not stored here and never reach it. Bounded: at most
 //! [`MAX_DEVICES`] devices (the least recently seen is forgotten past that)
 //! and [`MAX_SENSORS`] sensor names per device.
@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 use crate::protocol::Reading;
-use crate::store::CommitListener;
+use crate::store::{CommitListener, SeenAtStart};
 
 pub const MAX_DEVICES: usize = 100_000;
 pub const MAX_SENSORS: usize = 256;
@@ -77,16 +77,6 @@ impl DeviceBook {
         self.len() == 0
     }
 
-    /// Seeds the book from stored readings, oldest first (as commits come,
-    /// so that a full book keeps the newest devices): at start-up, those
-    /// the store verified ([`crate::store::Store::take_verified`], about
-    /// [`crate::store::VERIFIED_AT_START`]), rather than reading them again.
-    pub fn seed(&self, segments: &[Vec<Reading>]) {
-        for readings in segments {
-            self.observe(readings);
-        }
-    }
-
     /// Every known device plus every connected one, sorted by id.
     pub fn list(&self, connected: &[Arc<str>]) -> Vec<DeviceInfo> {
         let book = self.inner.lock().expect("device book lock");
@@ -116,6 +106,20 @@ impl DeviceBook {
     }
 }
 
+/// Seeded from the newest stored readings (about
+/// [`crate::store::VERIFIED_AT_START`]) as the store's start verifies them,
+/// rather than reading them again. They come newest first: the book does
+/// not depend on the order ([`Book::observe_run`]).
+impl SeenAtStart for DeviceBook {
+    fn segment(&self, readings: &[Reading]) {
+        self.observe(readings);
+    }
+
+    fn set_aside(&self) {
+        *self.inner.lock().expect("device book lock") = Book::default();
+    }
+}
+
 impl CommitListener for DeviceBook {
     fn on_commit(&self, readings: &Arc<[Reading]>) {
         self.observe(readings);
@@ -133,6 +137,16 @@ impl Book {
             .expect("a run is never empty");
         if !self.devices.contains_key(&**device) {
             if self.devices.len() >= MAX_DEVICES {
+                // Seen before every device kept: it would be the next one
+                // forgotten. (So the book ends the same whatever order
+                // readings come in: the start shows them newest first.)
+                if self
+                    .by_last_seen
+                    .first()
+                    .is_some_and(|(oldest, _)| newest < *oldest)
+                {
+                    return;
+                }
                 self.evict_oldest();
             }
             let seen = Seen {
@@ -208,6 +222,27 @@ mod tests {
         let book = book.inner.lock().unwrap();
         assert_eq!(book.by_last_seen.len(), book.devices.len());
         assert_eq!(book.by_last_seen.last().unwrap().1.as_ref(), "d0");
+    }
+
+    /// The start shows the newest readings first: a full book still ends
+    /// with the newest devices, and forgets what a set-aside store showed.
+    #[test]
+    fn newest_first_past_the_cap_keeps_the_newest_devices() {
+        let book = DeviceBook::default();
+        let n = MAX_DEVICES + 10;
+        for i in (0..n).rev() {
+            book.segment(&[reading(&format!("d{i}"), i as i64)]);
+        }
+        assert_eq!(book.len(), MAX_DEVICES);
+        let list = book.list(&[]);
+        let ids: std::collections::HashSet<_> = list.iter().map(|d| d.device.as_str()).collect();
+        assert!(
+            !ids.contains("d9") && ids.contains("d10"),
+            "the oldest ten left"
+        );
+        assert!(ids.contains(format!("d{}", n - 1).as_str()));
+        book.set_aside();
+        assert!(book.is_empty());
     }
 
     #[test]

@@ -127,13 +127,12 @@ impl Daemon {
             path: path.display().to_string(),
             source,
         })?;
-        // The device book below learns its devices from what the start
-        // verified, rather than reading it again.
-        let open = OpenOptions {
-            keep_verified: true,
-            ..open
-        };
-        let store = tokio::task::spawn_blocking(move || Store::open_with(&path, open))
+        // The device book behind `/v1/devices`: seeded as the start reads
+        // back the newest stored readings, then fed by the writer after
+        // every commit.
+        let devices = Arc::new(DeviceBook::default());
+        let book = devices.clone();
+        let store = tokio::task::spawn_blocking(move || Store::open_seeing(&path, open, &*book))
             .await
             .expect("store open task")?;
         let listener = TcpListener::bind(config.server.listen)
@@ -159,11 +158,6 @@ impl Daemon {
             bridge::Bridge::start(&config.mqtt, store.clone(), hub.clone(), &pipeline).await?;
         let mut listeners: Vec<Arc<dyn store::CommitListener>> = Vec::new();
         listeners.extend(bridge.as_ref().map(|b| b.listener()));
-        // The device book behind `/v1/devices`: seeded from the readings
-        // the store's start verified, then fed by the writer after every
-        // commit.
-        let devices = Arc::new(DeviceBook::default());
-        devices.seed(&store.take_verified().unwrap_or_default());
         listeners.push(devices.clone());
         listeners.push(hub.spawn_router(&pipeline));
 

@@ -77,7 +77,6 @@ fn main() -> ExitCode {
     let open = sensorgate::store::OpenOptions {
         accept_data_loss: cli.accept_data_loss,
         restart_in_place: true,
-        ..Default::default()
     };
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(config, open),

@@ -52,7 +52,7 @@ use crate::protocol::Reading;
 
 pub use codec::SegmentMeta;
 pub(crate) use recovery::panic_message;
-pub use recovery::VERIFIED_AT_START;
+pub use recovery::{SeenAtStart, VERIFIED_AT_START};
 pub use writer::{CommitListener, CommitOutcome, IngestBatch, WriteRequest, WriterHandle};
 
 use durability::FileSync;
@@ -148,11 +148,6 @@ pub struct OpenOptions {
     /// supervisor. Only the daemon's `main` sets this; a library user (the
     /// tests' in-process daemon) keeps refusing instead.
     pub restart_in_place: bool,
-    /// Keep the newest readings the start reads back to verify the store
-    /// (about [`VERIFIED_AT_START`]) for [`Store::take_verified`]: the
-    /// daemon's device book learns its devices from them rather than
-    /// reading them again.
-    pub keep_verified: bool,
 }
 
 /// The opened store. Cheap to share (`Arc<Store>`); sled is internally
@@ -187,9 +182,6 @@ pub struct Store {
     /// first write: no reopen until that thread has ended.
     closing: Mutex<Option<std::thread::JoinHandle<()>>>,
     restart_in_place: bool,
-    /// The newest readings the start verified, kept for one
-    /// [`Store::take_verified`] when [`OpenOptions::keep_verified`] asks.
-    verified: Mutex<Option<Vec<Vec<Reading>>>>,
     /// When the flush in progress started (ms since `epoch`, 0 = none): see
     /// [`poke_stuck_flushes`].
     flush_started_ms: AtomicU64,
@@ -197,16 +189,6 @@ pub struct Store {
 }
 
 impl Store {
-    /// The newest readings the start verified (oldest first, one list per
-    /// segment), once: `None` unless [`OpenOptions::keep_verified`] was
-    /// set, and on any later call.
-    pub fn take_verified(&self) -> Option<Vec<Vec<Reading>>> {
-        self.verified
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
-    }
-
     /// The directory of the store.
     pub fn path(&self) -> &Path {
         &self.path

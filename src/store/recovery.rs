@@ -235,12 +235,11 @@ pub const VERIFIED_AT_START: u64 = 100_000;
 /// `check-store` would find wrong there, the start finds too. sled has been
 /// seen to recover a store with a damaged page by losing that page's keys
 /// silently (they read as absent); this refuses such a store rather than
-/// serving it short. Returns the readings read back, oldest first.
-fn verify_newest(db: &sled::Db) -> Result<Vec<Vec<Reading>>, StoreError> {
+/// serving it short. `seen` gets each segment read back, newest first.
+fn verify_newest(db: &sled::Db, seen: &dyn SeenAtStart) -> Result<(), StoreError> {
     let mut index = db.scan_prefix(INDEX_PREFIX).rev();
     let mut segments = db.scan_prefix(SEGMENT_PREFIX).rev();
     let mut readings = 0u64;
-    let mut newest_first = Vec::new();
     while readings < VERIFIED_AT_START {
         let indexed = match index.next().transpose()? {
             Some((k, v)) => Some(SegmentMeta::decode(&k, &v)?.first_id),
@@ -267,7 +266,7 @@ fn verify_newest(db: &sled::Db) -> Result<Vec<Vec<Reading>>, StoreError> {
         if let Some((k, v)) = stored {
             let segment = codec::decode_segment(&k, &v)?;
             readings += segment.len() as u64;
-            newest_first.push(segment);
+            seen.segment(&segment);
         }
     }
     for entry in db.scan_prefix(SEQ_PREFIX) {
@@ -277,15 +276,24 @@ fn verify_newest(db: &sled::Db) -> Result<Vec<Vec<Reading>>, StoreError> {
     if let Some(v) = db.get(BRIDGE_CURSOR_KEY)? {
         codec::decode_u64(BRIDGE_CURSOR_KEY, &v)?;
     }
-    newest_first.reverse();
-    Ok(newest_first)
+    Ok(())
 }
 
-/// What [`verify_or_repair`] leaves: the bytes no longer indexed, and the
-/// newest readings it read back (oldest first, one list per segment).
-struct Verified {
-    unindexed: u64,
-    readings: Vec<Vec<Reading>>,
+/// Shown the newest readings as the start reads them back to verify the
+/// store ([`Store::open_seeing`]).
+pub trait SeenAtStart: Sync {
+    /// One segment's readings. Segments come newest first, and a store
+    /// repaired with `--accept-data-loss` may show some twice.
+    fn segment(&self, readings: &[Reading]);
+    /// What was shown belongs to a store that was then set aside
+    /// (`--accept-data-loss` on a store sled cannot read): forget it.
+    fn set_aside(&self);
+}
+
+/// Shows nothing ([`Store::open_with`]).
+impl SeenAtStart for () {
+    fn segment(&self, _: &[Reading]) {}
+    fn set_aside(&self) {}
 }
 
 /// [`verify_newest`] at the daemon's start (not at a reopen after a write
@@ -293,25 +301,20 @@ struct Verified {
 /// start as unreadable. With `--accept-data-loss` the index entries of
 /// segments sled lost are dropped instead, so that their ids read as a gap
 /// (as ids skipped over the mark do), and the start goes on if the newest
-/// readings then read back whole.
+/// readings then read back whole. Returns the bytes no longer indexed.
 fn verify_or_repair(
     path: &Path,
     db: &sled::Db,
     accept_data_loss: bool,
-) -> Result<Verified, StoreError> {
+    seen: &dyn SeenAtStart,
+) -> Result<u64, StoreError> {
     let unreadable = |detail: String| StoreError::Unreadable {
         path: path.to_path_buf(),
         detail: format!("reading back its newest readings: {detail}"),
     };
-    let verify = || read_guarded(|| verify_newest(db)).map_err(unreadable);
-    let damage = match verify() {
-        Ok(readings) => {
-            return Ok(Verified {
-                unindexed: 0,
-                readings,
-            })
-        }
-        Err(damage) => damage,
+    let verify = || read_guarded(|| verify_newest(db, seen)).map_err(unreadable);
+    let Err(damage) = verify() else {
+        return Ok(0);
     };
     if !accept_data_loss {
         return Err(damage);
@@ -323,10 +326,8 @@ fn verify_or_repair(
         bytes = dropped.bytes,
         "index entries of lost segments dropped"
     );
-    Ok(Verified {
-        unindexed: dropped.bytes,
-        readings: verify()?,
-    })
+    verify()?;
+    Ok(dropped.bytes)
 }
 
 /// Refuses a store with ids missing between its segments or below its next
@@ -424,6 +425,18 @@ impl Store {
     /// Opens (or creates) the store at `path`, checks it against its durable
     /// high-water mark, and makes what sled recovered power-loss safe.
     pub fn open_with(path: &Path, opts: OpenOptions) -> Result<Arc<Store>, StoreError> {
+        Self::open_seeing(path, opts, &())
+    }
+
+    /// [`Store::open_with`], showing `seen` the newest readings (about
+    /// [`VERIFIED_AT_START`]) as the start reads them back to verify them:
+    /// the daemon's device book learns its devices from them rather than
+    /// reading them again.
+    pub fn open_seeing(
+        path: &Path,
+        opts: OpenOptions,
+        seen: &dyn SeenAtStart,
+    ) -> Result<Arc<Store>, StoreError> {
         // A damaged mark is refused even with --accept-data-loss: without
         // it nothing says which ids were handed out. Deleting the file is
         // the operator's explicit way past it (see MarkMissing).
@@ -439,16 +452,13 @@ impl Store {
             }
             other => other?,
         };
-        let mut verified = Vec::new();
-        match verify_or_repair(path, &rec.db, opts.accept_data_loss) {
-            Ok(v) => {
-                rec.retained_bytes = rec.retained_bytes.saturating_sub(v.unindexed);
-                verified = v.readings;
-            }
+        match verify_or_repair(path, &rec.db, opts.accept_data_loss, seen) {
+            Ok(unindexed) => rec.retained_bytes = rec.retained_bytes.saturating_sub(unindexed),
             // Unreadable even after dropping what sled lost: as a store sled
             // cannot open at all.
             Err(StoreError::Unreadable { detail, .. }) if opts.accept_data_loss => {
                 drop(rec);
+                seen.set_aside();
                 set_aside(path, &detail)?;
                 rec = recover(path)?;
             }
@@ -517,11 +527,6 @@ impl Store {
             wedged: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             closing: Mutex::new(None),
             restart_in_place: opts.restart_in_place,
-            verified: Mutex::new(if opts.keep_verified {
-                Some(verified)
-            } else {
-                None
-            }),
             flush_started_ms: AtomicU64::new(0),
             epoch: Instant::now(),
         });
