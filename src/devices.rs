@@ -57,20 +57,41 @@ pub struct DeviceInfo {
     pub sensors: Vec<String>,
 }
 
+/// Where readings come from: live commits, in commit order, or the
+/// store's start, newest first.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Order {
+    Live,
+    NewestFirst,
+}
+
 impl DeviceBook {
     /// Records a commit's readings.
     pub fn observe(&self, readings: &[Reading]) {
-        let mut book = self.inner.lock().expect("device book lock");
+        self.observe_in(readings, Order::Live);
+    }
+
+    fn observe_in(&self, readings: &[Reading], order: Order) {
+        let mut book = self.book();
         // A commit holds whole batches, one device each: look each run's
         // device up once rather than once per reading.
         for run in readings.chunk_by(|a, b| a.device == b.device) {
-            book.observe_run(run);
+            book.observe_run(run, order);
         }
+    }
+
+    /// The book, even if a panic while it was held poisoned the lock: the
+    /// worst left is a device listed with a stale entry, and `/v1/devices`
+    /// and the writer's commits must go on.
+    fn book(&self) -> std::sync::MutexGuard<'_, Book> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Devices known now (at most [`MAX_DEVICES`]).
     pub fn len(&self) -> usize {
-        self.inner.lock().expect("device book lock").devices.len()
+        self.book().devices.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -79,7 +100,7 @@ impl DeviceBook {
 
     /// Every known device plus every connected one, sorted by id.
     pub fn list(&self, connected: &[Arc<str>]) -> Vec<DeviceInfo> {
-        let book = self.inner.lock().expect("device book lock");
+        let book = self.book();
         let devices = &book.devices;
         let live: std::collections::HashSet<&str> = connected.iter().map(|d| &**d).collect();
         let mut out: Vec<DeviceInfo> = devices
@@ -107,16 +128,16 @@ impl DeviceBook {
 }
 
 /// Seeded from the newest stored readings (about
-/// [`crate::store::VERIFIED_AT_START`]) as the store's start verifies them,
-/// rather than reading them again. They come newest first: the book does
-/// not depend on the order ([`Book::observe_run`]).
+/// [`crate::store::VERIFIED_AT_START`], whole segments) as the store's start
+/// verifies them, rather than reading them again. They come newest segment
+/// first; a full book then keeps the newest devices all the same.
 impl SeenAtStart for DeviceBook {
     fn segment(&self, readings: &[Reading]) {
-        self.observe(readings);
+        self.observe_in(readings, Order::NewestFirst);
     }
 
     fn set_aside(&self) {
-        *self.inner.lock().expect("device book lock") = Book::default();
+        *self.book() = Book::default();
     }
 }
 
@@ -128,7 +149,7 @@ impl CommitListener for DeviceBook {
 
 impl Book {
     /// Records readings of one device (`run` is not empty).
-    fn observe_run(&mut self, run: &[Reading]) {
+    fn observe_run(&mut self, run: &[Reading], order: Order) {
         let device = &run[0].device;
         let newest = run
             .iter()
@@ -137,13 +158,15 @@ impl Book {
             .expect("a run is never empty");
         if !self.devices.contains_key(&**device) {
             if self.devices.len() >= MAX_DEVICES {
-                // Seen before every device kept: it would be the next one
-                // forgotten. (So the book ends the same whatever order
-                // readings come in: the start shows them newest first.)
-                if self
-                    .by_last_seen
-                    .first()
-                    .is_some_and(|(oldest, _)| newest < *oldest)
+                // Newest first, a device seen before every one kept would
+                // be the next forgotten: the book is full of newer ones.
+                // (Live, a new device always comes in, whatever its
+                // `received`: it is reporting now.)
+                if order == Order::NewestFirst
+                    && self
+                        .by_last_seen
+                        .first()
+                        .is_some_and(|(oldest, _)| newest < *oldest)
                 {
                     return;
                 }
@@ -241,6 +264,11 @@ mod tests {
             "the oldest ten left"
         );
         assert!(ids.contains(format!("d{}", n - 1).as_str()));
+        // Live, a new device comes in whatever its `received` (a clock
+        // stepped back): it is reporting now.
+        book.observe(&[reading("late", -1)]);
+        assert_eq!(book.len(), MAX_DEVICES);
+        assert!(book.list(&[]).iter().any(|d| d.device == "late"));
         book.set_aside();
         assert!(book.is_empty());
     }

@@ -297,3 +297,87 @@ async fn check_store_calls_overlapping_segments_damage() {
     }
     assert!(report.gaps.is_empty() && !report.healthy(), "{report}");
 }
+
+/// Records what a start shows it ([`super::SeenAtStart`]).
+#[derive(Default)]
+struct Shown {
+    segments: std::sync::Mutex<Vec<(u64, usize)>>,
+    set_aside: std::sync::atomic::AtomicBool,
+    panic_on_first: bool,
+}
+
+impl super::SeenAtStart for Shown {
+    fn segment(&self, readings: &[crate::protocol::Reading]) {
+        let mut segments = self.segments.lock().unwrap();
+        segments.push((readings[0].id, readings.len()));
+        if self.panic_on_first && segments.len() == 1 {
+            drop(segments);
+            panic!("deliberate observer panic");
+        }
+    }
+
+    fn set_aside(&self) {
+        self.segments.lock().unwrap().clear();
+        self.set_aside
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The start shows what it verifies, newest segment first; an observer's
+/// panic is its own and does not refuse a healthy store.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_start_shows_what_it_verifies_and_survives_its_observer() {
+    let (_dir, path, store, total) = three_applies().await;
+    drop(store);
+    let shown = Shown::default();
+    drop(Store::open_seeing(&path, super::OpenOptions::default(), &shown).unwrap());
+    let segments = shown.segments.lock().unwrap().clone();
+    let firsts: Vec<u64> = segments.iter().map(|s| s.0).collect();
+    assert!(
+        firsts.windows(2).all(|w| w[0] > w[1]),
+        "newest first: {firsts:?}"
+    );
+    let count: usize = segments.iter().map(|s| s.1).sum();
+    assert_eq!(count as u64, total, "every reading of a small store");
+
+    let panicky = Shown {
+        panic_on_first: true,
+        ..Default::default()
+    };
+    let store = Store::open_seeing(&path, super::OpenOptions::default(), &panicky)
+        .expect("a healthy store opens whatever its observer does");
+    assert_eq!(
+        panicky.segments.lock().unwrap().len(),
+        1,
+        "shown nothing more"
+    );
+    assert_eq!(store.last_id(), total);
+}
+
+/// A store whose newest readings cannot be read back is set aside under
+/// `--accept-data-loss`: what the start showed of it is taken back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_set_aside_takes_back_what_it_showed() {
+    let (_dir, path, store, _total) = three_applies().await;
+    let db = store.db().unwrap();
+    let firsts: Vec<u64> = db
+        .scan_prefix(super::INDEX_PREFIX)
+        .keys()
+        .map(|k| super::codec::id_from_key(&k.unwrap()).unwrap())
+        .collect();
+    // The second-newest segment does not decode: the newest is shown first.
+    let spoilt = firsts[firsts.len() - 2];
+    db.insert(super::segment_key(spoilt), &b"not a segment"[..])
+        .unwrap();
+    db.flush().unwrap();
+    drop((db, store));
+
+    let shown = Shown::default();
+    let accept = super::OpenOptions {
+        accept_data_loss: true,
+        ..Default::default()
+    };
+    drop(Store::open_seeing(&path, accept, &shown).unwrap());
+    assert!(shown.set_aside.load(std::sync::atomic::Ordering::Relaxed));
+    assert!(shown.segments.lock().unwrap().is_empty());
+}
