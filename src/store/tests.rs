@@ -213,6 +213,14 @@ async fn a_segment_lost_from_under_the_index_fails_the_read_and_the_start() {
     assert_eq!(ids(&store, 0), expected);
 }
 
+/// The first id of every indexed segment, oldest first.
+fn indexed_firsts(db: &sled::Db) -> Vec<u64> {
+    db.scan_prefix(super::INDEX_PREFIX)
+        .keys()
+        .map(|k| super::codec::id_from_key(&k.unwrap()).unwrap())
+        .collect()
+}
+
 /// sled was also seen to lose a batch's segment and its index entry
 /// together: those ids are then in no segment although higher ones were
 /// handed out, and nothing else would notice. The start refuses that,
@@ -222,11 +230,7 @@ async fn a_segment_lost_from_under_the_index_fails_the_read_and_the_start() {
 async fn ids_lost_with_their_index_entry_refuse_the_start_until_accepted() {
     let (_dir, path, store, total) = three_applies().await;
     let db = store.db().unwrap();
-    let firsts: Vec<u64> = db
-        .scan_prefix(super::INDEX_PREFIX)
-        .keys()
-        .map(|k| super::codec::id_from_key(&k.unwrap()).unwrap())
-        .collect();
+    let firsts = indexed_firsts(&db);
     let (lost, after) = (firsts[1], firsts[2]);
     db.remove(super::segment_key(lost)).unwrap();
     db.remove(super::index_key(lost)).unwrap();
@@ -360,11 +364,7 @@ async fn the_start_shows_what_it_verifies_and_survives_its_observer() {
 async fn a_store_set_aside_takes_back_what_it_showed() {
     let (_dir, path, store, _total) = three_applies().await;
     let db = store.db().unwrap();
-    let firsts: Vec<u64> = db
-        .scan_prefix(super::INDEX_PREFIX)
-        .keys()
-        .map(|k| super::codec::id_from_key(&k.unwrap()).unwrap())
-        .collect();
+    let firsts = indexed_firsts(&db);
     // The second-newest segment does not decode: the newest is shown first.
     let spoilt = firsts[firsts.len() - 2];
     db.insert(super::segment_key(spoilt), &b"not a segment"[..])
