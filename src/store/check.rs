@@ -118,7 +118,6 @@ fn read_all(db: &sled::Db, log: &wal::Contents, report: &mut Report) -> Result<(
     // Ids between segments, and between the newest and the next id, that
     // nothing holds: found as the daemon's start finds them.
     let mut holes = super::holes::Holes::default();
-    let mut previous_last: Option<u64> = None;
     let mut index = db.scan_prefix(INDEX_PREFIX);
     while let Some((k, v)) = next_readable(&mut index, "segment index", &mut report.damaged) {
         let meta = match SegmentMeta::decode(&k, &v) {
@@ -130,13 +129,12 @@ fn read_all(db: &sled::Db, log: &wal::Contents, report: &mut Report) -> Result<(
         };
         // Index keys sort by first id: a segment starting at or below an
         // earlier one's end holds ids twice (no write makes one).
-        if let Some(prev) = previous_last.filter(|&p| meta.first_id <= p) {
+        if let Some(prev) = holes.overlapped_by(meta.first_id) {
             report.damaged.push(format!(
                 "segment {} overlaps an earlier segment (ids up to {prev})",
                 meta.first_id
             ));
         }
-        previous_last = Some(previous_last.map_or(meta.last_id, |p| p.max(meta.last_id)));
         holes.segment(meta.first_id, meta.last_id);
         report.segments += 1;
         report.bytes += meta.bytes;

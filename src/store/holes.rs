@@ -35,6 +35,12 @@ impl Holes {
         self.last = Some(self.last.map_or(last, |p| p.max(last)));
     }
 
+    /// The highest id of the segments met so far, when the segment starting
+    /// at `first` would overlap them (it holds some of their ids again).
+    pub(super) fn overlapped_by(&self, first: u64) -> Option<u64> {
+        self.last.filter(|&last| first <= last)
+    }
+
     /// Ends with the id the store hands out next: ids after the newest
     /// segment and below it are a hole too. A store with no segment (all
     /// pruned) has none.
