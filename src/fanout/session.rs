@@ -20,8 +20,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-
 use crate::shutdown::Shutdown;
 
 use super::hub::{Hub, Subscriber};
@@ -74,8 +72,6 @@ struct Session {
     filters: Vec<TopicFilter>,
     seams: Vec<Seam>,
     shutdown: Shutdown,
-    /// The hub gave up on this subscriber ([`closed_end`]).
-    closed: CancellationToken,
     /// Ops received during a replay, answered after it.
     deferred: std::collections::VecDeque<Message>,
     /// A send the peer does not take within this (`server.idle_timeout`)
@@ -104,7 +100,6 @@ pub async fn run(
 ) {
     let sub = hub.subscriber();
     let queue = sub.queue().clone();
-    let closed = queue.closed().clone();
     let mut s = Session {
         socket,
         enc: params.encoding,
@@ -115,7 +110,6 @@ pub async fn run(
         filters: Vec::new(),
         seams: Vec::new(),
         shutdown,
-        closed,
         write_timeout: config.server.idle_timeout,
         deferred: Default::default(),
     };
@@ -142,8 +136,8 @@ impl Session {
         let server = &config.server;
         let mut keep_alive = KeepAlive::start(server.ping_interval, server.idle_timeout);
         let shutdown = self.shutdown.clone();
-        let closed = self.closed.clone();
         let queue = self.queue.clone();
+        let closed = queue.closed().clone();
         loop {
             let step = tokio::select! {
                 biased;
@@ -345,7 +339,7 @@ impl Session {
     /// that arrived meanwhile is kept (at most [`MAX_DEFERRED`]) and
     /// answered after the current one.
     fn check_peer(&mut self) -> Result<(), End> {
-        if self.closed.is_cancelled() {
+        if self.queue.closed().is_cancelled() {
             return Err(closed_end(&self.queue));
         }
         if self.deferred.len() >= MAX_DEFERRED {
@@ -398,7 +392,7 @@ impl Session {
         loop {
             // Given up on (overflow, failed routing): what is queued may
             // have a gap, and must not go out.
-            if self.closed.is_cancelled() {
+            if self.queue.closed().is_cancelled() {
                 return Err(closed_end(&self.queue));
             }
             if !recheck && frames == FRAMES_PER_TURN {
@@ -508,12 +502,12 @@ impl Session {
     /// the queue, or after the write timeout (a peer that does not read
     /// never holds us).
     async fn send_msg(&mut self, msg: Outbound) -> Result<(), End> {
-        let (shutdown, closed, queue) = (&self.shutdown, &self.closed, &self.queue);
+        let (shutdown, queue) = (&self.shutdown, &self.queue);
         let stop = async {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => End::Shutdown,
-                _ = closed.cancelled() => closed_end(queue),
+                _ = queue.closed().cancelled() => closed_end(queue),
             }
         };
         ws::send(
