@@ -376,9 +376,7 @@ impl Hub {
             gone: std::sync::atomic::AtomicBool::new(false),
         })
     }
-}
 
-impl Hub {
     /// Routing `readings` panicked part-way: some subscribers may have
     /// missed some of them, and a live stream must have no gap (SPEC §4).
     /// Every current subscriber is closed (1011) so that it subscribes
