@@ -52,12 +52,15 @@ type RowRef<'a> = (u64, &'a str, &'a str, i64, &'a Value, Option<&'a str>, i64);
 /// makes a segment of its own).
 ///
 /// sled 0.34 writes a tree node over a quarter of its 512 KiB log segment
-/// as a separate blob, and its cache then counts that node as the few bytes
-/// of the pointer: such nodes are never evicted, whatever `cache_capacity`
-/// says, and the daemon kept every segment it ever wrote in memory (359 MiB
-/// after 10 s of flood). A leaf holds at most 17 entries before it splits,
-/// so segments of at most 6 KiB keep every leaf (~102 KiB plus keys) under
-/// that threshold and inside the cache's bound.
+/// as a separate blob, and unpatched, its cache counted that node as the
+/// few bytes of the pointer: such nodes were never evicted, whatever
+/// `cache_capacity` said, and the daemon kept every segment it ever wrote
+/// in memory (359 MiB after 10 s of flood). A leaf holds at most 17 entries
+/// before it splits, so segments of at most 6 KiB keep every leaf (~102 KiB
+/// plus keys) under that threshold. The patched sled now counts a node by
+/// its size in memory (third_party/sled/PATCHED.md), so such a node would
+/// be evicted; the bound stays, and no blob files are written
+/// (`tests/power_loss.rs` checks that).
 pub const SEGMENT_MAX_BYTES: usize = 6 * 1024;
 /// Most readings in one segment: the array header is a fixed 3-byte
 /// `array 16` (written before the count is known), so at most `u16::MAX`.

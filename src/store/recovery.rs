@@ -27,7 +27,9 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 /// memory grew with the data stored: 124 MiB after 20 s at 100,000
 /// readings/s, 330 MiB after 10 s flooding (issue 14's benchmarks). Reads
 /// that miss it (replays from far back, queries) go to the files, which the
-/// kernel's page cache holds anyway.
+/// kernel's page cache holds anyway. The patched sled counts a node by its
+/// size in memory (third_party/sled/PATCHED.md), so this is about what the
+/// cache holds; sled's bookkeeping for every page comes on top of it.
 const SLED_CACHE: u64 = 16 * 1024 * 1024;
 
 /// Opens sled at `path`, waiting (bounded) for its file lock: dropping a

@@ -8,7 +8,7 @@ use std::{
 
 use crate::Arc;
 
-const CUTOFF: usize = 22;
+pub(crate) const CUTOFF: usize = 22;
 
 type Inner = [u8; CUTOFF];
 

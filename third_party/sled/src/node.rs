@@ -38,6 +38,38 @@ impl Node {
         }
     }
 
+    /// sensorgate: an estimate of what this node takes in memory: the node,
+    /// a slot for each key, value or pointer its vectors have room for, and
+    /// for a leaf the heap allocation of each key or value too long to be
+    /// held inline (with its reference counts and the allocator's own
+    /// overhead). An index node's separators are short and almost always
+    /// inline, and it can hold 256 of them: it is counted by its slots
+    /// alone, so that a step through the tree costs no walk over its keys.
+    pub(crate) fn memory_size(&self) -> u64 {
+        const SLOT: usize = std::mem::size_of::<IVec>();
+        fn heap(v: &IVec) -> usize {
+            if v.len() > crate::ivec::CUTOFF {
+                v.len() + 32
+            } else {
+                0
+            }
+        }
+        let data = match &self.data {
+            Data::Index(index) => {
+                index.keys.capacity() * SLOT
+                    + index.pointers.capacity()
+                        * std::mem::size_of::<PageId>()
+            }
+            Data::Leaf(leaf) => {
+                (leaf.keys.capacity() + leaf.values.capacity()) * SLOT
+                    + leaf.keys.iter().map(heap).sum::<usize>()
+                    + leaf.values.iter().map(heap).sum::<usize>()
+            }
+        };
+        (std::mem::size_of::<Node>() + heap(&self.lo) + heap(&self.hi) + data)
+            as u64
+    }
+
     pub(crate) fn rss(&self) -> u64 {
         std::mem::size_of::<Node>() as u64
             + self.lo.len() as u64
