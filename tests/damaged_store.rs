@@ -342,13 +342,24 @@ async fn damaged_and_rolled_back_stores_are_refused_clearly_and_the_flag_continu
         // check-store judges the same files the daemon starts on: opening
         // a damaged sled changes them (its recovery drops a torn tail).
         let (check_dir, check_config) = scratch_copy(&f, &dir, &format!("{dir_name}_check"));
+        let (pristine, _) = scratch_copy(&f, &dir, &format!("{dir_name}_pristine"));
         let outcome = start_on_damaged(&config, name).await;
         let (code, report) = check_store(&check_config);
-        assert_eq!(
-            code == Some(0),
-            outcome == Outcome::ServedIntact,
-            "{name}: check-store disagrees with the daemon ({outcome:?}): {report}"
-        );
+        if (code == Some(0)) != (outcome == Outcome::ServedIntact) {
+            // Kept for whoever reads a failure: the damaged files before
+            // anything opened them (where a flipped byte lands differs
+            // from run to run, so a run may not find the same case again).
+            let kept =
+                Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("damaged_store-{dir_name}"));
+            let _ = std::fs::remove_dir_all(&kept);
+            copy_dir(&pristine.join("store"), &kept);
+            panic!(
+                "{name}: check-store disagrees with the daemon ({outcome:?}), \
+                 damaged store kept in {}: {report}",
+                kept.display()
+            );
+        }
+        drop(pristine);
         drop(check_dir);
         if outcome == Outcome::Refused {
             refused.push(name.as_str());
