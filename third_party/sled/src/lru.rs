@@ -23,9 +23,10 @@ const MAX_QUEUE_ITEMS: usize = 64;
 const N_SHARDS: usize = 2;
 
 // sensorgate: 8 shards instead of 256 (third_party/sled/PATCHED.md). A
-// shard evicts only once 64 accesses have queued on it, so 256 shards let
-// up to 16,384 pages stay in memory uncounted, and a 16 MiB cache split 256
-// ways is 64 KiB a shard, less than one full leaf of 6 KiB segments.
+// shard evicts only once 64 accesses have queued on it, so with 256 shards
+// up to 16,384 accesses (and as many pages) wait uncounted, and a 16 MiB
+// cache split 256 ways is 64 KiB a shard, less than one full leaf of 6 KiB
+// segments.
 #[cfg(not(any(test, feature = "lock_free_delays")))]
 const N_SHARDS: usize = 8;
 
