@@ -11,7 +11,10 @@
 # device-sim against it with one JSON subscriber on `#`, and prints one line:
 # acked readings/s, device -> subscriber p50/p99/p999, device -> ack p99/p999,
 # readings shed as
-# `lagged`, the daemon's CPU seconds (utime + stime) and peak RSS.
+# `lagged`, the daemon's CPU seconds (utime + stime), peak RSS, and what the
+# store takes on disk after the clean stop (`du`), in all and per acked reading
+# (that includes the 8 MiB write-ahead log and sled's preallocated space, which
+# dominate a short or slow run's store).
 # CAPTURE=1 also captures the daemon's port on `lo` for 5 s mid-run
 # (tcpdump, needs root) and prints the server-side ack latency: the time from
 # a device's frame arriving to the next frame the daemon sends back on that
@@ -66,7 +69,9 @@ kill "$PID"
 wait "$PID" 2>/dev/null || true
 PID=
 wait
+# What the store takes on disk after the clean stop, per acked reading.
+store_kib=$(du -sk "$TMP/store" | cut -f1)
 cpu=$(awk -v a="$t0" -v b="$t1" -v k="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", (b - a) / k }')
-jq -r --arg l "$LABEL" --arg cpu "$cpu" --arg rss "$((hwm / 1024))" \
-    '"\($l): acked/s \(.readings_per_sec | floor), p50/p99/p999 ms \(.subscriber.latency_us.p50 / 1000) / \(.subscriber.latency_us.p99 / 1000) / \(.subscriber.latency_us.p999 / 1000), ack p99/p999 ms \(.ack_latency_us.p99 / 1000) / \(.ack_latency_us.p999 / 1000), lagged \(.subscriber.lagged), server CPU s \($cpu), peak RSS MiB \($rss)"' \
+jq -r --arg l "$LABEL" --arg cpu "$cpu" --arg rss "$((hwm / 1024))" --argjson store "$store_kib" \
+    '"\($l): acked/s \(.readings_per_sec | floor), p50/p99/p999 ms \(.subscriber.latency_us.p50 / 1000) / \(.subscriber.latency_us.p99 / 1000) / \(.subscriber.latency_us.p999 / 1000), ack p99/p999 ms \(.ack_latency_us.p99 / 1000) / \(.ack_latency_us.p999 / 1000), lagged \(.subscriber.lagged), server CPU s \($cpu), peak RSS MiB \($rss), store MiB \($store / 1024 | floor), store bytes/reading \(if .acked_readings > 0 then ($store * 1024 / .acked_readings | floor) else 0 end)"' \
     "$TMP/sim.json"

@@ -26,6 +26,8 @@ status_kib() { # pid, field (VmHWM, VmRSS)
 
 # The daemon's config for load runs: storage.sync = "batch" (an ack follows
 # the fdatasync of its group commit), limits out of the way, log level warn.
+# EXTRA_CONFIG, if set, is appended: TOML sections of its own, e.g.
+# EXTRA_CONFIG=$'[fanout]\nsubscriber_queue = 50000'.
 #
 #   daemon_config PORT SECRET STORE_DIR > sensorgate.toml
 daemon_config() {
@@ -44,6 +46,9 @@ sync = "batch"
 [log]
 level = "warn"
 EOF2
+    if [ -n "${EXTRA_CONFIG:-}" ]; then
+        printf '%s\n' "$EXTRA_CONFIG"
+    fi
 }
 
 # A run's scratch: a temp dir (removed on exit, and the daemon in $PID
