@@ -664,7 +664,7 @@ async fn power_cut(storage: &str) {
         .collect();
     // Segments of at most 6 KiB keep every sled node under the size sled
     // writes as a blob file, which its cache could never evict
-    // (`store::codec::SEGMENT_MAX_BYTES`): the big batches make none.
+    // (`store::codec::segment::SEGMENT_MAX_BYTES`): the big batches make none.
     assert!(
         blobs.is_empty(),
         "the big batches went through blob files: {blobs:?}"

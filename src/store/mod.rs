@@ -13,10 +13,11 @@
 //!   reading and ids must never be reused.
 //! - `q/<device>` → u64: the highest stored batch seq of a device.
 //! - `s/<first_id>` → segment: consecutive readings of one group commit
-//!   (contiguous ids), MessagePack-encoded, at most 6 KiB (a commit is cut
-//!   into as many as it needs: `codec::SEGMENT_MAX_BYTES` says why). One
-//!   sled entry per segment instead of one per reading keeps the write path
-//!   cheap.
+//!   (contiguous ids) in the compact form `codec::segment` describes
+//!   (stores written before it hold MessagePack rows, still read), at most
+//!   6 KiB (a commit is cut into as many as it needs: `SEGMENT_MAX_BYTES`
+//!   says why). One sled entry per segment instead of one per reading keeps
+//!   the write path cheap.
 //! - `i/<first_id>` → segment index entry (last id, newest `received`, bytes),
 //!   small enough to scan at start-up and during retention.
 //! - `m/bridge_cursor` → u64: the MQTT bridge's outbox cursor. The outbox is

@@ -274,9 +274,11 @@ async fn check_store_calls_overlapping_segments_damage() {
         meta.last_id > meta.first_id + 2,
         "a segment of several readings"
     );
-    // Two one-id segments inside it: the second starts after the first
-    // ends, but still inside the big one.
+    // Two one-id segments inside it, each a well-formed segment of the
+    // reading it names: the second starts after the first ends, but still
+    // inside the big one.
     let seg = db.get(super::segment_key(meta.first_id)).unwrap().unwrap();
+    let readings = super::codec::decode_segment(&super::segment_key(meta.first_id), &seg).unwrap();
     let twins = [meta.first_id + 1, meta.first_id + 2];
     for twin in twins {
         let inner = super::SegmentMeta {
@@ -284,7 +286,9 @@ async fn check_store_calls_overlapping_segments_damage() {
             last_id: twin,
             ..meta
         };
-        db.insert(super::segment_key(twin), seg.clone()).unwrap();
+        let at = (twin - meta.first_id) as usize;
+        let one = super::codec::encode_segments(&readings[at..=at]).remove(0);
+        db.insert(super::segment_key(twin), one.bytes).unwrap();
         db.insert(super::index_key(twin), inner.encode().to_vec())
             .unwrap();
     }
@@ -299,6 +303,8 @@ async fn check_store_calls_overlapping_segments_damage() {
             "{report}"
         );
     }
+    // The overlaps are all it finds: the twins themselves decode.
+    assert_eq!(report.damaged.len(), twins.len(), "{report}");
     assert!(report.gaps.is_empty() && !report.healthy(), "{report}");
 }
 
