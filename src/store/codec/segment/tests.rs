@@ -192,18 +192,7 @@ fn a_large_group_is_cut_where_the_next_reading_would_not_fit() {
         .collect();
     let segments = round_trip(&readings);
     assert!(segments.len() > 2, "{} segments", segments.len());
-    for s in &segments {
-        assert!(
-            s.bytes.len() <= SEGMENT_MAX_BYTES,
-            "{} bytes",
-            s.bytes.len()
-        );
-        // Not cut early: the same start with one more reading is too big.
-        if s.range.end < readings.len() {
-            let more = encode_segments(&readings[s.range.start..=s.range.end]);
-            assert_eq!(more.len(), 2, "cut early at {}", s.range.end);
-        }
-    }
+    assert_cut_at_the_bound(&readings, &segments, "40 devices");
 }
 
 #[test]
@@ -220,16 +209,20 @@ fn the_bound_counts_the_header_too() {
                 r
             })
             .collect();
-        for seg in round_trip(&readings) {
-            assert!(
-                seg.bytes.len() <= SEGMENT_MAX_BYTES,
-                "{first}: {}",
-                seg.bytes.len()
-            );
-            if seg.range.end < readings.len() {
-                let more = encode_segments(&readings[seg.range.start..=seg.range.end]);
-                assert_eq!(more.len(), 2, "{first}: cut early at {}", seg.range.end);
-            }
+        let segments = round_trip(&readings);
+        assert_cut_at_the_bound(&readings, &segments, &format!("first id {first}"));
+    }
+}
+
+/// Every segment, header included, is at most the bound, and none is cut
+/// early: the same start with one more reading would be over it.
+fn assert_cut_at_the_bound(readings: &[Reading], segments: &[EncodedSegment], what: &str) {
+    for seg in segments {
+        let len = seg.bytes.len();
+        assert!(len <= SEGMENT_MAX_BYTES, "{what}: {len} bytes");
+        if seg.range.end < readings.len() {
+            let more = encode_segments(&readings[seg.range.start..=seg.range.end]);
+            assert_eq!(more.len(), 2, "{what}: cut early at {}", seg.range.end);
         }
     }
 }
