@@ -36,7 +36,7 @@
 //! A store written in this form cannot be read by a sensorgate from before
 //! it (docs/operations.md, "Upgrade").
 
-use std::collections::HashMap;
+use std::collections::hash_map::{Entry, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
@@ -167,18 +167,18 @@ impl<'a> Encoder<'a> {
             put_varint(&mut self.body, index + 2);
             return;
         }
-        let index = match self.strings.get(s) {
-            Some(&index) => {
-                put_varint(&mut self.body, index + 2);
-                index
+        let next = self.strings.len() as u64;
+        let index = match self.strings.entry(s) {
+            Entry::Occupied(known) => {
+                put_varint(&mut self.body, known.get() + 2);
+                *known.get()
             }
-            None => {
-                let index = self.strings.len() as u64;
-                self.strings.insert(s, index);
+            Entry::Vacant(new) => {
+                new.insert(next);
                 put_varint(&mut self.body, 1);
                 put_varint(&mut self.body, s.len() as u64);
                 self.body.extend_from_slice(s.as_bytes());
-                index
+                next
             }
         };
         self.last[field] = (s.as_ptr(), s.len(), index);
@@ -207,7 +207,7 @@ fn decode_compact(key: &[u8], v: &[u8]) -> Result<Vec<Reading>, StoreError> {
     if count == 0 || first.checked_add(count - 1).is_none() {
         return Err(bad("no readings, or ids past the last"));
     }
-    if key.len() == 10 && id_from_key(key).is_ok_and(|k| k != first) {
+    if id_from_key(key).is_ok_and(|k| k != first) {
         return Err(bad("its first id is not its key's"));
     }
     // Every row takes at least 6 bytes: no allocation beyond what is there.
