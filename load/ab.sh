@@ -33,8 +33,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=load/lib.sh
 . "$HERE/lib.sh"
 run_dir ab
-"$SG" run --config "$TMP/sensorgate.toml" >"$TMP/out.log" 2>&1 &
-PID=$!
+start_daemon "$SG" "$TMP/out.log"
 wait_port "$PORT" 10
 sleep 0.3
 t0=$(cpu_ticks "$PID")

@@ -17,6 +17,16 @@ wait_port() { # port, seconds
     return 1
 }
 
+wait_ready() { # port, seconds: polls /readyz every 5 ms until it answers 200
+    local i
+    for ((i = 0; i < $2 * 200; i++)); do
+        curl -sf --max-time 1 "http://127.0.0.1:$1/readyz" >/dev/null 2>&1 && return 0
+        sleep 0.005
+    done
+    log "127.0.0.1:$1 not ready after $2 s"
+    return 1
+}
+
 cpu_ticks() { # utime + stime of a pid
     sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'
 }
@@ -62,6 +72,14 @@ run_dir() {
     PORT=$(free_port)
     SECRET=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
     daemon_config "$PORT" "$SECRET" "$TMP/store" >"$TMP/sensorgate.toml"
+}
+# Starts a sensorgate binary on the run's config, its output in LOG, and
+# sets PID (so that the run's cleanup kills it).
+#
+#   start_daemon BIN LOG
+start_daemon() {
+    "$1" run --config "$TMP/sensorgate.toml" >"$2" 2>&1 &
+    PID=$!
 }
 run_dir_cleanup() {
     [ -n "$PID" ] && kill "$PID" 2>/dev/null || true

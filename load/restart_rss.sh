@@ -21,8 +21,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lib.sh"
 run_dir restart_rss
 
-"$SG" run --config "$TMP/sensorgate.toml" >"$TMP/out.log" 2>&1 &
-PID=$!
+start_daemon "$SG" "$TMP/out.log"
 wait_port "$PORT" 10
 (
     sleep 10
@@ -41,12 +40,8 @@ PID=
 log "store: $(du -sm "$TMP/store" | cut -f1) MiB"
 
 for i in $(seq 1 "$RESTARTS"); do
-    "$SG" run --config "$TMP/sensorgate.toml" >"$TMP/start.log" 2>&1 &
-    PID=$!
-    for _ in $(seq 1 6000); do
-        curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && break
-        sleep 0.01
-    done
+    start_daemon "$SG" "$TMP/start.log"
+    wait_ready "$PORT" 60 || true
     sleep 3
     log "restart $i: RSS $(($(status_kib "$PID" VmRSS) / 1024)) MiB, idle"
     kill -TERM "$PID"

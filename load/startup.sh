@@ -21,8 +21,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lib.sh"
 run_dir startup
 
-"$1" run --config "$TMP/sensorgate.toml" >"$TMP/out.log" 2>&1 &
-PID=$!
+start_daemon "$1" "$TMP/out.log"
 wait_port "$PORT" 10
 timeout $((FLOOD + 30)) "$SIM" --url "ws://127.0.0.1:$PORT/v1/ingest" --secret "$SECRET" --json \
     --devices 50 --scenario flood --batch 500 --window 8 --duration "${FLOOD}s" >/dev/null 2>&1 || true
@@ -35,12 +34,8 @@ start_once() { # binary, warm|cold
     [ "$2" = cold ] && { sync; echo 3 >/proc/sys/vm/drop_caches; }
     local t0 t1 rss
     t0=$(date +%s%N)
-    "$1" run --config "$TMP/sensorgate.toml" >"$TMP/start.log" 2>&1 &
-    PID=$!
-    for _ in $(seq 1 6000); do
-        curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && break
-        sleep 0.005
-    done
+    start_daemon "$1" "$TMP/start.log"
+    wait_ready "$PORT" 60 || true
     t1=$(date +%s%N)
     rss=$(status_kib "$PID" VmHWM)
     kill -TERM "$PID"
