@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 use crate::protocol::Reading;
-use crate::store::{CommitListener, SeenAtStart};
+use crate::store::{Commit, CommitListener, SeenAtStart};
 
 pub const MAX_DEVICES: usize = 100_000;
 pub const MAX_SENSORS: usize = 256;
@@ -142,7 +142,7 @@ impl SeenAtStart for DeviceBook {
 }
 
 impl CommitListener for DeviceBook {
-    fn on_commit(&self, readings: &Arc<[Reading]>) {
+    fn on_commit(&self, readings: &Arc<Commit>) {
         self.observe(readings);
     }
 }

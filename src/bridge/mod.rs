@@ -44,8 +44,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{MqttConfig, Payload};
 use crate::fanout::Hub;
-use crate::protocol::Reading;
-use crate::store::{CommitListener, Store};
+use crate::store::{Commit, CommitListener, Store};
 
 pub use connection::backoff;
 use connection::{ConnEvent, Gate, OnPublish};
@@ -140,7 +139,7 @@ impl BridgeStatus {
 pub struct Wake(Notify);
 
 impl CommitListener for Wake {
-    fn on_commit(&self, _readings: &Arc<[Reading]>) {
+    fn on_commit(&self, _readings: &Arc<Commit>) {
         self.0.notify_one();
     }
 }

@@ -33,7 +33,7 @@ use super::queue::SubscriberQueue;
 use super::wire::Item;
 use crate::config::SlowPolicy;
 use crate::protocol::Reading;
-use crate::store::CommitListener;
+use crate::store::{Commit, CommitListener};
 
 type SubId = u64;
 
@@ -349,7 +349,7 @@ pub const ROUTE_STEP: usize = 4096;
 /// The writer's side of the router: a [`CommitListener`] that queues each
 /// commit for [`Hub::spawn_router`]'s task, in commit order.
 pub struct Router {
-    tx: mpsc::Sender<Arc<[Reading]>>,
+    tx: mpsc::Sender<Arc<Commit>>,
     /// The router task is gone: said once.
     gone: std::sync::atomic::AtomicBool,
 }
@@ -359,7 +359,7 @@ impl Hub {
     /// returned [`Router`] is dropped (with the writer, at the drain) and
     /// what was queued is routed.
     pub fn spawn_router(self: &Arc<Self>, tracker: &TaskTracker) -> Arc<Router> {
-        let (tx, mut rx) = mpsc::channel::<Arc<[Reading]>>(ROUTER_QUEUE);
+        let (tx, mut rx) = mpsc::channel::<Arc<Commit>>(ROUTER_QUEUE);
         let hub = self.clone();
         tracker.spawn(async move {
             while let Some(readings) = rx.recv().await {
@@ -407,7 +407,7 @@ impl Hub {
 }
 
 impl CommitListener for Router {
-    fn on_commit(&self, readings: &Arc<[Reading]>) {
+    fn on_commit(&self, readings: &Arc<Commit>) {
         let handed = match self.tx.try_send(readings.clone()) {
             Ok(()) => true,
             // Called on the writer thread, outside the runtime: it may block.
@@ -602,7 +602,7 @@ mod tests {
         let held = hub.index.write().unwrap();
         let writer = std::thread::spawn(move || {
             for id in 1..=commits {
-                let commit: Arc<[Reading]> = vec![reading(id, "d1", "temp")].into();
+                let commit = Arc::new(Commit::from(vec![reading(id, "d1", "temp")]));
                 router.on_commit(&commit);
             }
         });
@@ -631,8 +631,8 @@ mod tests {
         hub.panic_at.store(3, Ordering::Relaxed);
         let tracker = TaskTracker::new();
         let router = hub.spawn_router(&tracker);
-        let commit = |ids: std::ops::Range<u64>| -> Arc<[Reading]> {
-            ids.map(|id| reading(id, "d1", "temp")).collect()
+        let commit = |ids: std::ops::Range<u64>| -> Arc<Commit> {
+            Arc::new(ids.map(|id| reading(id, "d1", "temp")).collect())
         };
         router.on_commit(&commit(1..3));
         router.on_commit(&commit(3..5));
@@ -674,9 +674,11 @@ mod tests {
         let tracker = TaskTracker::new();
         let router = hub.spawn_router(&tracker);
         let n = 2 * ROUTE_STEP as u64 + 5;
-        let commit: Arc<[Reading]> = (1..=n)
-            .map(|id| reading(id, if id % 2 == 0 { "d2" } else { "d1" }, "temp"))
-            .collect();
+        let commit: Arc<Commit> = Arc::new(
+            (1..=n)
+                .map(|id| reading(id, if id % 2 == 0 { "d2" } else { "d1" }, "temp"))
+                .collect(),
+        );
         // Room in the queue: this does not block the runtime's thread.
         router.on_commit(&commit);
         drop(router);

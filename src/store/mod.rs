@@ -32,6 +32,7 @@
 
 pub mod check;
 mod codec;
+pub mod commit;
 pub mod durability;
 mod fault;
 mod holes;
@@ -52,6 +53,7 @@ use std::time::Instant;
 use crate::protocol::Reading;
 
 pub use codec::SegmentMeta;
+pub use commit::Commit;
 pub(crate) use recovery::panic_message;
 pub use recovery::{SeenAtStart, VERIFIED_AT_START};
 pub use writer::{CommitListener, CommitOutcome, IngestBatch, WriteRequest, WriterHandle};
@@ -434,7 +436,7 @@ impl Store {
 
     /// A commit became durable: visible to readers (through the tail until
     /// sled holds it) from now on.
-    fn publish(&self, readings: &Arc<[Reading]>) {
+    fn publish(&self, readings: &Arc<Commit>) {
         let Some(last) = readings.last() else { return };
         let mut tail = self.lock_tail();
         tail.publish(readings);

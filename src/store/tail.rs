@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::protocol::Reading;
+use super::Commit;
 
 /// Durable commits newer than what sled holds, in id order.
 #[derive(Debug)]
@@ -21,7 +21,7 @@ pub(super) struct Tail {
     /// Every id up to this one is in sled (applied; maybe not yet durable
     /// there: the log covers that).
     applied: u64,
-    commits: VecDeque<Arc<[Reading]>>,
+    commits: VecDeque<Arc<Commit>>,
 }
 
 /// What a reader sees at one instant: sled up to `applied`, then `commits`,
@@ -29,7 +29,7 @@ pub(super) struct Tail {
 pub(super) struct View {
     pub upper: u64,
     pub applied: u64,
-    pub commits: Vec<Arc<[Reading]>>,
+    pub commits: Vec<Arc<Commit>>,
 }
 
 impl Tail {
@@ -42,7 +42,7 @@ impl Tail {
 
     /// A commit just became durable. Already in sled (applied before its
     /// sync): nothing to keep.
-    pub(super) fn publish(&mut self, readings: &Arc<[Reading]>) {
+    pub(super) fn publish(&mut self, readings: &Arc<Commit>) {
         if readings.last().is_some_and(|r| r.id > self.applied) {
             self.commits.push_back(readings.clone());
         }
@@ -84,17 +84,21 @@ impl Tail {
 mod tests {
     use super::*;
 
-    fn commit(ids: std::ops::RangeInclusive<u64>) -> Arc<[Reading]> {
-        ids.map(|id| Reading {
-            id,
-            device: Arc::from("d"),
-            sensor: "s".into(),
-            ts: 0,
-            value: crate::protocol::Value::Int(0),
-            unit: None,
-            received: 0,
-        })
-        .collect()
+    use crate::protocol::Reading;
+
+    fn commit(ids: std::ops::RangeInclusive<u64>) -> Arc<Commit> {
+        Arc::new(
+            ids.map(|id| Reading {
+                id,
+                device: Arc::from("d"),
+                sensor: "s".into(),
+                ts: 0,
+                value: crate::protocol::Value::Int(0),
+                unit: None,
+                received: 0,
+            })
+            .collect(),
+        )
     }
 
     #[test]

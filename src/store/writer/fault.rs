@@ -8,8 +8,7 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 
 use super::{CommitOutcome, Writer};
-use crate::protocol::Reading;
-use crate::store::StoreError;
+use crate::store::{Commit, StoreError};
 
 /// Why the writer refuses batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,7 +144,7 @@ impl Writer {
                 .read_since(self.durable_next_id - 1, usize::MAX, |_| true)
             {
                 Ok(readings) if !readings.is_empty() => {
-                    let readings: Arc<[Reading]> = readings.into();
+                    let readings = Arc::new(Commit::from(readings));
                     for l in &self.listeners {
                         l.on_commit(&readings);
                     }

@@ -47,6 +47,7 @@ mod apply;
 mod durable;
 mod fault;
 
+use super::commit::{Commit, Pool};
 use super::{codec, index_key, segment_key, seq_key, SegmentMeta, Store, StoreError, NEXT_ID_KEY};
 use crate::config::{StorageConfig, SyncMode};
 use crate::protocol::{Reading, ReadingIn};
@@ -154,7 +155,7 @@ pub enum CommitOutcome {
 /// for room only when its consumer has fallen behind, as the fan-out's
 /// router does).
 pub trait CommitListener: Send + Sync {
-    fn on_commit(&self, readings: &Arc<[Reading]>);
+    fn on_commit(&self, readings: &Arc<Commit>);
 }
 
 /// The sending side of the ingest queue.
@@ -203,6 +204,7 @@ pub(super) fn spawn_checkpointing_every(
         flush_interval: storage.flush_interval,
         min_free: storage.min_free,
         listeners,
+        pool: Arc::default(),
         next_id,
         durable_next_id: next_id,
         seqs: HashMap::new(),
@@ -237,6 +239,8 @@ struct Writer {
     flush_interval: Duration,
     min_free: u64,
     listeners: Vec<Arc<dyn CommitListener>>,
+    /// Buffers of commits all their holders have dropped, for the next ones.
+    pool: Arc<Pool>,
     /// Authoritative `last_seq` per device, loaded lazily from the store. The
     /// writer is the only one that changes seqs, so the cache cannot go stale;
     /// it is cleared whenever a write fails, so it never holds a seq that is
@@ -290,6 +294,11 @@ impl Writer {
         let mut buf = Vec::with_capacity(MAX_BATCHES_PER_COMMIT);
         loop {
             let wait = self.next_wake();
+            if wait.is_none() {
+                // Nothing due: the wait may be long, and an idle writer
+                // keeps no buffers of a busy one.
+                self.pool.clear();
+            }
             let received = rt.block_on(async {
                 match wait {
                     None => Some(rx.recv_many(&mut buf, MAX_BATCHES_PER_COMMIT).await),
@@ -326,7 +335,9 @@ impl Writer {
                         SyncMode::Interval => self.pending.push(applied),
                     }
                 }
-                None => {} // a flush or a recovery attempt is due
+                // A flush, checkpoint or recovery attempt is due, and no
+                // request came in the meantime: commits have stopped.
+                None => self.pool.clear(),
             }
             if self.sync == SyncMode::Interval && self.time_until_flush() == Some(Duration::ZERO) {
                 let pending = std::mem::take(&mut self.pending);
@@ -398,7 +409,7 @@ impl Writer {
     /// atomic sled batch. Outcomes are held back until the flush.
     fn apply(&mut self, requests: impl Iterator<Item = WriteRequest>, most: usize) -> Applied {
         let mut replies = Vec::new();
-        let mut readings: Vec<Reading> = Vec::with_capacity(most);
+        let mut readings = self.pool.take(most);
         let mut seq_updates: HashMap<Arc<str>, u64> = HashMap::new();
         // Each updated device's seq before this group, to restore if the
         // group is refused (not to forget: sled may not hold it yet).
@@ -605,7 +616,7 @@ impl Writer {
             }
             if !readings.is_empty() {
                 crate::events::ReadingsStored(readings.len()).emit();
-                let readings: Arc<[Reading]> = readings.into();
+                let readings = Arc::new(Commit::pooled(readings, &self.pool));
                 self.store.publish(&readings);
                 for l in &self.listeners {
                     l.on_commit(&readings);
