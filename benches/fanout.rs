@@ -11,24 +11,24 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use sensorgate::config::SlowPolicy;
-use sensorgate::fanout::wire::{readings_frame, Encoding, Item};
+use sensorgate::fanout::wire::{readings_frame, Encoding};
 use sensorgate::fanout::{Hub, Subscriber, TopicFilter};
 use sensorgate::protocol::{Reading, Value};
+use sensorgate::store::Commit;
 
 const COMMIT: usize = 500;
 
-fn commit(first_id: u64) -> Vec<Reading> {
-    (0..COMMIT)
-        .map(|i| Reading {
-            id: first_id + i as u64,
-            device: format!("d{}", i % 50).into(),
-            sensor: if i % 2 == 0 { "temp" } else { "hum" }.into(),
-            ts: 1_763_800_000_000 + i as i64,
-            value: Value::Float(21.5 + i as f64),
-            unit: Some("C".into()),
-            received: 1_763_800_000_100,
-        })
-        .collect()
+fn commit(first_id: u64) -> Arc<Commit> {
+    let readings = (0..COMMIT).map(|i| Reading {
+        id: first_id + i as u64,
+        device: format!("d{}", i % 50).into(),
+        sensor: if i % 2 == 0 { "temp" } else { "hum" }.into(),
+        ts: 1_763_800_000_000 + i as i64,
+        value: Value::Float(21.5 + i as f64),
+        unit: Some("C".into()),
+        received: 1_763_800_000_100,
+    });
+    Arc::new(readings.collect())
 }
 
 fn setup(n: usize) -> (Arc<Hub>, Vec<Subscriber>, Vec<Subscriber>, u64) {
@@ -84,8 +84,8 @@ fn bench(c: &mut Criterion) {
                 hub.publish(&readings);
                 for s in &subs {
                     let taken = s.queue().take(usize::MAX);
-                    let items: Vec<&Item> = taken.items().map(|i| &**i).collect();
-                    criterion::black_box(readings_frame(Encoding::Json, &items));
+                    let runs: Vec<_> = taken.runs().collect();
+                    criterion::black_box(readings_frame(Encoding::Json, &runs));
                 }
             })
         });

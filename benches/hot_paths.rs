@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use sensorgate::config::SyncMode;
-use sensorgate::fanout::wire::{readings_frame, Encoding, Item};
+use sensorgate::fanout::wire::{readings_frame, Encoding, Routed};
 use sensorgate::fanout::TopicFilter;
 use sensorgate::protocol::{decode_batch, Reading, Value};
 use sensorgate::store::{self, IngestBatch, Store, WriteRequest};
@@ -62,15 +62,15 @@ fn topic_matching(c: &mut Criterion) {
 }
 
 /// One reading encoded for subscribers as the daemon does it: a new
-/// stream item, encoded on first use, in a frame of its own.
+/// routed list of one, encoded on first use, in a frame of its own.
 fn encoding(c: &mut Criterion) {
     let r = reading(1201);
     let mut g = c.benchmark_group("encode_reading");
     for (name, enc) in [("json", Encoding::Json), ("msgpack", Encoding::Msgpack)] {
         g.bench_function(name, |b| {
             b.iter_batched(
-                || [Arc::new(Item::new(r.clone(), None))],
-                |item| readings_frame(enc, &item),
+                || Routed::new(vec![r.clone()], None),
+                |list| readings_frame(enc, &[(&list, 0..1)]),
                 BatchSize::SmallInput,
             )
         });

@@ -30,7 +30,7 @@ use tokio_util::task::TaskTracker;
 
 use super::filter::{Level, TopicFilter};
 use super::queue::SubscriberQueue;
-use super::wire::Item;
+use super::wire::Routed;
 use crate::config::SlowPolicy;
 use crate::protocol::Reading;
 use crate::store::{Commit, CommitListener};
@@ -234,23 +234,25 @@ impl Hub {
     }
 
     /// Routes durable readings (one commit, in id order) to subscribers.
-    pub fn publish(&self, readings: &[Reading]) {
-        self.route(readings, None);
-        self.announce(readings);
+    pub fn publish(&self, commit: &Arc<Commit>) {
+        self.route(step(commit, 0..commit.len()));
+        self.announce(commit);
     }
 
     /// [`Hub::publish`] for the router task: a big commit (up to 2,048
     /// batches) is routed [`ROUTE_STEP`] readings at a time, letting the
     /// worker's other tasks run in between.
-    async fn publish_in_steps(&self, readings: &[Reading]) {
-        let mut steps = readings.chunks(ROUTE_STEP).peekable();
-        while let Some(step) = steps.next() {
-            self.route(step, None);
-            if steps.peek().is_some() {
+    async fn publish_in_steps(&self, commit: &Arc<Commit>) {
+        let mut start = 0;
+        while start < commit.len() {
+            let end = commit.len().min(start + ROUTE_STEP);
+            self.route(step(commit, start..end));
+            start = end;
+            if start < commit.len() {
                 tokio::task::yield_now().await;
             }
         }
-        self.announce(readings);
+        self.announce(commit);
     }
 
     /// Everything up to the last of `readings` (one commit) is routed.
@@ -272,58 +274,56 @@ impl Hub {
     /// fields kept as the origin sent them, plus `"origin": origin`. Never
     /// blocks; call it from the bridge's task as messages arrive.
     pub fn publish_relayed(&self, origin: &str, readings: Vec<Reading>) {
-        let origin: Arc<str> = origin.into();
-        self.route(&readings, Some(&origin));
+        self.route(Routed::new(readings, Some(origin.into())));
     }
 
-    fn route(&self, readings: &[Reading], origin: Option<&Arc<str>>) {
+    fn route(&self, routed: Routed) {
         // Pushing under the read lock means that once a subscription change
         // (write lock) returns, no routing decided before it is in flight.
         let index = self.index();
-        // Subscribers to everything share one list of the items routed
-        // here (a commit, or a step of a big one); the others get a list
-        // each, so each queue is locked once per call rather than once per
-        // reading.
+        let routed = Arc::new(routed);
+        // Subscribers to everything share the list. The others get the
+        // readings their filters match, in one list per set of matches
+        // (subscribers with the same matches share it, and its encodings),
+        // so each queue is locked once per call rather than once per reading.
         let everything = !index.all.is_empty();
-        let mut all: Vec<Arc<Item>> =
-            Vec::with_capacity(if everything { readings.len() } else { 0 });
-        let mut batches: SubIdMap<(Arc<SubscriberQueue>, Vec<Arc<Item>>)> = SubIdMap::default();
+        let mut narrow: SubIdMap<Narrow> = SubIdMap::default();
         let mut deliveries = 0u64;
-        for r in readings {
-            // Made on the first match only: a reading nobody subscribed to
-            // costs no allocation.
-            let mut item: Option<Arc<Item>> = None;
-            if everything {
-                let it = Arc::new(Item::new(r.clone(), origin.cloned()));
-                all.push(it.clone());
-                item = Some(it);
-            }
+        for (n, r) in routed.readings().iter().enumerate() {
             index.for_each_narrow_match(&r.device, &r.sensor, |id, q| {
                 if everything && index.all.contains_key(&id) {
                     return; // it has this reading through `#` already
                 }
-                let item =
-                    item.get_or_insert_with(|| Arc::new(Item::new(r.clone(), origin.cloned())));
-                let (_, list) = batches.entry(id).or_insert_with(|| (q.clone(), Vec::new()));
+                let matched = narrow.entry(id).or_insert_with(|| Narrow {
+                    queue: q.clone(),
+                    matched: Vec::new(),
+                });
                 // A subscriber matched through two filters gets it once.
-                if !list.last().is_some_and(|l| Arc::ptr_eq(l, item)) {
-                    list.push(item.clone());
+                if matched.matched.last() != Some(&n) {
+                    matched.matched.push(n);
                     deliveries += 1;
                 }
             });
         }
         if everything {
-            let all: super::queue::Items = all.into();
             for (q, _) in index.all.values() {
-                q.push(all.clone());
-                deliveries += all.len() as u64;
+                q.push(routed.clone());
+                deliveries += routed.len() as u64;
             }
         }
-        for (_, (q, list)) in batches {
-            q.push(list.into());
+        let mut lists: HashMap<Vec<usize>, Vec<Arc<SubscriberQueue>>> = HashMap::new();
+        for (_, n) in narrow {
+            lists.entry(n.matched).or_default().push(n.queue);
+        }
+        for (matched, queues) in lists {
+            let readings = matched.iter().map(|&n| routed.readings()[n].clone());
+            let list = Arc::new(Routed::new(readings.collect(), routed.origin().cloned()));
+            for q in queues {
+                q.push(list.clone());
+            }
         }
         #[cfg(test)]
-        if readings.first().map(|r| r.id) == Some(self.panic_at.load(Ordering::Relaxed)) {
+        if routed.readings().first().map(|r| r.id) == Some(self.panic_at.load(Ordering::Relaxed)) {
             panic!("deliberate routing panic");
         }
         drop(index);
@@ -332,6 +332,31 @@ impl Hub {
         }
     }
 }
+
+/// The readings of one routing that one subscriber's filters narrower than
+/// `#` match, by their index in what was routed.
+struct Narrow {
+    queue: Arc<SubscriberQueue>,
+    matched: Vec<usize>,
+}
+
+/// What is routed of readings `range` of `commit`: a range of the commit
+/// itself, which the list then keeps alive, if the commit has at most
+/// [`SHARE_COMMIT_UP_TO`] readings; else a copy of the range.
+fn step(commit: &Arc<Commit>, range: std::ops::Range<usize>) -> Routed {
+    if commit.len() <= SHARE_COMMIT_UP_TO {
+        Routed::of_commit(commit, range)
+    } else {
+        Routed::new(commit[range].to_vec(), None)
+    }
+}
+
+/// The biggest commit whose readings subscribers to everything share with
+/// the store and the writer rather than a copy: a queue's lists of it keep
+/// all of it alive (about 1.7 MB at most) until the last is taken. Commits
+/// in the flood are a few thousand readings; a bigger one (up to 2,048
+/// batches) would let a slow subscriber pin far more than its queue holds.
+pub const SHARE_COMMIT_UP_TO: usize = 4 * ROUTE_STEP;
 
 /// Commits the writer has handed over and the router has not taken yet.
 /// A full queue makes the writer wait: the runtime is then too busy to
@@ -501,7 +526,7 @@ impl Drop for Subscriber {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fanout::queue::Closed;
+    use crate::fanout::queue::{Closed, Taken};
     use crate::protocol::Value;
 
     fn reading(id: u64, d: &str, s: &str) -> Reading {
@@ -521,7 +546,11 @@ mod tests {
     }
 
     fn ids(sub: &Subscriber) -> Vec<u64> {
-        sub.queue().take(1000).items().map(|i| i.id()).collect()
+        sub.queue().take(1000).readings().map(|r| r.id).collect()
+    }
+
+    fn commit_of(readings: Vec<Reading>) -> Arc<Commit> {
+        Arc::new(Commit::from(readings))
     }
 
     #[test]
@@ -565,22 +594,27 @@ mod tests {
         both.add(&[f("d1/temp"), f("#"), f("+/hum")]);
         let mut narrow = hub.subscriber();
         narrow.add(&[f("d1/temp")]);
-        let commit = [
+        let commit = commit_of(vec![
             reading(1, "d1", "temp"),
             reading(2, "d2", "hum"),
             reading(3, "d1", "x"),
-        ];
+        ]);
         hub.publish(&commit);
-        assert_eq!(ids(&all), vec![1, 2, 3]);
-        assert_eq!(ids(&both), vec![1, 2, 3]);
+        // One list, the commit's own readings: nothing copied.
+        let (a, b) = (all.queue().take(10), both.queue().take(10));
+        let (ra, rb): (Vec<_>, Vec<_>) = (a.runs().collect(), b.runs().collect());
+        assert_eq!((ra.len(), rb.len()), (1, 1));
+        assert!(std::ptr::eq(ra[0].0, rb[0].0), "one list, shared");
+        assert_eq!(ra[0].0.readings().as_ptr(), commit.as_ptr());
+        assert_eq!(a.readings().map(|r| r.id).collect::<Vec<_>>(), [1, 2, 3]);
         assert_eq!(ids(&narrow), vec![1]);
         // Dropping `#` leaves the narrower filters routed per reading.
         both.remove(&[f("#")]);
-        hub.publish(&[
+        hub.publish(&commit_of(vec![
             reading(4, "d1", "temp"),
             reading(5, "d3", "hum"),
             reading(6, "d3", "x"),
-        ]);
+        ]));
         assert_eq!(ids(&all), vec![4, 5, 6]);
         assert_eq!(ids(&both), vec![4, 5]);
         assert_eq!(ids(&narrow), vec![4]);
@@ -688,7 +722,7 @@ mod tests {
             while (ids.len() as u64) < n {
                 let taken = all.queue().take(usize::MAX);
                 if !taken.is_empty() {
-                    ids.extend(taken.items().map(|i| i.id()));
+                    ids.extend(taken.readings().map(|r| r.id));
                     seen.push((ids.len() as u64, probe_hub.announced()));
                 }
                 tokio::task::yield_now().await;
@@ -712,10 +746,51 @@ mod tests {
         let taken: Vec<u64> = narrow
             .queue()
             .take(3 * ROUTE_STEP)
-            .items()
-            .map(|i| i.id())
+            .readings()
+            .map(|r| r.id)
             .collect();
         assert_eq!(taken, (1..=n).filter(|id| id % 2 == 0).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn subscribers_with_the_same_matches_share_one_list() {
+        let hub = Hub::new(100, SlowPolicy::DropOldest);
+        let mut a = hub.subscriber();
+        a.add(&[f("d1/#")]);
+        let mut b = hub.subscriber();
+        b.add(&[f("d1/temp"), f("d1/hum")]);
+        let mut c = hub.subscriber();
+        c.add(&[f("d1/temp")]);
+        hub.publish(&commit_of(vec![
+            reading(1, "d1", "temp"),
+            reading(2, "d2", "temp"),
+            reading(3, "d1", "hum"),
+        ]));
+        let taken = [a.queue().take(10), b.queue().take(10), c.queue().take(10)];
+        let lists: Vec<&Routed> = taken.iter().map(|t| t.runs().next().unwrap().0).collect();
+        assert!(std::ptr::eq(lists[0], lists[1]), "a and b match 1 and 3");
+        assert!(!std::ptr::eq(lists[0], lists[2]), "c matches 1 only");
+        let ids = |t: &Taken| t.readings().map(|r| r.id).collect::<Vec<_>>();
+        assert_eq!(ids(&taken[0]), [1, 3]);
+        assert_eq!(ids(&taken[2]), [1]);
+    }
+
+    /// A commit bigger than [`SHARE_COMMIT_UP_TO`] is copied step by step:
+    /// a slow subscriber's list does not keep all of it alive.
+    #[test]
+    fn a_big_commit_is_not_shared_with_the_queues() {
+        let hub = Hub::new(10 * SHARE_COMMIT_UP_TO, SlowPolicy::DropOldest);
+        let mut all = hub.subscriber();
+        all.add(&[f("#")]);
+        let n = SHARE_COMMIT_UP_TO as u64 + 1;
+        let commit = commit_of((1..=n).map(|id| reading(id, "d1", "temp")).collect());
+        hub.publish(&commit);
+        assert_eq!(Arc::strong_count(&commit), 1, "no list holds the commit");
+        let taken = all.queue().take(usize::MAX);
+        assert_eq!(taken.readings().count() as u64, n);
+        let small = commit_of(vec![reading(n + 1, "d1", "temp")]);
+        hub.publish(&small);
+        assert_eq!(Arc::strong_count(&small), 2, "a small one is shared");
     }
 
     #[test]
@@ -723,13 +798,19 @@ mod tests {
         let hub = Hub::new(100, SlowPolicy::DropOldest);
         let mut a = hub.subscriber();
         a.add(&[f("+/temp")]);
+        let mut all = hub.subscriber();
+        all.add(&[f("#")]);
         hub.publish_relayed(
             "sensorgate-b-8750",
             vec![reading(900, "d9", "temp"), reading(901, "d9", "x")],
         );
-        let taken: Vec<_> = a.queue().take(10).items().cloned().collect();
-        assert_eq!(taken.len(), 1);
-        assert_eq!(taken[0].origin.as_deref(), Some("sensorgate-b-8750"));
+        for (sub, ids) in [(&a, vec![900]), (&all, vec![900, 901])] {
+            let taken = sub.queue().take(10);
+            assert_eq!(taken.readings().map(|r| r.id).collect::<Vec<_>>(), ids);
+            for (list, _) in taken.runs() {
+                assert_eq!(list.origin().map(|o| &**o), Some("sensorgate-b-8750"));
+            }
+        }
         assert_eq!(hub.announced(), 0, "relayed ids are not this instance's");
     }
 
@@ -740,15 +821,18 @@ mod tests {
         a.add(&[f("d1/#"), f("+/temp")]);
         let mut b = hub.subscriber();
         b.add(&[f("d2/hum")]);
-        hub.publish(&[
+        hub.publish(&commit_of(vec![
             reading(1, "d1", "temp"),
             reading(2, "d2", "temp"),
             reading(3, "d2", "hum"),
-        ]);
+        ]));
         assert_eq!(ids(&a), vec![1, 2]);
         assert_eq!(ids(&b), vec![3]);
         a.remove(&[f("+/temp")]);
-        hub.publish(&[reading(4, "d2", "temp"), reading(5, "d1", "x")]);
+        hub.publish(&commit_of(vec![
+            reading(4, "d2", "temp"),
+            reading(5, "d1", "x"),
+        ]));
         assert_eq!(ids(&a), vec![5]);
         drop(a);
         drop(b);

@@ -5,12 +5,14 @@
 //! writer hands commits to (its [`hub::Router`] is a
 //! [`crate::store::CommitListener`]); each subscriber's bounded
 //! queue and slow policy ([`queue`]); the wire format shared by all
-//! subscribers, each reading encoded once ([`wire`]); the per-connection
+//! subscribers, each routed list of readings encoded once however many
+//! subscribers it goes to ([`wire`]); the per-connection
 //! loop with replay and the seam to live delivery ([`session`]). The device
 //! book behind `/v1/devices` is [`crate::devices`]'s.
 //!
 //! Never: makes the writer thread wait for a subscriber, or lets a subscriber
-//! that does not read grow memory beyond `fanout.subscriber_queue` readings.
+//! that does not read grow memory beyond `fanout.subscriber_queue` readings
+//! (plus the part of a list already taken, as [`queue`] says).
 
 pub mod filter;
 pub mod hub;

@@ -1,19 +1,24 @@
 //! One subscriber's bounded queue of readings (`fanout.subscriber_queue`).
 //!
 //! The hub pushes from its router task and must never wait for the
-//! subscriber: a push takes a short mutex, appends one shared list of a
-//! commit's items (of each step of 4,096 for a bigger commit), and returns.
-//! Subscribers to everything share that list, so a commit costs each of them
-//! one reference count, not one per reading. When the queue is full the named
+//! subscriber: a push takes a short mutex, appends one shared list of
+//! readings ([`Routed`]: a commit, or each step of 4,096 of a bigger one,
+//! for subscribers to everything; the readings one routing matched for the
+//! others), and returns. Subscribers to everything share that list, so a
+//! commit costs each of them one reference count, not one per reading. When the queue is full the named
 //! policy decides: `drop_oldest` discards the oldest queued readings and
 //! counts them (reported as `lagged`), and `disconnect` empties the queue and
 //! closes the subscriber (4008). The hub also closes every queue when routing
 //! a commit failed, since their subscribers would miss it (1011: they
 //! subscribe again with `since`). At most `capacity` readings wait,
-//! and no list holds more than `capacity` (a bigger commit is cut to its
-//! newest `capacity` when pushed), so the front list's readings already taken
-//! or dropped keep at most `capacity` more alive, and a frame being sent at
-//! most one take more.
+//! and no list holds more than `capacity` (a bigger one is cut to its
+//! newest `capacity` when pushed, into a list of its own), so the front
+//! list's readings already taken or dropped keep at most `capacity` more
+//! alive, and a frame being sent at most one take more. A list for
+//! subscribers to everything may be a range of its commit, which it keeps
+//! alive whole; that is done only for commits of at most
+//! [`super::hub::SHARE_COMMIT_UP_TO`] readings, and every later step of
+//! that commit is queued behind it, so that is at most one such commit more.
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -23,11 +28,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::wire::Item;
+use super::wire::Routed;
 use crate::config::SlowPolicy;
 
-/// A commit's items for one or more subscribers, in id order.
-pub type Items = Arc<[Arc<Item>]>;
+/// Readings for one or more subscribers, in id order.
+pub type Items = Arc<Routed>;
 
 pub struct SubscriberQueue {
     state: Mutex<State>,
@@ -105,11 +110,14 @@ pub struct Taken {
 }
 
 impl Taken {
+    /// The readings taken, oldest first, as ranges of their lists.
+    pub fn runs(&self) -> impl Iterator<Item = (&Routed, Range<usize>)> {
+        self.parts.iter().map(|(list, r)| (&**list, r.clone()))
+    }
+
     /// The readings taken, oldest first.
-    pub fn items(&self) -> impl Iterator<Item = &Arc<Item>> {
-        self.parts
-            .iter()
-            .flat_map(|(items, r)| items[r.clone()].iter())
+    pub fn readings(&self) -> impl Iterator<Item = &crate::protocol::Reading> {
+        self.runs().flat_map(|(list, r)| list.readings()[r].iter())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -179,7 +187,7 @@ impl SubscriberQueue {
         // A list bigger than the whole queue is cut to what it keeps, so
         // that no list holds more than `capacity` readings alive.
         let items = if from > 0 {
-            Items::from(&items[from..])
+            Arc::new(items.tail_from(from))
         } else {
             items
         };
@@ -259,25 +267,20 @@ mod tests {
     use crate::protocol::{Reading, Value};
 
     fn items(ids: std::ops::Range<u64>) -> Items {
-        ids.map(|id| {
-            Arc::new(Item::new(
-                Reading {
-                    id,
-                    device: "d".into(),
-                    sensor: "s".into(),
-                    ts: 0,
-                    value: Value::Int(0),
-                    unit: None,
-                    received: 0,
-                },
-                None,
-            ))
-        })
-        .collect()
+        let readings = ids.map(|id| Reading {
+            id,
+            device: "d".into(),
+            sensor: "s".into(),
+            ts: 0,
+            value: Value::Int(0),
+            unit: None,
+            received: 0,
+        });
+        Arc::new(Routed::new(readings.collect(), None))
     }
 
     fn ids(t: &Taken) -> Vec<u64> {
-        t.items().map(|i| i.id()).collect()
+        t.readings().map(|r| r.id).collect()
     }
 
     #[test]

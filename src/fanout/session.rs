@@ -23,10 +23,11 @@ use std::time::Duration;
 use crate::shutdown::Shutdown;
 
 use super::hub::{Hub, Subscriber};
-use super::queue::{Closed, SubscriberQueue};
-use super::wire::{decode_op, readings_frame, Encoding, ErrorCode, Frame, Item, Notice, Op};
+use super::queue::{Closed, SubscriberQueue, Taken};
+use super::wire::{decode_op, readings_frame, Encoding, ErrorCode, Frame, Notice, Op, Routed, Run};
 use super::TopicFilter;
 use crate::config::Config;
+use crate::protocol::Reading;
 use crate::store::{ScanBound, Store};
 use crate::ws::{self, Due, End, KeepAlive, Message, Outbound, Peer, Socket};
 
@@ -77,6 +78,36 @@ struct Session {
     /// A send the peer does not take within this (`server.idle_timeout`)
     /// ends the connection ([`End::Stalled`]: no close frame).
     write_timeout: Duration,
+}
+
+/// The readings of `taken` that `keep` accepts, as the fewest runs of
+/// their lists, in order; a list `whole` says all of is not looked into.
+fn runs_kept<'t>(
+    taken: &'t Taken,
+    whole: impl Fn(&Routed) -> bool,
+    keep: impl Fn(&Reading, &Routed) -> bool,
+) -> Vec<Run<'t>> {
+    let mut runs = Vec::new();
+    for (list, range) in taken.runs() {
+        if whole(list) {
+            runs.push((list, range));
+            continue;
+        }
+        let readings = list.readings();
+        let mut start = range.start;
+        for n in range.clone() {
+            if !keep(&readings[n], list) {
+                if start < n {
+                    runs.push((list, start..n));
+                }
+                start = n + 1;
+            }
+        }
+        if start < range.end {
+            runs.push((list, start..range.end));
+        }
+    }
+    runs
 }
 
 /// How a session ends once the hub gave up on its queue.
@@ -316,13 +347,13 @@ impl Session {
                 })
                 .await?;
             cursor = page.scanned_to;
-            let items: Vec<Arc<Item>> = page
-                .items
-                .into_iter()
-                .map(|r| Arc::new(Item::new(r, None)))
-                .collect();
-            for chunk in items.chunks(FRAME_ITEMS) {
-                self.send(readings_frame(self.enc, chunk)).await?;
+            let list = Routed::new(page.items, None);
+            let mut start = 0;
+            while start < list.len() {
+                let end = list.len().min(start + FRAME_ITEMS);
+                self.send(readings_frame(self.enc, &[(&list, start..end)]))
+                    .await?;
+                start = end;
             }
             if page.reached_end {
                 break;
@@ -411,19 +442,12 @@ impl Session {
             if taken.is_empty() {
                 break;
             }
-            // Sized up front: a filtered iterator would grow it step by step.
-            let mut items: Vec<&Item> = Vec::with_capacity(taken.len());
-            items.extend(
-                taken
-                    .items()
-                    .map(|i| &**i)
-                    .filter(|i| self.wanted(i, recheck)),
-            );
-            if !items.is_empty() {
-                let frame = readings_frame(self.enc, &items);
+            let runs = self.wanted_runs(&taken, recheck);
+            if !runs.is_empty() {
+                let frame = readings_frame(self.enc, &runs);
                 // The lists are not kept alive while the frame waits for
                 // the peer.
-                drop(items);
+                drop(runs);
                 drop(taken);
                 self.send(frame).await?;
                 frames += 1;
@@ -448,12 +472,21 @@ impl Session {
         }
     }
 
-    fn wanted(&self, item: &Item, recheck: bool) -> bool {
-        let r = &item.reading;
+    /// The readings of `taken` to send, as runs of their lists: all of
+    /// them unless a seam or (`recheck`) the filters leave some out.
+    fn wanted_runs<'t>(&self, taken: &'t Taken, recheck: bool) -> Vec<Run<'t>> {
+        runs_kept(
+            taken,
+            |list| !recheck && (self.seams.is_empty() || list.is_relayed()),
+            |r, list| self.wanted(r, list.is_relayed(), recheck),
+        )
+    }
+
+    fn wanted(&self, r: &Reading, relayed: bool, recheck: bool) -> bool {
         if recheck && !self.filters.iter().any(|f| f.matches(&r.device, &r.sensor)) {
             return false;
         }
-        if item.is_relayed() {
+        if relayed {
             return true; // another instance's ids: no seam applies
         }
         !self.seams.iter().any(|s| {
@@ -518,5 +551,58 @@ impl Session {
             stop,
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SlowPolicy;
+    use crate::protocol::Value;
+
+    fn list(ids: std::ops::Range<u64>) -> Arc<Routed> {
+        let readings = ids.map(|id| Reading {
+            id,
+            device: "d".into(),
+            sensor: "s".into(),
+            ts: 0,
+            value: Value::Int(0),
+            unit: None,
+            received: 0,
+        });
+        Arc::new(Routed::new(readings.collect(), None))
+    }
+
+    /// Runs as (first id, last id) pairs; an empty run fails the test.
+    fn spans(runs: &[Run<'_>]) -> Vec<(u64, u64)> {
+        runs.iter()
+            .map(|(list, r)| {
+                let readings = &list.readings()[r.clone()];
+                assert!(!readings.is_empty(), "an empty run");
+                (readings[0].id, readings[readings.len() - 1].id)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn runs_leave_out_exactly_what_is_not_kept_cutting_lists_anywhere() {
+        let q = SubscriberQueue::new(100, SlowPolicy::DropOldest);
+        q.push(list(1..6));
+        q.push(list(6..9));
+        q.push(list(9..12));
+        // The take starts inside the first list.
+        let _ = q.take(1);
+        let taken = q.take(100);
+        let kept = |r: &Reading, _: &Routed| ![2, 5, 6, 7, 10].contains(&r.id);
+        let runs = runs_kept(&taken, |_| false, kept);
+        assert_eq!(spans(&runs), [(3, 4), (8, 8), (9, 9), (11, 11)]);
+        // Nothing left out: one run per list, as taken.
+        let runs = runs_kept(&taken, |_| false, |_, _| true);
+        assert_eq!(spans(&runs), [(2, 5), (6, 8), (9, 11)]);
+        // Everything left out: no run at all.
+        assert!(runs_kept(&taken, |_| false, |_, _| false).is_empty());
+        // A list taken whole is not looked into.
+        let runs = runs_kept(&taken, |l| l.readings()[0].id == 6, kept);
+        assert_eq!(spans(&runs), [(3, 4), (6, 8), (9, 9), (11, 11)]);
     }
 }

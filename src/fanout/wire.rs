@@ -1,18 +1,21 @@
 //! What subscribers see on the wire (SPEC §4): the client's ops, the
 //! server's messages, and the two encodings. Pure functions, no I/O.
 //!
-//! A reading is encoded at most once per encoding however many subscribers
-//! receive it: [`Item`] keeps its JSON and MessagePack forms (computed on
-//! first use), and [`readings_frame`] splices those bytes into a
+//! A list of routed readings is encoded at most once per encoding however
+//! many subscribers receive it: [`Routed`] keeps its JSON and MessagePack
+//! forms (computed on first use, each in one buffer), and
+//! [`readings_frame`] splices runs of those bytes into a
 //! `{"type":"readings","items":[...]}` frame without re-serializing them.
 
 use std::borrow::Cow;
+use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::{write_msgpack_value, Reading, StreamItem, Value};
+use crate::store::Commit;
 
 /// The encoding a subscriber chose at the handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,80 +39,184 @@ impl Encoding {
     }
 }
 
-/// One reading on its way to subscribers, shared by all of them.
+/// Readings routed together, in id order: a step of a commit for the
+/// subscribers to everything, the readings of one routing that one
+/// subscriber's narrower filters match, or a page of a replay. Shared by
+/// every queue it was pushed to; each encoding of its readings is made
+/// once, on first use, into one buffer that frames splice runs of.
+/// Why lists and not one shared item per reading, as before: each item was
+/// an allocation, a copy of its reading and a buffer of its own, made on
+/// the router and freed on a subscriber's task; in the flood those were a
+/// fifth of the runtime's time. The price: a list is encoded whole on first
+/// use, so readings a lagging subscriber then drops from its front were
+/// encoded for nothing, and a task that needs a list another task is
+/// encoding waits for it (up to 4,096 readings, about half a millisecond).
 #[derive(Debug)]
-pub struct Item {
-    pub reading: Reading,
+pub struct Routed {
+    readings: Source,
     /// Set for readings relayed from another instance (`mqtt.relay`): they
     /// are live only and their ids come from another instance's sequence.
-    pub origin: Option<Arc<str>>,
-    /// Kept as a `str` so a JSON frame splices it without checking its
-    /// UTF-8 again for every subscriber.
-    /// (`String` and `Vec`, not boxed slices: boxing would reallocate
-    /// each one to its exact size.)
-    json: OnceLock<String>,
-    msgpack: OnceLock<Vec<u8>>,
+    origin: Option<Arc<str>>,
+    json: OnceLock<Encoded<String>>,
+    msgpack: OnceLock<Encoded<Vec<u8>>>,
 }
 
-impl Item {
-    pub fn new(reading: Reading, origin: Option<Arc<str>>) -> Item {
-        Item {
-            reading,
+#[derive(Debug)]
+enum Source {
+    /// Part of a durable commit, which stays alive as long as this does
+    /// (as it did for the router before): no reading is copied.
+    Commit(Arc<Commit>, Range<usize>),
+    Own(Vec<Reading>),
+}
+
+/// A list's items in one encoding, one after the other (`B` is a `String`
+/// for JSON, bytes for MessagePack): for JSON with a comma between two
+/// items, so that a run of items is one slice of a frame's `items` array.
+#[derive(Debug)]
+struct Encoded<B> {
+    bytes: B,
+    /// Where each item ends in `bytes`.
+    ends: Vec<usize>,
+    /// Bytes between one item's end and the next one's start.
+    gap: usize,
+}
+
+impl<B, T> Encoded<B>
+where
+    B: std::ops::Deref<Target = T>,
+    T: std::ops::Index<Range<usize>, Output = T> + ?Sized,
+{
+    /// Items `range` (not empty), with what lies between them.
+    fn run(&self, range: Range<usize>) -> &T {
+        let start = match range.start {
+            0 => 0,
+            n => self.ends[n - 1] + self.gap,
+        };
+        &self.bytes[start..self.ends[range.end - 1]]
+    }
+}
+
+impl Routed {
+    /// Readings `range` of a durable commit.
+    pub fn of_commit(commit: &Arc<Commit>, range: Range<usize>) -> Routed {
+        Routed::with(Source::Commit(commit.clone(), range), None)
+    }
+
+    /// Readings of their own (relayed ones with their `origin`).
+    pub fn new(readings: Vec<Reading>, origin: Option<Arc<str>>) -> Routed {
+        Routed::with(Source::Own(readings), origin)
+    }
+
+    fn with(readings: Source, origin: Option<Arc<str>>) -> Routed {
+        Routed {
+            readings,
             origin,
             json: OnceLock::new(),
             msgpack: OnceLock::new(),
         }
     }
 
-    pub fn id(&self) -> u64 {
-        self.reading.id
+    pub fn readings(&self) -> &[Reading] {
+        match &self.readings {
+            Source::Commit(commit, range) => &commit[range.clone()],
+            Source::Own(readings) => readings,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.readings().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.readings().is_empty()
+    }
+
+    pub fn origin(&self) -> Option<&Arc<str>> {
+        self.origin.as_ref()
     }
 
     pub fn is_relayed(&self) -> bool {
         self.origin.is_some()
     }
 
-    /// The fields of a §4 item, as the wire crate defines them.
-    fn wire(&self) -> StreamItem<'_> {
-        let r = &self.reading;
-        StreamItem {
-            id: r.id,
-            device: &r.device,
-            sensor: &r.sensor,
-            ts: r.ts,
-            value: &r.value,
-            unit: r.unit.as_deref().map(Cow::Borrowed),
-            received: r.received,
-            origin: self.origin.as_deref().map(Cow::Borrowed),
+    /// The same readings from `from` on, in a list of their own: what a
+    /// queue keeps of a list bigger than it holds.
+    pub fn tail_from(&self, from: usize) -> Routed {
+        Routed::new(self.readings()[from..].to_vec(), self.origin.clone())
+    }
+
+    /// Items `range` (not empty) as JSON, with the commas between them.
+    fn json_run(&self, range: Range<usize>) -> &str {
+        let json = self.json.get_or_init(|| {
+            let Encoded { bytes, ends, gap } = self.encode(JSON_MAX_FIXED, 1, write_json);
+            // Checked once per list, so that frames splice it unchecked.
+            let bytes = String::from_utf8(bytes).expect("JSON is UTF-8");
+            Encoded { bytes, ends, gap }
+        });
+        json.run(range)
+    }
+
+    /// Items `range` (not empty) as MessagePack, one after the other.
+    fn msgpack_run(&self, range: Range<usize>) -> &[u8] {
+        self.msgpack
+            .get_or_init(|| self.encode(MSGPACK_MAX_FIXED, 0, write_msgpack))
+            .run(range)
+    }
+
+    /// Every item, written by `write` into one buffer sized up front from
+    /// each item's bound (`fixed` plus its strings), `gap` bytes apart.
+    fn encode(
+        &self,
+        fixed: usize,
+        gap: usize,
+        write: fn(&mut Vec<u8>, &StreamItem<'_>),
+    ) -> Encoded<Vec<u8>> {
+        let readings = self.readings();
+        let origin = self.origin.as_deref();
+        let room: usize = readings
+            .iter()
+            .map(|r| fixed + gap + strings_len(&wire(r, origin)))
+            .sum();
+        let mut bytes = Vec::with_capacity(room);
+        let mut ends = Vec::with_capacity(readings.len());
+        for (n, r) in readings.iter().enumerate() {
+            if n > 0 && gap > 0 {
+                bytes.push(b',');
+            }
+            write(&mut bytes, &wire(r, origin));
+            ends.push(bytes.len());
         }
-    }
-
-    /// The item as JSON, encoded on first use and then shared.
-    pub fn json(&self) -> &str {
-        self.json
-            .get_or_init(|| String::from_utf8(item_json(&self.wire())).expect("JSON is UTF-8"))
-    }
-
-    /// The item as MessagePack, encoded on first use and then shared.
-    pub fn msgpack(&self) -> &[u8] {
-        self.msgpack.get_or_init(|| item_msgpack(&self.wire()))
+        Encoded { bytes, ends, gap }
     }
 }
 
-/// An item as JSON: the bytes `serde_json::to_vec` gives for a
+/// The fields of a §4 item, as the wire crate defines them.
+fn wire<'a>(r: &'a Reading, origin: Option<&'a str>) -> StreamItem<'a> {
+    StreamItem {
+        id: r.id,
+        device: &r.device,
+        sensor: &r.sensor,
+        ts: r.ts,
+        value: &r.value,
+        unit: r.unit.as_deref().map(Cow::Borrowed),
+        received: r.received,
+        origin: origin.map(Cow::Borrowed),
+    }
+}
+
+/// Appends an item as JSON: the bytes `serde_json::to_vec` gives for a
 /// [`StreamItem`], written directly. Why by hand: encoding items was most
 /// of a subscriber task's time, and serde's path grows its buffer several
 /// times per item and goes through a formatter per field; this writes into
-/// one buffer sized up front. The tests compare both byte for byte.
-fn item_json(item: &StreamItem<'_>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(JSON_MAX_FIXED + strings_len(item));
+/// a buffer sized up front. The tests compare both byte for byte.
+fn write_json(out: &mut Vec<u8>, item: &StreamItem<'_>) {
     let mut ints = itoa::Buffer::new();
     out.extend_from_slice(b"{\"id\":");
     out.extend_from_slice(ints.format(item.id).as_bytes());
     out.extend_from_slice(b",\"device\":");
-    json_str(&mut out, item.device);
+    json_str(out, item.device);
     out.extend_from_slice(b",\"sensor\":");
-    json_str(&mut out, item.sensor);
+    json_str(out, item.sensor);
     out.extend_from_slice(b",\"ts\":");
     out.extend_from_slice(ints.format(item.ts).as_bytes());
     out.extend_from_slice(b",\"value\":");
@@ -120,22 +227,21 @@ fn item_json(item: &StreamItem<'_>) -> Vec<u8> {
         // Floats are serde_json's own (shortest round-trip digits, null
         // for a non-finite one, which is never stored).
         Value::Float(f) => {
-            serde_json::to_writer(&mut out, f).expect("writing to a Vec cannot fail")
+            serde_json::to_writer(&mut *out, f).expect("writing to a Vec cannot fail")
         }
-        Value::Str(s) => json_str(&mut out, s),
+        Value::Str(s) => json_str(out, s),
     }
     if let Some(unit) = &item.unit {
         out.extend_from_slice(b",\"unit\":");
-        json_str(&mut out, unit);
+        json_str(out, unit);
     }
     out.extend_from_slice(b",\"received\":");
     out.extend_from_slice(ints.format(item.received).as_bytes());
     if let Some(origin) = &item.origin {
         out.extend_from_slice(b",\"origin\":");
-        json_str(&mut out, origin);
+        json_str(out, origin);
     }
     out.push(b'}');
-    out
 }
 
 /// A JSON string. Names (the usual case) never need escaping and are
@@ -150,18 +256,17 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
     }
 }
 
-/// An item as MessagePack: the bytes `rmp_serde::to_vec_named` gives for
-/// a [`StreamItem`] (a map with the field names, the shortest integer
-/// forms), written directly into one buffer for the reason [`item_json`]
-/// gives. The tests compare both byte for byte.
-fn item_msgpack(item: &StreamItem<'_>) -> Vec<u8> {
+/// Appends an item as MessagePack: the bytes `rmp_serde::to_vec_named`
+/// gives for a [`StreamItem`] (a map with the field names, the shortest
+/// integer forms), written directly for the reason [`write_json`] gives.
+/// The tests compare both byte for byte.
+fn write_msgpack(out: &mut Vec<u8>, item: &StreamItem<'_>) {
     use rmp::encode::{write_map_len, write_sint, write_str, write_uint};
-    let mut out = Vec::with_capacity(MSGPACK_MAX_FIXED + strings_len(item));
     let fields = 6 + u32::from(item.unit.is_some()) + u32::from(item.origin.is_some());
     // Keys are fixed strings: their bytes (fixstr marker, then the name)
     // are copied rather than encoded each time. Writing into a Vec cannot
     // fail, so results are ignored.
-    let o = &mut out;
+    let o = out;
     let _ = write_map_len(o, fields);
     o.extend_from_slice(b"\xa2id");
     let _ = write_uint(o, item.id);
@@ -183,7 +288,6 @@ fn item_msgpack(item: &StreamItem<'_>) -> Vec<u8> {
         o.extend_from_slice(b"\xa6origin");
         let _ = write_str(o, origin);
     }
-    out
 }
 
 /// The most bytes of an item's JSON that are not its strings' own: 80 of
@@ -218,33 +322,47 @@ pub enum Frame {
     Binary(Bytes),
 }
 
-/// `{"type":"readings","items":[...]}` from already-encoded items.
-pub fn readings_frame<I: std::ops::Deref<Target = Item>>(enc: Encoding, items: &[I]) -> Frame {
+/// A run of a list's items for one frame: `range` of `list`.
+pub type Run<'a> = (&'a Routed, Range<usize>);
+
+/// `{"type":"readings","items":[...]}` of the items of `runs` (each range
+/// not empty), in order, spliced from their lists' encodings: one copy
+/// per run.
+pub fn readings_frame(enc: Encoding, runs: &[Run<'_>]) -> Frame {
     match enc {
         Encoding::Json => {
-            let len: usize = items.iter().map(|i| i.json().len() + 1).sum();
+            let parts: Vec<&str> = runs
+                .iter()
+                .map(|(list, range)| list.json_run(range.clone()))
+                .collect();
+            let len: usize = parts.iter().map(|p| p.len() + 1).sum();
             let mut out = String::with_capacity(len + 32);
             out.push_str(r#"{"type":"readings","items":["#);
-            for (n, item) in items.iter().enumerate() {
+            for (n, part) in parts.iter().enumerate() {
                 if n > 0 {
                     out.push(',');
                 }
-                out.push_str(item.json());
+                out.push_str(part);
             }
             out.push_str("]}");
             Frame::Text(out)
         }
         Encoding::Msgpack => {
-            let len: usize = items.iter().map(|i| i.msgpack().len()).sum();
+            let parts: Vec<&[u8]> = runs
+                .iter()
+                .map(|(list, range)| list.msgpack_run(range.clone()))
+                .collect();
+            let len: usize = parts.iter().map(|p| p.len()).sum();
+            let items: usize = runs.iter().map(|(_, range)| range.len()).sum();
             let mut out = Vec::with_capacity(len + 32);
             // Writing into a Vec cannot fail.
             rmp::encode::write_map_len(&mut out, 2).expect("vec write");
             rmp::encode::write_str(&mut out, "type").expect("vec write");
             rmp::encode::write_str(&mut out, "readings").expect("vec write");
             rmp::encode::write_str(&mut out, "items").expect("vec write");
-            rmp::encode::write_array_len(&mut out, items.len() as u32).expect("vec write");
-            for item in items {
-                out.extend_from_slice(item.msgpack());
+            rmp::encode::write_array_len(&mut out, items as u32).expect("vec write");
+            for part in parts {
+                out.extend_from_slice(part);
             }
             Frame::Binary(out.into())
         }
@@ -335,7 +453,7 @@ mod tests {
 
     /// Items covering every field form: each value kind and its integer
     /// sizes, optional fields present and absent, strings that need escaping.
-    fn varied_items() -> Vec<Item> {
+    fn varied_items() -> Vec<(Reading, Option<Arc<str>>)> {
         let values = [
             Value::Bool(true),
             Value::Bool(false),
@@ -380,25 +498,51 @@ mod tests {
                 unit,
                 received: [i64::MAX, 1_763_800_000_124, -1][n as usize % 3],
             };
-            items.push(Item::new(reading, origin));
+            items.push((reading, origin));
         }
         items
     }
 
     #[test]
     fn items_are_encoded_as_serde_encodes_them() {
-        for item in varied_items() {
-            let wire = item.wire();
+        for (reading, origin) in varied_items() {
+            let wire = wire(&reading, origin.as_deref());
+            let list = Routed::new(vec![reading.clone()], origin.clone());
             assert_eq!(
-                item.json(),
+                list.json_run(0..1),
                 serde_json::to_string(&wire).unwrap(),
                 "{wire:?}"
             );
             assert_eq!(
-                item.msgpack(),
+                list.msgpack_run(0..1),
                 rmp_serde::to_vec_named(&wire).unwrap(),
                 "{wire:?}"
             );
+        }
+    }
+
+    /// Every run of a list is its items as serde encodes them, one after
+    /// the other (with a comma between two in JSON), whatever the sizes
+    /// of the items around it.
+    #[test]
+    fn a_run_of_a_list_is_its_items_spliced() {
+        for origin in [None, Some(Arc::<str>::from("site \"b\""))] {
+            let readings: Vec<Reading> = varied_items().into_iter().map(|(r, _)| r).collect();
+            let list = Routed::new(readings.clone(), origin.clone());
+            let json: Vec<String> = readings
+                .iter()
+                .map(|r| serde_json::to_string(&wire(r, origin.as_deref())).unwrap())
+                .collect();
+            let msgpack: Vec<Vec<u8>> = readings
+                .iter()
+                .map(|r| rmp_serde::to_vec_named(&wire(r, origin.as_deref())).unwrap())
+                .collect();
+            for start in 0..readings.len() {
+                for end in start + 1..=readings.len() {
+                    assert_eq!(list.json_run(start..end), json[start..end].join(","));
+                    assert_eq!(list.msgpack_run(start..end), msgpack[start..end].concat());
+                }
+            }
         }
     }
 
@@ -425,24 +569,46 @@ mod tests {
                 unit: Some("u".into()),
                 received: i64::MIN,
             };
-            extremes.push(Item::new(reading, Some("o".into())));
+            extremes.push(reading);
         }
-        for item in &extremes {
-            let wire = item.wire();
+        let json = |w: &StreamItem<'_>| {
+            let mut out = Vec::new();
+            write_json(&mut out, w);
+            out.len()
+        };
+        let msgpack = |w: &StreamItem<'_>| {
+            let mut out = Vec::new();
+            write_msgpack(&mut out, w);
+            out.len()
+        };
+        for reading in &extremes {
+            let wire = wire(reading, Some("o"));
             let room = strings_len(&wire);
-            assert!(item_json(&wire).len() <= JSON_MAX_FIXED + room, "{wire:?}");
-            assert!(
-                item_msgpack(&wire).len() <= MSGPACK_MAX_FIXED + room,
-                "{wire:?}"
-            );
+            assert!(json(&wire) <= JSON_MAX_FIXED + room, "{wire:?}");
+            assert!(msgpack(&wire) <= MSGPACK_MAX_FIXED + room, "{wire:?}");
+        }
+        // A list of them is encoded in the buffer it was given, never grown.
+        let list = Routed::new(extremes.clone(), Some("o".into()));
+        for (fixed, gap, write) in [
+            (
+                JSON_MAX_FIXED,
+                1,
+                write_json as fn(&mut Vec<u8>, &StreamItem<'_>),
+            ),
+            (MSGPACK_MAX_FIXED, 0, write_msgpack),
+        ] {
+            let room: usize = extremes
+                .iter()
+                .map(|r| fixed + gap + strings_len(&wire(r, Some("o"))))
+                .sum();
+            let encoded = list.encode(fixed, gap, write);
+            assert_eq!(encoded.bytes.capacity(), room);
+            assert_eq!(encoded.ends.len(), extremes.len());
         }
         // Both bounds are tight. JSON: the longest float at every extreme.
         // MessagePack: strings long enough for 5-byte headers.
-        let longest = extremes[2].wire();
-        assert_eq!(
-            item_json(&longest).len(),
-            JSON_MAX_FIXED + strings_len(&longest)
-        );
+        let longest = wire(&extremes[2], Some("o"));
+        assert_eq!(json(&longest), JSON_MAX_FIXED + strings_len(&longest));
         let long: Arc<str> = "x".repeat(1 << 16).into();
         let reading = Reading {
             id: u64::MAX,
@@ -453,51 +619,56 @@ mod tests {
             unit: Some(long.clone()),
             received: i64::MIN,
         };
-        let item = Item::new(reading, Some(long));
-        let wire = item.wire();
-        assert_eq!(
-            item_msgpack(&wire).len(),
-            MSGPACK_MAX_FIXED + strings_len(&wire)
-        );
+        let wire = wire(&reading, Some(&long));
+        assert_eq!(msgpack(&wire), MSGPACK_MAX_FIXED + strings_len(&wire));
     }
 
-    fn item(id: u64) -> Arc<Item> {
-        Arc::new(Item::new(
-            Reading {
-                id,
-                device: "d1".into(),
-                sensor: "temp".into(),
-                ts: 5,
-                value: Value::Float(21.5),
-                unit: Some("C".into()),
-                received: 7,
-            },
-            None,
-        ))
+    fn list(ids: std::ops::Range<u64>) -> Routed {
+        let readings = ids.map(|id| Reading {
+            id,
+            device: "d1".into(),
+            sensor: "temp".into(),
+            ts: 5,
+            value: Value::Float(21.5),
+            unit: Some("C".into()),
+            received: 7,
+        });
+        Routed::new(readings.collect(), None)
     }
 
     #[test]
-    fn json_frame_splices_items() {
-        let Frame::Text(t) = readings_frame(Encoding::Json, &[item(1), item(2)]) else {
+    fn json_frame_splices_runs() {
+        let (a, b) = (list(1..3), list(3..5));
+        let runs = [(&a, 1..2), (&b, 0..2)];
+        let Frame::Text(t) = readings_frame(Encoding::Json, &runs) else {
             panic!("JSON frames are text");
         };
         let v: serde_json::Value = serde_json::from_str(&t).unwrap();
         assert_eq!(
             v,
             json!({"type":"readings","items":[
-                {"id":1,"device":"d1","sensor":"temp","ts":5,"value":21.5,"unit":"C","received":7},
-                {"id":2,"device":"d1","sensor":"temp","ts":5,"value":21.5,"unit":"C","received":7}]})
+                {"id":2,"device":"d1","sensor":"temp","ts":5,"value":21.5,"unit":"C","received":7},
+                {"id":3,"device":"d1","sensor":"temp","ts":5,"value":21.5,"unit":"C","received":7},
+                {"id":4,"device":"d1","sensor":"temp","ts":5,"value":21.5,"unit":"C","received":7}]})
         );
     }
 
     #[test]
     fn msgpack_frame_decodes_to_the_same_fields() {
-        let Frame::Binary(b) = readings_frame(Encoding::Msgpack, &[item(1)]) else {
+        let (a, b) = (list(1..4), list(4..6));
+        let runs = [(&a, 0..1), (&a, 2..3), (&b, 1..2)];
+        let Frame::Binary(b) = readings_frame(Encoding::Msgpack, &runs) else {
             panic!("MessagePack frames are binary");
         };
         let v: serde_json::Value = rmp_serde::from_slice(&b).unwrap();
         assert_eq!(v["type"], "readings");
-        assert_eq!(v["items"][0]["id"], 1);
+        let ids: Vec<_> = v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].clone())
+            .collect();
+        assert_eq!(ids, [1, 3, 5]);
         assert_eq!(v["items"][0]["unit"], "C");
     }
 

@@ -10,9 +10,10 @@
 //! writer is what every ack waits behind. A commit's buffer goes back to
 //! the pool when its last holder drops it (whichever thread that is, which
 //! also pays for dropping its readings), emptied, and the writer builds a
-//! later commit in it. The pool is bounded ([`POOL_MAX_BYTES`]) and the
-//! writer empties it when commits stop ([`Pool::clear`]), so what it keeps
-//! is memory a busy writer was using anyway.
+//! later commit in it. The pool is bounded ([`POOL_MAX_BYTES`]), and the
+//! writer empties it when commits stop ([`Pool::clear`]; buffers of the
+//! last commits, returned after that, are freed), so what it keeps is
+//! memory a busy writer was using anyway.
 
 use std::ops::Deref;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -87,6 +88,9 @@ struct Kept {
     buffers: Vec<Vec<Reading>>,
     /// Bytes of capacity over `buffers`.
     bytes: usize,
+    /// Cleared since the last take: commits have stopped, and buffers of
+    /// the last ones, returned as their holders finish with them, are freed.
+    idle: bool,
 }
 
 impl Pool {
@@ -101,6 +105,7 @@ impl Pool {
     pub fn take(&self, readings: usize) -> Vec<Reading> {
         let kept = {
             let mut kept = self.kept();
+            kept.idle = false;
             let buffer = kept.buffers.pop();
             if let Some(b) = &buffer {
                 kept.bytes -= bytes_of(b);
@@ -125,16 +130,23 @@ impl Pool {
         }
         buffer.clear();
         let mut kept = self.kept();
-        if kept.bytes + bytes <= POOL_MAX_BYTES {
+        if !kept.idle && kept.bytes + bytes <= POOL_MAX_BYTES {
             kept.bytes += bytes;
             kept.buffers.push(buffer);
         }
     }
 
-    /// Frees every kept buffer: commits have stopped, and an idle daemon
-    /// should not hold a busy one's memory.
+    /// Frees every kept buffer, and every one returned until the next
+    /// [`Pool::take`]: commits have stopped, and an idle daemon should not
+    /// hold a busy one's memory.
     pub fn clear(&self) {
-        let buffers = std::mem::take(&mut *self.kept());
+        let buffers = std::mem::replace(
+            &mut *self.kept(),
+            Kept {
+                idle: true,
+                ..Kept::default()
+            },
+        );
         drop(buffers);
     }
 
@@ -182,6 +194,18 @@ mod tests {
         assert!(again.is_empty());
         assert_eq!(again.as_ptr(), ptr, "the same buffer, reused");
         assert_eq!(pool.kept_bytes(), 0);
+    }
+
+    #[test]
+    fn a_cleared_pool_keeps_nothing_until_the_next_commit() {
+        let pool = Arc::new(Pool::default());
+        let commit = Commit::pooled(pool.take(10), &pool);
+        pool.clear();
+        drop(commit);
+        assert_eq!(pool.kept_bytes(), 0, "returned while idle: freed");
+        let commit = Commit::pooled(pool.take(10), &pool);
+        drop(commit);
+        assert!(pool.kept_bytes() > 0, "kept again once commits resume");
     }
 
     #[test]

@@ -295,8 +295,9 @@ impl Writer {
         loop {
             let wait = self.next_wake();
             if wait.is_none() {
-                // Nothing due: the wait may be long, and an idle writer
-                // keeps no buffers of a busy one.
+                // Nothing due (the last commits are checkpointed): the wait
+                // may be long, and an idle writer keeps no buffers of a
+                // busy one.
                 self.pool.clear();
             }
             let received = rt.block_on(async {
@@ -335,9 +336,7 @@ impl Writer {
                         SyncMode::Interval => self.pending.push(applied),
                     }
                 }
-                // A flush, checkpoint or recovery attempt is due, and no
-                // request came in the meantime: commits have stopped.
-                None => self.pool.clear(),
+                None => {} // a flush, checkpoint or recovery attempt is due
             }
             if self.sync == SyncMode::Interval && self.time_until_flush() == Some(Duration::ZERO) {
                 let pending = std::mem::take(&mut self.pending);
