@@ -23,9 +23,10 @@ pub use socket::{push_binary_frame, Message, Outbound, Socket};
 pub use upgrade::{on_upgrade, Rejection, Upgrade};
 
 use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
-use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio::time::{Instant, Interval, MissedTickBehavior, Sleep};
 
 use crate::shutdown::Shutdown;
 
@@ -166,8 +167,18 @@ pub enum Due {
 /// A ping every `server.ping_interval`, and the idle deadline
 /// `server.idle_timeout` after the peer's last frame (SPEC §10: any frame,
 /// pongs included, counts as activity).
+///
+/// The idle timer is one timer for the connection's life, moved lazily:
+/// activity only notes the time, and when the timer fires early (there was
+/// activity since it was set) it is set again from the last activity. Why
+/// not a new timer per wait, as before: every wait of a connection's loop
+/// (one per frame) then registered a timer and dropped it, each under the
+/// runtime's timer lock, and at 10,000 frames a second that lock was
+/// contended enough for its spinning waiters to yield their core to other
+/// processes, for up to several milliseconds (BENCHMARKS.md, "Timers").
 pub struct KeepAlive {
     ping: Interval,
+    idle: Pin<Box<Sleep>>,
     idle_after: Duration,
     last_activity: Instant,
 }
@@ -175,12 +186,14 @@ pub struct KeepAlive {
 impl KeepAlive {
     /// Starts both clocks now: the first ping is due one interval from now.
     pub fn start(ping_every: Duration, idle_after: Duration) -> KeepAlive {
-        let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+        let now = Instant::now();
+        let mut ping = tokio::time::interval_at(now + ping_every, ping_every);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         KeepAlive {
             ping,
+            idle: Box::pin(tokio::time::sleep_until(now + idle_after)),
             idle_after,
-            last_activity: Instant::now(),
+            last_activity: now,
         }
     }
 
@@ -192,11 +205,18 @@ impl KeepAlive {
     /// Resolves when a ping is due, or (checked second) when the peer has
     /// been silent too long. Cancel-safe: select on it in the loop.
     pub async fn due(&mut self) -> Due {
-        let idle_deadline = self.last_activity + self.idle_after;
-        tokio::select! {
-            biased;
-            _ = self.ping.tick() => Due::Ping,
-            _ = tokio::time::sleep_until(idle_deadline) => Due::Idle,
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.ping.tick() => return Due::Ping,
+                _ = self.idle.as_mut() => {
+                    let deadline = self.last_activity + self.idle_after;
+                    if deadline <= Instant::now() {
+                        return Due::Idle;
+                    }
+                    self.idle.as_mut().reset(deadline);
+                }
+            }
         }
     }
 }
@@ -226,5 +246,25 @@ mod tests {
         assert_eq!(ka.due().await, Due::Ping, "the interval keeps ticking");
         let mut ka = KeepAlive::start(hour, Duration::from_millis(5));
         assert_eq!(ka.due().await, Due::Idle);
+    }
+
+    /// Activity moves the idle deadline to `idle_after` past it, however
+    /// early the timer was set, and a loop that stops waiting (another
+    /// branch of its select won) and waits again keeps the same deadline.
+    #[tokio::test(start_paused = true)]
+    async fn activity_moves_the_idle_deadline() {
+        let hour = Duration::from_secs(3600);
+        let idle = Duration::from_secs(10);
+        let mut ka = KeepAlive::start(hour, idle);
+        let started = Instant::now();
+        // Waits cut short, as a connection loop's are by every frame.
+        for _ in 0..3 {
+            let cut = tokio::time::timeout(Duration::from_secs(2), ka.due()).await;
+            assert!(cut.is_err(), "not idle yet");
+            ka.activity();
+        }
+        assert_eq!(ka.due().await, Due::Idle);
+        assert_eq!(started.elapsed(), Duration::from_secs(6) + idle);
+        assert_eq!(ka.due().await, Due::Idle, "and stays idle");
     }
 }
