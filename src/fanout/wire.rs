@@ -69,30 +69,57 @@ enum Source {
     Own(Vec<Reading>),
 }
 
-/// A list's items in one encoding, one after the other (`B` is a `String`
-/// for JSON, bytes for MessagePack): for JSON with a comma between two
-/// items, so that a run of items is one slice of a frame's `items` array.
+/// A list's items in one encoding (`B` is a `String` for JSON, bytes for
+/// MessagePack), one after the other in chunks of at most [`CHUNK_BYTES`]
+/// (an item bigger than that has a chunk of its own): inside a chunk, JSON
+/// items have a comma between them, so that a run of items is one slice
+/// of a frame's `items` array per chunk it spans.
+/// Why chunks: a buffer for a whole list of thousands is above glibc's
+/// mmap threshold (128 KiB, [`crate::allocator`]): fresh pages, faulted
+/// in as it was written and unmapped when it was dropped, which were 7 %
+/// of the flood's time. Chunks come from the heap and are reused.
 #[derive(Debug)]
 struct Encoded<B> {
-    bytes: B,
-    /// Where each item ends in `bytes`.
-    ends: Vec<usize>,
-    /// Bytes between one item's end and the next one's start.
+    chunks: Vec<B>,
+    /// Each item's chunk, and where it ends there.
+    ends: Vec<(u32, usize)>,
+    /// Bytes between one item's end and the next one's start in a chunk.
     gap: usize,
 }
+
+/// Most bytes of a chunk of encoded items, by their bounds (a chunk holds
+/// fewer bytes than that).
+const CHUNK_BYTES: usize = 64 << 10;
 
 impl<B, T> Encoded<B>
 where
     B: std::ops::Deref<Target = T>,
     T: std::ops::Index<Range<usize>, Output = T> + ?Sized,
 {
-    /// Items `range` (not empty), with what lies between them.
-    fn run(&self, range: Range<usize>) -> &T {
-        let start = match range.start {
-            0 => 0,
-            n => self.ends[n - 1] + self.gap,
-        };
-        &self.bytes[start..self.ends[range.end - 1]]
+    /// Items `range` (not empty), with what lies between them: one slice
+    /// per chunk they are in, in order.
+    fn run<'a>(&'a self, range: Range<usize>) -> impl Iterator<Item = &'a T>
+    where
+        T: 'a,
+    {
+        let mut next = range.start;
+        std::iter::from_fn(move || {
+            if next >= range.end {
+                return None;
+            }
+            let (chunk, _) = self.ends[next];
+            let start = match next {
+                n if n > 0 && self.ends[n - 1].0 == chunk => self.ends[n - 1].1 + self.gap,
+                _ => 0,
+            };
+            // The last item of the range in this chunk.
+            let mut last = next;
+            while last + 1 < range.end && self.ends[last + 1].0 == chunk {
+                last += 1;
+            }
+            next = last + 1;
+            Some(&self.chunks[chunk as usize][start..self.ends[last].1])
+        })
     }
 }
 
@@ -145,26 +172,31 @@ impl Routed {
         Routed::new(self.readings()[from..].to_vec(), self.origin.clone())
     }
 
-    /// Items `range` (not empty) as JSON, with the commas between them.
-    fn json_run(&self, range: Range<usize>) -> &str {
+    /// Items `range` (not empty) as JSON, with the commas between them,
+    /// one slice per chunk.
+    fn json_run(&self, range: Range<usize>) -> impl Iterator<Item = &str> {
         let json = self.json.get_or_init(|| {
-            let Encoded { bytes, ends, gap } = self.encode(JSON_MAX_FIXED, 1, write_json);
+            let Encoded { chunks, ends, gap } = self.encode(JSON_MAX_FIXED, 1, write_json);
             // Checked once per list, so that frames splice it unchecked.
-            let bytes = String::from_utf8(bytes).expect("JSON is UTF-8");
-            Encoded { bytes, ends, gap }
+            let chunks = chunks
+                .into_iter()
+                .map(|c| String::from_utf8(c).expect("JSON is UTF-8"))
+                .collect();
+            Encoded { chunks, ends, gap }
         });
         json.run(range)
     }
 
-    /// Items `range` (not empty) as MessagePack, one after the other.
-    fn msgpack_run(&self, range: Range<usize>) -> &[u8] {
+    /// Items `range` (not empty) as MessagePack, one after the other, one
+    /// slice per chunk.
+    fn msgpack_run(&self, range: Range<usize>) -> impl Iterator<Item = &[u8]> {
         self.msgpack
             .get_or_init(|| self.encode(MSGPACK_MAX_FIXED, 0, write_msgpack))
             .run(range)
     }
 
-    /// Every item, written by `write` into one buffer sized up front from
-    /// each item's bound (`fixed` plus its strings), `gap` bytes apart.
+    /// Every item, written by `write` into chunks sized up front from each
+    /// item's bound (`fixed` plus its strings), `gap` bytes apart.
     fn encode(
         &self,
         fixed: usize,
@@ -173,20 +205,30 @@ impl Routed {
     ) -> Encoded<Vec<u8>> {
         let readings = self.readings();
         let origin = self.origin.as_deref();
-        let room: usize = readings
-            .iter()
-            .map(|r| fixed + gap + strings_len(&wire(r, origin)))
-            .sum();
-        let mut bytes = Vec::with_capacity(room);
+        let bound = |r: &Reading| fixed + gap + strings_len(&wire(r, origin));
+        let mut chunks: Vec<Vec<u8>> = Vec::new();
         let mut ends = Vec::with_capacity(readings.len());
-        for (n, r) in readings.iter().enumerate() {
-            if n > 0 && gap > 0 {
-                bytes.push(b',');
+        let mut n = 0;
+        while n < readings.len() {
+            // Items up to the chunk's bound (at least one).
+            let mut room = bound(&readings[n]);
+            let mut end = n + 1;
+            while end < readings.len() && room + bound(&readings[end]) <= CHUNK_BYTES {
+                room += bound(&readings[end]);
+                end += 1;
             }
-            write(&mut bytes, &wire(r, origin));
-            ends.push(bytes.len());
+            let mut chunk = Vec::with_capacity(room);
+            for r in &readings[n..end] {
+                if !chunk.is_empty() && gap > 0 {
+                    chunk.push(b',');
+                }
+                write(&mut chunk, &wire(r, origin));
+                ends.push((chunks.len() as u32, chunk.len()));
+            }
+            chunks.push(chunk);
+            n = end;
         }
-        Encoded { bytes, ends, gap }
+        Encoded { chunks, ends, gap }
     }
 }
 
@@ -327,13 +369,13 @@ pub type Run<'a> = (&'a Routed, Range<usize>);
 
 /// `{"type":"readings","items":[...]}` of the items of `runs` (each range
 /// not empty), in order, spliced from their lists' encodings: one copy
-/// per run.
+/// per run and chunk.
 pub fn readings_frame(enc: Encoding, runs: &[Run<'_>]) -> Frame {
     match enc {
         Encoding::Json => {
             let parts: Vec<&str> = runs
                 .iter()
-                .map(|(list, range)| list.json_run(range.clone()))
+                .flat_map(|(list, range)| list.json_run(range.clone()))
                 .collect();
             let len: usize = parts.iter().map(|p| p.len() + 1).sum();
             let mut out = String::with_capacity(len + 32);
@@ -350,7 +392,7 @@ pub fn readings_frame(enc: Encoding, runs: &[Run<'_>]) -> Frame {
         Encoding::Msgpack => {
             let parts: Vec<&[u8]> = runs
                 .iter()
-                .map(|(list, range)| list.msgpack_run(range.clone()))
+                .flat_map(|(list, range)| list.msgpack_run(range.clone()))
                 .collect();
             let len: usize = parts.iter().map(|p| p.len()).sum();
             let items: usize = runs.iter().map(|(_, range)| range.len()).sum();
@@ -509,41 +551,81 @@ mod tests {
             let wire = wire(&reading, origin.as_deref());
             let list = Routed::new(vec![reading.clone()], origin.clone());
             assert_eq!(
-                list.json_run(0..1),
+                json_of(&list, 0..1),
                 serde_json::to_string(&wire).unwrap(),
                 "{wire:?}"
             );
             assert_eq!(
-                list.msgpack_run(0..1),
+                msgpack_of(&list, 0..1),
                 rmp_serde::to_vec_named(&wire).unwrap(),
                 "{wire:?}"
             );
         }
     }
 
-    /// Every run of a list is its items as serde encodes them, one after
-    /// the other (with a comma between two in JSON), whatever the sizes
-    /// of the items around it.
+    /// A run as one string, its chunks' slices joined as a frame joins
+    /// them.
+    fn json_of(list: &Routed, range: Range<usize>) -> String {
+        list.json_run(range).collect::<Vec<_>>().join(",")
+    }
+
+    fn msgpack_of(list: &Routed, range: Range<usize>) -> Vec<u8> {
+        list.msgpack_run(range).collect::<Vec<_>>().concat()
+    }
+
+    /// Checks every run of `readings` as a list against serde's encoding
+    /// of each item, one after the other (with a comma between two in
+    /// JSON); `step` thins out the runs tried for a long list.
+    fn check_runs(readings: &[Reading], origin: Option<Arc<str>>, step: usize) {
+        let list = Routed::new(readings.to_vec(), origin.clone());
+        let json: Vec<String> = readings
+            .iter()
+            .map(|r| serde_json::to_string(&wire(r, origin.as_deref())).unwrap())
+            .collect();
+        let msgpack: Vec<Vec<u8>> = readings
+            .iter()
+            .map(|r| rmp_serde::to_vec_named(&wire(r, origin.as_deref())).unwrap())
+            .collect();
+        for start in (0..readings.len()).step_by(step) {
+            for end in (start + 1..=readings.len()).step_by(step) {
+                assert_eq!(json_of(&list, start..end), json[start..end].join(","));
+                assert_eq!(msgpack_of(&list, start..end), msgpack[start..end].concat());
+            }
+        }
+    }
+
+    /// Every run of a list is its items as serde encodes them, whatever the
+    /// sizes of the items around it.
     #[test]
     fn a_run_of_a_list_is_its_items_spliced() {
         for origin in [None, Some(Arc::<str>::from("site \"b\""))] {
             let readings: Vec<Reading> = varied_items().into_iter().map(|(r, _)| r).collect();
-            let list = Routed::new(readings.clone(), origin.clone());
-            let json: Vec<String> = readings
-                .iter()
-                .map(|r| serde_json::to_string(&wire(r, origin.as_deref())).unwrap())
-                .collect();
-            let msgpack: Vec<Vec<u8>> = readings
-                .iter()
-                .map(|r| rmp_serde::to_vec_named(&wire(r, origin.as_deref())).unwrap())
-                .collect();
-            for start in 0..readings.len() {
-                for end in start + 1..=readings.len() {
-                    assert_eq!(list.json_run(start..end), json[start..end].join(","));
-                    assert_eq!(list.msgpack_run(start..end), msgpack[start..end].concat());
-                }
-            }
+            check_runs(&readings, origin, 1);
         }
+    }
+
+    /// The same across chunks: a list of thousands is encoded in several,
+    /// an item bigger than a chunk gets one of its own, and a run may
+    /// start, end or lie wholly inside any of them.
+    #[test]
+    fn a_run_across_chunks_is_its_items_spliced() {
+        let mut readings: Vec<Reading> = varied_items()
+            .into_iter()
+            .map(|(r, _)| r)
+            .cycle()
+            .take(3_000)
+            .collect();
+        readings[1_500].value = Value::Str("x".repeat(CHUNK_BYTES + 1));
+        let list = Routed::new(readings.clone(), None);
+        let chunks = list
+            .msgpack
+            .get_or_init(|| list.encode(MSGPACK_MAX_FIXED, 0, write_msgpack));
+        assert!(chunks.chunks.len() >= 5, "{} chunks", chunks.chunks.len());
+        let big = chunks.ends[1_500].0;
+        assert_ne!(chunks.ends[1_499].0, big);
+        assert_ne!(chunks.ends[1_501].0, big);
+        check_runs(&readings, None, 97);
+        check_runs(&readings[1_490..1_510], Some("o".into()), 1);
     }
 
     /// The buffers are sized so that no item needs a second allocation:
@@ -602,7 +684,8 @@ mod tests {
                 .map(|r| fixed + gap + strings_len(&wire(r, Some("o"))))
                 .sum();
             let encoded = list.encode(fixed, gap, write);
-            assert_eq!(encoded.bytes.capacity(), room);
+            let capacity: usize = encoded.chunks.iter().map(Vec::capacity).sum();
+            assert_eq!(capacity, room);
             assert_eq!(encoded.ends.len(), extremes.len());
         }
         // Both bounds are tight. JSON: the longest float at every extreme.
