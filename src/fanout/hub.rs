@@ -549,6 +549,13 @@ mod tests {
         sub.queue().take(1000).readings().map(|r| r.id).collect()
     }
 
+    /// A subscriber to `filters`.
+    fn subscribed(hub: &Arc<Hub>, filters: &[&str]) -> Subscriber {
+        let mut sub = hub.subscriber();
+        sub.add(&filters.iter().map(|s| f(s)).collect::<Vec<_>>());
+        sub
+    }
+
     fn commit_of(readings: Vec<Reading>) -> Arc<Commit> {
         Arc::new(Commit::from(readings))
     }
@@ -755,12 +762,9 @@ mod tests {
     #[test]
     fn subscribers_with_the_same_matches_share_one_list() {
         let hub = Hub::new(100, SlowPolicy::DropOldest);
-        let mut a = hub.subscriber();
-        a.add(&[f("d1/#")]);
-        let mut b = hub.subscriber();
-        b.add(&[f("d1/temp"), f("d1/hum")]);
-        let mut c = hub.subscriber();
-        c.add(&[f("d1/temp")]);
+        let a = subscribed(&hub, &["d1/#"]);
+        let b = subscribed(&hub, &["d1/temp", "d1/hum"]);
+        let c = subscribed(&hub, &["d1/temp"]);
         hub.publish(&commit_of(vec![
             reading(1, "d1", "temp"),
             reading(2, "d2", "temp"),

@@ -264,19 +264,9 @@ impl SubscriberQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{Reading, Value};
 
     fn items(ids: std::ops::Range<u64>) -> Items {
-        let readings = ids.map(|id| Reading {
-            id,
-            device: "d".into(),
-            sensor: "s".into(),
-            ts: 0,
-            value: Value::Int(0),
-            unit: None,
-            received: 0,
-        });
-        Arc::new(Routed::new(readings.collect(), None))
+        Arc::new(Routed::of_ids(ids))
     }
 
     fn ids(t: &Taken) -> Vec<u64> {

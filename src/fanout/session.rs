@@ -558,19 +558,9 @@ impl Session {
 mod tests {
     use super::*;
     use crate::config::SlowPolicy;
-    use crate::protocol::Value;
 
     fn list(ids: std::ops::Range<u64>) -> Arc<Routed> {
-        let readings = ids.map(|id| Reading {
-            id,
-            device: "d".into(),
-            sensor: "s".into(),
-            ts: 0,
-            value: Value::Int(0),
-            unit: None,
-            received: 0,
-        });
-        Arc::new(Routed::new(readings.collect(), None))
+        Arc::new(Routed::of_ids(ids))
     }
 
     /// Runs as (first id, last id) pairs; an empty run fails the test.

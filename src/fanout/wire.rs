@@ -166,6 +166,21 @@ impl Routed {
         self.origin.is_some()
     }
 
+    /// Tests: readings `ids` of device `d`, sensor `s`, each the value 0.
+    #[cfg(test)]
+    pub(crate) fn of_ids(ids: Range<u64>) -> Routed {
+        let readings = ids.map(|id| Reading {
+            id,
+            device: "d".into(),
+            sensor: "s".into(),
+            ts: 0,
+            value: Value::Int(0),
+            unit: None,
+            received: 0,
+        });
+        Routed::new(readings.collect(), None)
+    }
+
     /// The same readings from `from` on, in a list of their own: what a
     /// queue keeps of a list bigger than it holds.
     pub fn tail_from(&self, from: usize) -> Routed {
