@@ -30,7 +30,7 @@ use tokio_util::task::TaskTracker;
 
 use super::filter::{Level, TopicFilter};
 use super::queue::SubscriberQueue;
-use super::wire::Routed;
+use super::wire::{steps, Routed};
 use crate::config::SlowPolicy;
 use crate::protocol::Reading;
 use crate::store::{Commit, CommitListener};
@@ -243,14 +243,11 @@ impl Hub {
     /// batches) is routed [`ROUTE_STEP`] readings at a time, letting the
     /// worker's other tasks run in between.
     async fn publish_in_steps(&self, commit: &Arc<Commit>) {
-        let mut start = 0;
-        while start < commit.len() {
-            let end = commit.len().min(start + ROUTE_STEP);
-            self.route(step(commit, start..end));
-            start = end;
-            if start < commit.len() {
+        for range in steps(commit.len(), ROUTE_STEP) {
+            if range.start > 0 {
                 tokio::task::yield_now().await;
             }
+            self.route(step(commit, range));
         }
         self.announce(commit);
     }

@@ -24,7 +24,9 @@ use crate::shutdown::Shutdown;
 
 use super::hub::{Hub, Subscriber};
 use super::queue::{Closed, SubscriberQueue, Taken};
-use super::wire::{decode_op, readings_frame, Encoding, ErrorCode, Frame, Notice, Op, Routed, Run};
+use super::wire::{
+    decode_op, readings_frame, steps, Encoding, ErrorCode, Frame, Notice, Op, Routed, Run,
+};
 use super::TopicFilter;
 use crate::config::Config;
 use crate::protocol::Reading;
@@ -348,12 +350,9 @@ impl Session {
                 .await?;
             cursor = page.scanned_to;
             let list = Routed::new(page.items, None);
-            let mut start = 0;
-            while start < list.len() {
-                let end = list.len().min(start + FRAME_ITEMS);
-                self.send(readings_frame(self.enc, &[(&list, start..end)]))
+            for range in steps(list.len(), FRAME_ITEMS) {
+                self.send(readings_frame(self.enc, &[(&list, range)]))
                     .await?;
-                start = end;
             }
             if page.reached_end {
                 break;

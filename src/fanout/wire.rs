@@ -228,8 +228,12 @@ impl Routed {
             // Items up to the chunk's bound (at least one).
             let mut room = bound(&readings[n]);
             let mut end = n + 1;
-            while end < readings.len() && room + bound(&readings[end]) <= CHUNK_BYTES {
-                room += bound(&readings[end]);
+            while let Some(r) = readings.get(end) {
+                let more = bound(r);
+                if room + more > CHUNK_BYTES {
+                    break;
+                }
+                room += more;
                 end += 1;
             }
             let mut chunk = Vec::with_capacity(room);
@@ -317,13 +321,12 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
 /// gives for a [`StreamItem`] (a map with the field names, the shortest
 /// integer forms), written directly for the reason [`write_json`] gives.
 /// The tests compare both byte for byte.
-fn write_msgpack(out: &mut Vec<u8>, item: &StreamItem<'_>) {
+fn write_msgpack(o: &mut Vec<u8>, item: &StreamItem<'_>) {
     use rmp::encode::{write_map_len, write_sint, write_str, write_uint};
     let fields = 6 + u32::from(item.unit.is_some()) + u32::from(item.origin.is_some());
     // Keys are fixed strings: their bytes (fixstr marker, then the name)
     // are copied rather than encoded each time. Writing into a Vec cannot
     // fail, so results are ignored.
-    let o = out;
     let _ = write_map_len(o, fields);
     o.extend_from_slice(b"\xa2id");
     let _ = write_uint(o, item.id);
@@ -377,6 +380,13 @@ fn strings_len(item: &StreamItem<'_>) -> usize {
 pub enum Frame {
     Text(String),
     Binary(Bytes),
+}
+
+/// `0..len` in consecutive ranges of at most `most` (not empty).
+pub fn steps(len: usize, most: usize) -> impl Iterator<Item = Range<usize>> {
+    (0..len)
+        .step_by(most)
+        .map(move |start| start..len.min(start + most))
 }
 
 /// A run of a list's items for one frame: `range` of `list`.
@@ -768,6 +778,14 @@ mod tests {
             .collect();
         assert_eq!(ids, [1, 3, 5]);
         assert_eq!(v["items"][0]["unit"], "C");
+    }
+
+    #[test]
+    fn steps_cover_the_length_in_order() {
+        assert_eq!(steps(10, 4).collect::<Vec<_>>(), [0..4, 4..8, 8..10]);
+        assert_eq!(steps(8, 4).collect::<Vec<_>>(), [0..4, 4..8]);
+        assert!(steps(3, 4).eq(std::iter::once(0..3)));
+        assert_eq!(steps(0, 4).count(), 0);
     }
 
     #[test]
