@@ -7,8 +7,9 @@
 //! outbox cursor. sled itself has no read-only mode: opening replays its log
 //! exactly as the daemon's next start would, and this writes nothing else.
 //! The write-ahead log ([`super::wal`]) is read, not applied: its commits
-//! that sled lacks are reported (and count towards the content, as the
-//! daemon's next start would apply them).
+//! that sled lacks are reported, and the store is judged as the daemon's
+//! next start will find it once it has applied them (their entries read
+//! over sled's, [`AfterReplay`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -95,31 +96,23 @@ pub fn check(path: &Path) -> Result<Report, StoreError> {
     Ok(report)
 }
 
-/// The next entry of `entries`, or `None` at the end or at the first entry
-/// sled cannot read (recorded in `damaged` under `what`): after an error,
-/// sled's iterator yields the same error forever.
-fn next_readable(
-    entries: &mut sled::Iter,
-    what: &str,
-    damaged: &mut Vec<String>,
-) -> Option<(sled::IVec, sled::IVec)> {
-    match entries.next()? {
-        Ok(entry) => Some(entry),
-        Err(e) => {
-            damaged.push(format!("{what}: {e}"));
-            None
-        }
-    }
-}
-
-/// Reads every segment, index entry and device record into `report`, and
-/// what the write-ahead log adds.
+/// Reads every segment, index entry and device record into `report`, as
+/// they will be once the next start has applied the write-ahead log.
 fn read_all(db: &sled::Db, log: &wal::Contents, report: &mut Report) -> Result<(), StoreError> {
+    // The entries the next start writes, later commits over earlier ones
+    // as the replay applies them. sled may hold some of these keys already,
+    // or have lost them with a damaged page: the log's copy is what counts.
+    let stored_next = super::recovery::stored_next_id(db)?;
+    let replayed: Overlay = super::recovery::pending(stored_next, &log.records)
+        .into_iter()
+        .flat_map(|r| &r.entries)
+        .map(|(k, v)| (k.as_slice(), v.as_slice()))
+        .collect();
     // Ids between segments, and between the newest and the next id, that
     // nothing holds: found as the daemon's start finds them.
     let mut holes = super::holes::Holes::default();
-    let mut index = db.scan_prefix(INDEX_PREFIX);
-    while let Some((k, v)) = next_readable(&mut index, "segment index", &mut report.damaged) {
+    let mut index = AfterReplay::new(db, &replayed, INDEX_PREFIX);
+    while let Some((k, v)) = index.next("segment index", &mut report.damaged) {
         let meta = match SegmentMeta::decode(&k, &v) {
             Ok(m) => m,
             Err(e) => {
@@ -141,10 +134,15 @@ fn read_all(db: &sled::Db, log: &wal::Contents, report: &mut Report) -> Result<(
         let first = report.id_range.map_or(meta.first_id, |(f, _)| f);
         report.id_range = Some((first, meta.last_id));
         let key = super::segment_key(meta.first_id);
-        match db.get(key) {
+        let (value, from_log) = match replayed.get(&key[..]) {
+            Some(v) => (Ok(Some(sled::IVec::from(*v))), true),
+            None => (db.get(key), false),
+        };
+        let source = if from_log { "write-ahead log: " } else { "" };
+        match value {
             Ok(Some(v)) => match codec::decode_segment(&key, &v) {
                 Ok(rs) => report.readings += rs.len() as u64,
-                Err(e) => report.damaged.push(e.to_string()),
+                Err(e) => report.damaged.push(format!("{source}{e}")),
             },
             Ok(None) => report
                 .damaged
@@ -154,8 +152,8 @@ fn read_all(db: &sled::Db, log: &wal::Contents, report: &mut Report) -> Result<(
                 .push(format!("segment {}: {e}", meta.first_id)),
         }
     }
-    let mut seqs = db.scan_prefix(SEQ_PREFIX);
-    while let Some((k, v)) = next_readable(&mut seqs, "device records", &mut report.damaged) {
+    let mut seqs = AfterReplay::new(db, &replayed, SEQ_PREFIX);
+    while let Some((k, v)) = seqs.next("device records", &mut report.damaged) {
         let device = String::from_utf8_lossy(&k[SEQ_PREFIX.len()..]).into_owned();
         match codec::decode_u64(&k, &v) {
             Ok(seq) => {
@@ -163,25 +161,6 @@ fn read_all(db: &sled::Db, log: &wal::Contents, report: &mut Report) -> Result<(
             }
             Err(e) => report.damaged.push(e.to_string()),
         }
-    }
-    // What the next start adds from the write-ahead log, as it would serve it.
-    for r in super::recovery::pending(super::recovery::stored_next_id(db)?, &log.records) {
-        for (k, v) in &r.entries {
-            if k.starts_with(SEGMENT_PREFIX) {
-                match codec::decode_segment(k, v) {
-                    Ok(rs) => report.readings += rs.len() as u64,
-                    Err(e) => report.damaged.push(format!("write-ahead log: {e}")),
-                }
-            } else if let Some(device) = k.strip_prefix(SEQ_PREFIX) {
-                if let Ok(seq) = codec::decode_u64(k, v) {
-                    let device = String::from_utf8_lossy(device).into_owned();
-                    report.devices.insert(device, seq);
-                }
-            }
-        }
-        holes.segment(r.first_id, r.next_id - 1);
-        let first = report.id_range.map_or(r.first_id, |(f, _)| f);
-        report.id_range = Some((first, r.next_id - 1));
     }
     // Ids handed out above everything stored (the next id says so) are
     // missing too; ranges skipped on purpose (--accept-data-loss) are not
@@ -200,9 +179,9 @@ fn read_all(db: &sled::Db, log: &wal::Contents, report: &mut Report) -> Result<(
         .and_then(|v| codec::decode_u64(BRIDGE_CURSOR_KEY, &v).ok());
     // Segments without an index entry would be invisible to readers.
     let indexed = report.segments;
-    let mut segments = db.scan_prefix(SEGMENT_PREFIX);
+    let mut segments = AfterReplay::new(db, &replayed, SEGMENT_PREFIX);
     let mut stored = 0u64;
-    while next_readable(&mut segments, "segments", &mut report.damaged).is_some() {
+    while segments.next("segments", &mut report.damaged).is_some() {
         stored += 1;
     }
     if stored != indexed {
@@ -211,6 +190,67 @@ fn read_all(db: &sled::Db, log: &wal::Contents, report: &mut Report) -> Result<(
             .push(format!("{stored} segments stored but {indexed} indexed"));
     }
     Ok(())
+}
+
+/// The write-ahead log's entries that the next start applies, by key.
+type Overlay<'a> = BTreeMap<&'a [u8], &'a [u8]>;
+
+/// sled's entries under one prefix, in key order, with the log's pending
+/// entries ([`Overlay`]) in place of sled's where both have a key: what a
+/// scan will meet after the next start's replay, read without writing.
+struct AfterReplay<'a> {
+    sled: std::iter::Peekable<sled::Iter>,
+    /// Set at sled's first error: its iterator repeats it forever.
+    sled_failed: bool,
+    log: std::iter::Peekable<std::vec::IntoIter<(&'a [u8], &'a [u8])>>,
+}
+
+impl<'a> AfterReplay<'a> {
+    fn new(db: &sled::Db, replayed: &Overlay<'a>, prefix: &[u8]) -> Self {
+        let log: Vec<_> = replayed
+            .range::<[u8], _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        AfterReplay {
+            sled: db.scan_prefix(prefix).peekable(),
+            sled_failed: false,
+            log: log.into_iter().peekable(),
+        }
+    }
+
+    /// The next entry, or `None` at the end. The first error sled returns
+    /// is recorded in `damaged` under `what`; the log's entries after it
+    /// are still met.
+    fn next(&mut self, what: &str, damaged: &mut Vec<String>) -> Option<(sled::IVec, sled::IVec)> {
+        loop {
+            let sled_key = match self.sled.peek() {
+                _ if self.sled_failed => None,
+                None => None,
+                Some(Ok((k, _))) => Some(k.as_ref()),
+                Some(Err(e)) => {
+                    damaged.push(format!("{what}: {e}"));
+                    self.sled_failed = true;
+                    continue;
+                }
+            };
+            let log_key = self.log.peek().map(|(k, _)| *k);
+            return match (sled_key, log_key) {
+                (None, None) => None,
+                (Some(s), Some(l)) if l <= s => {
+                    if l == s {
+                        self.sled.next(); // written over by the replay
+                    }
+                    self.log.next().map(|(k, v)| (k.into(), v.into()))
+                }
+                (None, Some(_)) => self.log.next().map(|(k, v)| (k.into(), v.into())),
+                (Some(_), _) => self.sled.next().and_then(Result::ok),
+            };
+        }
+    }
 }
 
 impl fmt::Display for Report {
