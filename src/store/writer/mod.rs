@@ -57,16 +57,19 @@ use fault::{fail_stored, Fault};
 /// memory and latency stay bounded however deep the queue is.
 pub const MAX_BATCHES_PER_COMMIT: usize = 2048;
 /// How long a writer that found the queue empty lets a group gather after
-/// its first batch arrives, and below how many batches it does. Batches
-/// come in bursts (many connections' frames read and decoded one after
-/// another by the runtime's workers): without the pause the first batch of
-/// a burst is committed alone and the rest wait a whole sync behind it. At
-/// 1,000 devices × 1 batch/s and 100 × 100 batches/s it took commits from
-/// ~1.1 and ~7 batches to ~1.3 and ~9.5 for 8–10 % less CPU, the median
-/// latency +0.1 ms at most and the p99 no worse (BENCHMARKS.md, "Goal 2's
-/// tail, stage by stage"). A writer that finds batches queued (it is behind)
-/// never pauses. `std::thread::sleep` overshoots by the timer slack (~50 µs).
+/// its first batch arrives ([`GATHER_BELOW`] says when). Batches come in
+/// bursts (many connections' frames read and decoded one after another by
+/// the runtime's workers): without the pause the first batch of a burst is
+/// committed alone and the rest wait a whole sync behind it. At 1,000
+/// devices × 1 batch/s and 100 × 100 batches/s it took commits from ~1.3
+/// and ~6.8 batches to ~1.7 and ~9.4 for 6–9 % less CPU, the median latency
+/// +0.15 ms at most and the p99 within the runs' noise (BENCHMARKS.md,
+/// "Goal 2's tail, stage by stage"). A writer that finds batches queued (it
+/// is behind) never pauses. `std::thread::sleep` overshoots by the timer
+/// slack (~50 µs).
 const GATHER_PAUSE: Duration = Duration::from_micros(100);
+/// The pause is taken only when fewer batches than this came with the
+/// wake-up: more is a burst already gathered.
 const GATHER_BELOW: usize = 8;
 /// Devices whose `last_seq` the writer keeps in memory. Past this the cache
 /// is simply cleared: every seq it held is already applied to sled and is
