@@ -56,21 +56,24 @@ use fault::{fail_stored, Fault};
 /// Upper bound on queued batches taken into one commit, so one commit's
 /// memory and latency stay bounded however deep the queue is.
 pub const MAX_BATCHES_PER_COMMIT: usize = 2048;
-/// How long a writer that found the queue empty lets a group gather after
-/// its first batch arrives ([`GATHER_BELOW`] says when). Batches come in
-/// bursts (many connections' frames read and decoded one after another by
-/// the runtime's workers): without the pause the first batch of a burst is
-/// committed alone and the rest wait a whole sync behind it. At 1,000
-/// devices × 1 batch/s and 100 × 100 batches/s it took commits from ~1.3
-/// and ~6.8 batches to ~1.7 and ~9.4 for 6–9 % less CPU, the median latency
-/// +0.15 ms at most and the p99 within the runs' noise (BENCHMARKS.md,
-/// "Goal 2's tail, stage by stage"). A writer that finds batches queued (it
-/// is behind) never pauses. `std::thread::sleep` overshoots by the timer
-/// slack (~50 µs).
+/// How long a writer that found the queue empty lets a small group gather
+/// after its first batch arrives ([`GATHER_BELOW`] says which). Batches
+/// come in bursts (many connections' frames read and decoded one after
+/// another by the runtime's workers): without the pause the first batch of
+/// a burst is committed alone and the rest wait a whole sync behind it. At
+/// 1,000 devices × 1 batch of 10/s and 100 × 100 single readings/s it took
+/// commits from ~1.3 and ~6.8 batches to ~1.7 and ~9.4 for 6–9 % less CPU,
+/// the median latency +0.15 ms at most and the p99 within the runs' noise
+/// (BENCHMARKS.md, "Goal 2's tail, stage by stage"). A writer that finds
+/// batches queued (it is behind) never pauses. `std::thread::sleep`
+/// overshoots by the timer slack (~50 µs).
 const GATHER_PAUSE: Duration = Duration::from_micros(100);
-/// The pause is taken only when fewer batches than this came with the
-/// wake-up: more is a burst already gathered.
-const GATHER_BELOW: usize = 8;
+/// The pause is taken only while the group holds fewer readings than this
+/// (and some: probes and welcomes alone cost no sync). A group of bigger
+/// batches already spreads its sync over many readings: at 50 × 2,000
+/// readings/s in batches of 50 the pause saved 2–8 % CPU but cost 0.1–0.2
+/// ms of median latency.
+const GATHER_BELOW: usize = 32;
 /// Devices whose `last_seq` the writer keeps in memory. Past this the cache
 /// is simply cleared: every seq it held is already applied to sled and is
 /// read back on the next miss, so memory stays bounded for any fleet size.
@@ -297,6 +300,36 @@ struct Writer {
     unlogged: bool,
 }
 
+/// The next group's requests, into `buf`: what is queued already, or else
+/// what arrives within `wait` (`None`: however long it takes), then what
+/// else comes during [`GATHER_PAUSE`] if that is a small group. `None` when
+/// `wait` ran out first; `Some(0)` once every sender is gone and the queue
+/// is empty.
+fn receive(
+    rx: &mut mpsc::Receiver<WriteRequest>,
+    buf: &mut Vec<WriteRequest>,
+    rt: &tokio::runtime::Handle,
+    wait: Option<Duration>,
+) -> Option<usize> {
+    let queued = take_queued(rx, buf);
+    if queued > 0 {
+        return Some(queued); // behind: commit at once
+    }
+    let arrived = rt.block_on(async {
+        let next = rx.recv_many(buf, MAX_BATCHES_PER_COMMIT);
+        match wait {
+            None => Some(next.await),
+            Some(d) => tokio::time::timeout(d, next).await.ok(),
+        }
+    })?;
+    let readings: usize = buf.iter().map(WriteRequest::readings).sum();
+    if !(1..GATHER_BELOW).contains(&readings) {
+        return Some(arrived);
+    }
+    std::thread::sleep(GATHER_PAUSE);
+    Some(arrived + take_queued(rx, buf))
+}
+
 /// Moves what is in the queue now into `buf`, up to
 /// [`MAX_BATCHES_PER_COMMIT`] in all, without waiting; returns how many.
 fn take_queued(rx: &mut mpsc::Receiver<WriteRequest>, buf: &mut Vec<WriteRequest>) -> usize {
@@ -328,29 +361,7 @@ impl Writer {
                 // busy one.
                 self.pool.clear();
             }
-            let received = match take_queued(&mut rx, &mut buf) {
-                0 => {
-                    let received = rt.block_on(async {
-                        match wait {
-                            None => Some(rx.recv_many(&mut buf, MAX_BATCHES_PER_COMMIT).await),
-                            Some(d) => tokio::time::timeout(
-                                d,
-                                rx.recv_many(&mut buf, MAX_BATCHES_PER_COMMIT),
-                            )
-                            .await
-                            .ok(),
-                        }
-                    });
-                    match received {
-                        Some(n) if n > 0 && n < GATHER_BELOW => {
-                            std::thread::sleep(GATHER_PAUSE);
-                            Some(n + take_queued(&mut rx, &mut buf))
-                        }
-                        other => other,
-                    }
-                }
-                n => Some(n),
-            };
+            let received = receive(&mut rx, &mut buf, &rt, wait);
             if received == Some(0) {
                 break; // every sender gone and queue drained
             }
