@@ -19,7 +19,8 @@
 # (tcpdump, needs root) and prints the server-side ack latency: the time from
 # a device's frame arriving to the next frame the daemon sends back on that
 # connection (load/acklat.py). METRICS=1 also prints, from /metrics at the
-# end, how many store flushes and group commits took longer than 1, 2.5, 5
+# end, how many store flushes, group commits and batches' waits for their
+# outcome (queued -> decided, on the connection) took longer than 1, 2.5, 5
 # and 10 ms (where the tail comes from). Needs jq, python3, curl; bounded by
 # `timeout`.
 set -euo pipefail
@@ -49,8 +50,8 @@ t1=$(cpu_ticks "$PID")
 hwm=$(status_kib "$PID" VmHWM)
 if [ "${METRICS:-0}" = 1 ]; then
     curl -s --max-time 5 "http://127.0.0.1:$PORT/metrics" | awk '
-        /^sensorgate_store_(flush|commit)_seconds_(bucket|count)/ {
-            name = $1; sub(/_seconds.*/, "", name); sub(/sensorgate_store_/, "", name)
+        /^sensorgate_(store_(flush|commit)|ingest_outcome_wait)_seconds_(bucket|count)/ {
+            name = $1; sub(/_seconds.*/, "", name); sub(/sensorgate_(store|ingest)_/, "", name)
             if ($1 ~ /_count/) { total[name] = $2; next }
             le = $1; sub(/.*le="/, "", le); sub(/".*/, "", le)
             below[name, le] = $2

@@ -23,6 +23,7 @@ const CONNECTIONS: &str = "sensorgate_ingest_connections_total";
 const DEVICES_CONNECTED: &str = "sensorgate_ingest_devices_connected";
 const BATCHES_ACCEPTED: &str = "sensorgate_ingest_batches_accepted_total";
 const QUEUE_WAIT: &str = "sensorgate_ingest_queue_wait_seconds";
+const OUTCOME_WAIT: &str = "sensorgate_ingest_outcome_wait_seconds";
 const FRAMES_REJECTED: &str = "sensorgate_ingest_frames_rejected_total";
 const COMMIT_BATCHES: &str = "sensorgate_store_commit_batches";
 const COMMIT_SECONDS: &str = "sensorgate_store_commit_seconds";
@@ -73,6 +74,10 @@ pub fn describe() {
     describe_histogram!(
         QUEUE_WAIT,
         "Time a batch waited for room in the ingest queue (ingest.queue_capacity, ingest.enqueue_timeout_ms)."
+    );
+    describe_histogram!(
+        OUTCOME_WAIT,
+        "Time from a batch entering the ingest queue to its outcome reaching its connection: the writer's share of an ack's latency, the log's sync included."
     );
     describe_counter!(
         FRAMES_REJECTED,
@@ -250,6 +255,7 @@ impl HandshakeRejected {
 struct Hot {
     batches_accepted: Counter,
     queue_wait: Histogram,
+    outcome_wait: Histogram,
     commit_batches: Histogram,
     commit_seconds: Histogram,
     flush_seconds: Histogram,
@@ -270,6 +276,7 @@ pub fn register_hot() {
     let _ = HOT.set(Hot {
         batches_accepted: counter!(BATCHES_ACCEPTED),
         queue_wait: histogram!(QUEUE_WAIT),
+        outcome_wait: histogram!(OUTCOME_WAIT),
         commit_batches: histogram!(COMMIT_BATCHES),
         commit_seconds: histogram!(COMMIT_SECONDS),
         flush_seconds: histogram!(FLUSH_SECONDS),
@@ -323,6 +330,23 @@ impl BatchAccepted {
             histogram,
             QUEUE_WAIT,
             record(self.queue_wait.as_secs_f64())
+        );
+    }
+}
+
+/// A queued batch's outcome reached its connection `waited` after the batch
+/// entered the ingest queue.
+pub struct BatchDecided {
+    pub waited: Duration,
+}
+
+impl BatchDecided {
+    pub fn emit(self) {
+        hot!(
+            outcome_wait,
+            histogram,
+            OUTCOME_WAIT,
+            record(self.waited.as_secs_f64())
         );
     }
 }

@@ -65,6 +65,7 @@ async fn every_metric_has_help_and_type_and_costs_are_histograms() {
         "sensorgate_store_commit_seconds",
         "sensorgate_store_flush_seconds",
         "sensorgate_ingest_queue_wait_seconds",
+        "sensorgate_ingest_outcome_wait_seconds",
     ] {
         assert!(
             text.contains(&format!("# TYPE {histogram} histogram")),
@@ -88,6 +89,7 @@ async fn every_metric_has_help_and_type_and_costs_are_histograms() {
         ("sensorgate_store_commit_batches_count", 1.0),
         ("sensorgate_store_flush_seconds_count", 1.0),
         ("sensorgate_ingest_queue_wait_seconds_count", 1.0),
+        ("sensorgate_ingest_outcome_wait_seconds_count", 1.0),
     ] {
         let value = text
             .lines()

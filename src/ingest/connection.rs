@@ -261,8 +261,14 @@ impl Conn {
             if self.expected.is_none_or(|e| seq >= e) {
                 self.expected = Some(seq + 1);
             }
+            let queued = std::time::Instant::now();
             self.pending.push_back(Box::pin(async move {
-                (seq, rx.await.unwrap_or(CommitOutcome::Failed))
+                let outcome = rx.await.unwrap_or(CommitOutcome::Failed);
+                crate::events::BatchDecided {
+                    waited: queued.elapsed(),
+                }
+                .emit();
+                (seq, outcome)
             }));
         }
         crate::events::BatchAccepted {
