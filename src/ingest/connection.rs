@@ -257,11 +257,12 @@ impl Conn {
             }
             Err(mpsc::error::SendTimeoutError::Closed(_)) => return Err(End::Shutdown),
         }
+        // Where the wait for room ends and the wait for the outcome starts.
+        let queued = std::time::Instant::now();
         if let (Some(seq), Some(rx)) = (seq, rx) {
             if self.expected.is_none_or(|e| seq >= e) {
                 self.expected = Some(seq + 1);
             }
-            let queued = std::time::Instant::now();
             self.pending.push_back(Box::pin(async move {
                 let outcome = rx.await.unwrap_or(CommitOutcome::Failed);
                 crate::events::BatchDecided {
@@ -272,7 +273,7 @@ impl Conn {
             }));
         }
         crate::events::BatchAccepted {
-            queue_wait: waiting.elapsed(),
+            queue_wait: queued - waiting,
         }
         .emit();
         Ok(())

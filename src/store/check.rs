@@ -134,11 +134,10 @@ fn read_all(db: &sled::Db, log: &wal::Contents, report: &mut Report) -> Result<(
         let first = report.id_range.map_or(meta.first_id, |(f, _)| f);
         report.id_range = Some((first, meta.last_id));
         let key = super::segment_key(meta.first_id);
-        let (value, from_log) = match replayed.get(&key[..]) {
-            Some(v) => (Ok(Some(sled::IVec::from(*v))), true),
-            None => (db.get(key), false),
+        let (value, source) = match replayed.get(&key[..]) {
+            Some(v) => (Ok(Some(sled::IVec::from(*v))), "write-ahead log: "),
+            None => (db.get(key), ""),
         };
-        let source = if from_log { "write-ahead log: " } else { "" };
         match value {
             Ok(Some(v)) => match codec::decode_segment(&key, &v) {
                 Ok(rs) => report.readings += rs.len() as u64,
