@@ -33,7 +33,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -135,9 +134,8 @@ impl Daemon {
         let store = tokio::task::spawn_blocking(move || Store::open_seeing(&path, open, &*book))
             .await
             .expect("store open task")?;
-        let listener = TcpListener::bind(config.server.listen)
-            .await
-            .map_err(|source| StartError::Bind {
+        let listener =
+            http::serve::bind(config.server.listen).map_err(|source| StartError::Bind {
                 addr: config.server.listen,
                 source,
             })?;

@@ -523,3 +523,40 @@ async fn out_of_descriptors_accept_backs_off_and_healthz_comes_back() {
         "{errors} failed accepts in ~3 s: no backoff"
     );
 }
+
+/// A fleet reconnecting at once (after a restart, say) finds its
+/// handshakes held by the kernel while the accept loop catches up, not
+/// dropped: the listening socket's backlog is ACCEPT_BACKLOG, not std's 128.
+/// The daemon is stopped (SIGSTOP) so that nothing is accepted; connects
+/// past a full backlog get no SYN-ACK and would only be retried after the
+/// kernel's first SYN retransmit, one second later, so every connect is
+/// given less than that.
+#[tokio::test]
+async fn a_reconnect_storm_is_held_in_the_backlog_not_dropped() {
+    const STORM: usize = 600;
+    let dir = tempfile::tempdir().unwrap();
+    sensorgate::http::serve::raise_open_files_limit().unwrap();
+    let (mut d, _log) = start(dir.path(), "shutdown_timeout = \"3s\"").await;
+    let base: std::net::SocketAddr = d.base().parse().unwrap();
+    let pid = nix::unistd::Pid::from_raw(d.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let connects = (0..STORM).map(|_| async move {
+        let sock = TcpSocket::new_v4().unwrap();
+        sock.bind("127.0.0.3:0".parse().unwrap()).unwrap();
+        tokio::time::timeout(Duration::from_millis(800), sock.connect(base)).await
+    });
+    let results = futures_util::future::join_all(connects).await;
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let held: Vec<TcpStream> = results.into_iter().flatten().flatten().collect();
+    assert_eq!(
+        held.len(),
+        STORM,
+        "only {} of {STORM} handshakes completed while the daemon was stopped \
+         (the kernel caps the backlog at net.core.somaxconn: {:?})",
+        held.len(),
+        std::fs::read_to_string("/proc/sys/net/core/somaxconn").map(|s| s.trim().to_string())
+    );
+    drop(held);
+    assert!(healthz(&d.base()).await);
+    d.kill();
+}

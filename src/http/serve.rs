@@ -29,7 +29,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
@@ -47,6 +47,12 @@ pub const PENDING_PER_IP: usize = 256;
 /// Unfinished handshakes admitted overall (further bounded by the open-files
 /// limit: see [`pending_total`]).
 pub const PENDING_TOTAL: usize = 4096;
+/// Connections the kernel may hold, handshake done, for the accept loop.
+/// std's and mio's 128 overflowed when a fleet reconnected at once (after a
+/// restart or an upgrade): past it the kernel drops handshakes, and each
+/// device dropped waits out its SYN retransmits (1 s, then 3 s, 7 s...).
+/// The kernel caps it at `net.core.somaxconn` (4096 by default since 5.4).
+pub const ACCEPT_BACKLOG: u32 = 4096;
 const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
 pub const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -65,6 +71,19 @@ pub struct Server {
 pub fn pending_total() -> usize {
     let nofile = open_files_limit().map_or(1024, |(soft, _)| soft);
     PENDING_TOTAL.min((nofile / 2) as usize).max(1)
+}
+
+/// The listening socket on `addr`, with `SO_REUSEADDR` (a restart rebinds
+/// while the last run's connections are in TIME_WAIT) and a backlog of
+/// [`ACCEPT_BACKLOG`].
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
 }
 
 /// Accepts until shutdown, then returns (closing the listening socket).
