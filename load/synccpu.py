@@ -26,12 +26,11 @@ import resource
 import sys
 import time
 
+from ring import open_ring, write_next
+
 directory = sys.argv[1]
 seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 20.0
 rates = [int(r) for r in sys.argv[3:]] or [1000]
-os.makedirs(directory, exist_ok=True)
-path = os.path.join(directory, "synccpu.log")
-SIZE = 8 << 20
 
 
 def own_cpu():
@@ -39,16 +38,9 @@ def own_cpu():
     return r.ru_utime + r.ru_stime
 
 
-fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-block = b"x" * 4096
+offset = 0
+fd, path = open_ring(directory, "synccpu.log")
 try:
-    for at in range(0, SIZE, 1 << 20):
-        os.pwrite(fd, bytes(1 << 20), at)
-    os.fsync(fd)
-    dir_fd = os.open(directory, os.O_RDONLY)
-    os.fsync(dir_fd)
-    os.close(dir_fd)
-    offset = 0
     for rate in rates:
         cost = {}
         for sync in (True, False, True, False):
@@ -56,11 +48,10 @@ try:
             began = time.monotonic()
             due, n = began, 0
             while due < began + seconds / 2:
-                os.pwrite(fd, block, offset)
+                offset = write_next(fd, offset)
                 if sync:
                     os.fdatasync(fd)
                 n += 1
-                offset = (offset + len(block)) % SIZE
                 due += 1.0 / rate
                 pause = due - time.monotonic()
                 if pause > 0:

@@ -22,31 +22,22 @@ import os
 import sys
 import time
 
+from ring import open_ring, write_next
+
 directory = sys.argv[1]
 seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 20.0
 rates = [int(r) for r in sys.argv[3:]] or [2000, 10000]
-os.makedirs(directory, exist_ok=True)
-path = os.path.join(directory, "syncfloor.log")
-SIZE = 8 << 20
-fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-block = b"x" * 4096
 starts, ends = [], []
 offset = 0
+fd, path = open_ring(directory, "syncfloor.log")
 try:
-    for at in range(0, SIZE, 1 << 20):
-        os.pwrite(fd, bytes(1 << 20), at)
-    os.fsync(fd)
-    dir_fd = os.open(directory, os.O_RDONLY)
-    os.fsync(dir_fd)
-    os.close(dir_fd)
     stop = time.monotonic() + seconds
     while time.monotonic() < stop:
         began = time.monotonic()
-        os.pwrite(fd, block, offset)
+        offset = write_next(fd, offset)
         os.fdatasync(fd)
         starts.append(began)
         ends.append(time.monotonic())
-        offset = (offset + len(block)) % SIZE
 finally:
     os.close(fd)
     os.remove(path)
