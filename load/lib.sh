@@ -35,7 +35,7 @@ status_kib() { # pid, field (VmHWM, VmRSS)
 }
 
 # The daemon's config for load runs: storage.sync = "batch" (an ack follows
-# the fdatasync of its group commit; SYNC=interval FLUSH_INTERVAL=2ms for the
+# the fdatasync of its group commit; STORAGE_SYNC=interval FLUSH_INTERVAL=2ms for the
 # other mode), limits out of the way, log level warn.
 # EXTRA_CONFIG, if set, is appended: TOML sections of its own, e.g.
 # EXTRA_CONFIG=$'[fanout]\nsubscriber_queue = 50000'.
@@ -53,7 +53,7 @@ burst = 10000000
 handshakes_per_ip = 100000
 [storage]
 path = "$3"
-sync = "${SYNC:-batch}"
+sync = "${STORAGE_SYNC:-batch}"
 flush_interval = "${FLUSH_INTERVAL:-50ms}"
 [log]
 level = "warn"

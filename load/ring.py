@@ -13,12 +13,18 @@ def open_ring(directory, name):
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, name)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-    for at in range(0, SIZE, 1 << 20):
-        os.pwrite(fd, bytes(1 << 20), at)
-    os.fsync(fd)
-    dir_fd = os.open(directory, os.O_RDONLY)
-    os.fsync(dir_fd)
-    os.close(dir_fd)
+    try:
+        for at in range(0, SIZE, 1 << 20):
+            os.pwrite(fd, bytes(1 << 20), at)
+        os.fsync(fd)
+        dir_fd = os.open(directory, os.O_RDONLY)
+        os.fsync(dir_fd)
+        os.close(dir_fd)
+    except BaseException:
+        # A full disk, say: leave no 8 MiB file behind.
+        os.close(fd)
+        os.remove(path)
+        raise
     return fd, path
 
 
