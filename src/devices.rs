@@ -156,50 +156,67 @@ impl Book {
             .map(|r| r.received)
             .max()
             .expect("a run is never empty");
-        if !self.devices.contains_key(&**device) {
-            if self.devices.len() >= MAX_DEVICES {
-                // Newest first, a device seen before every one kept would
-                // be the next forgotten: the book is full of newer ones.
-                // (Live, a new device always comes in, whatever its
-                // `received`: it is reporting now.)
-                if order == Order::NewestFirst
-                    && self
-                        .by_last_seen
-                        .first()
-                        .is_some_and(|(oldest, _)| newest < *oldest)
-                {
-                    return;
-                }
-                self.evict_oldest();
+        // A known device is the rule: one look-up for it.
+        if let Some(seen) = self.devices.get_mut(&**device) {
+            if newest > seen.last_seen {
+                // Re-key the index entry: O(log n).
+                self.by_last_seen.remove(&(seen.last_seen, device.clone()));
+                self.by_last_seen.insert((newest, device.clone()));
+                seen.last_seen = newest;
             }
-            let seen = Seen {
-                last_seen: newest,
-                sensors: BTreeSet::new(),
-            };
-            self.by_last_seen.insert((newest, device.clone()));
-            self.devices.insert(device.clone(), seen);
+            note_sensors(&mut seen.sensors, run);
+            return;
         }
-        let seen = self.devices.get_mut(&**device).expect("inserted above");
-        if newest > seen.last_seen {
-            // Re-key the index entry: O(log n).
-            self.by_last_seen.remove(&(seen.last_seen, device.clone()));
-            self.by_last_seen.insert((newest, device.clone()));
-            seen.last_seen = newest;
-        }
-        for r in run {
-            if seen.sensors.len() >= MAX_SENSORS {
-                break;
+        if self.devices.len() >= MAX_DEVICES {
+            // Newest first, a device seen before every one kept would be
+            // the next forgotten: the book is full of newer ones. (Live, a
+            // new device always comes in, whatever its `received`: it is
+            // reporting now.)
+            if order == Order::NewestFirst
+                && self
+                    .by_last_seen
+                    .first()
+                    .is_some_and(|(oldest, _)| newest < *oldest)
+            {
+                return;
             }
-            // A shared name: inserting a known one costs a reference count,
-            // not a copy, so there is no look-up first.
-            seen.sensors.insert(r.sensor.clone());
+            self.evict_oldest();
         }
+        let mut seen = Seen {
+            last_seen: newest,
+            sensors: BTreeSet::new(),
+        };
+        note_sensors(&mut seen.sensors, run);
+        self.by_last_seen.insert((newest, device.clone()));
+        self.devices.insert(device.clone(), seen);
     }
 
     /// Forgets the least recently seen device (ties: the smallest id).
     fn evict_oldest(&mut self) {
         if let Some((_, device)) = self.by_last_seen.pop_first() {
             self.devices.remove(&device);
+        }
+    }
+}
+
+/// Adds a run's sensor names to a device's (at most [`MAX_SENSORS`]).
+fn note_sensors(sensors: &mut BTreeSet<Arc<str>>, run: &[Reading]) {
+    let mut last: Option<&Arc<str>> = None;
+    for r in run {
+        // Readings in a row often carry one sensor (the decoder shares one
+        // `Arc` per name across a connection's readings): the same
+        // pointer is known already.
+        if last.is_some_and(|l| Arc::ptr_eq(l, &r.sensor)) {
+            continue;
+        }
+        last = Some(&r.sensor);
+        if sensors.len() >= MAX_SENSORS {
+            break;
+        }
+        // Known names are the rule: a look-up costs no reference count
+        // (inserting a known one clones and drops one).
+        if !sensors.contains(&r.sensor) {
+            sensors.insert(r.sensor.clone());
         }
     }
 }

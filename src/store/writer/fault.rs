@@ -32,7 +32,11 @@ impl Writer {
     /// Refuses the write (and enters [`Fault::DiskFull`]) when the store's
     /// filesystem would keep less than `storage.min_free` after `need` bytes.
     pub(super) fn check_space(&mut self, need: u64) -> Result<(), Fault> {
-        let free = match crate::store::durability::free_bytes(self.store.path()) {
+        let free = match &self.space {
+            Some(probe) => probe.free_bytes(),
+            None => crate::store::durability::free_bytes(self.store.path()),
+        };
+        let free = match free {
             Ok(free) => free,
             // Not knowing is no reason to refuse: sled's own error decides.
             Err(_) => return Ok(()),

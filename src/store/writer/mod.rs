@@ -215,8 +215,12 @@ pub(super) fn spawn_checkpointing_every(
     let (tx, rx) = mpsc::channel(queue_capacity);
     let rt = tokio::runtime::Handle::current();
     let next_id = store.last_id() + 1;
+    // Without it (the directory cannot be opened: it can, sled is in it)
+    // the check goes by path.
+    let space = super::durability::SpaceProbe::open(store.path()).ok();
     let writer = Writer {
         applier: apply::Applier::spawn(store.clone()),
+        space,
         store,
         sync: storage.sync,
         flush_interval: storage.flush_interval,
@@ -256,6 +260,8 @@ struct Writer {
     sync: SyncMode,
     flush_interval: Duration,
     min_free: u64,
+    /// The store's directory, open to ask for its free space every commit.
+    space: Option<super::durability::SpaceProbe>,
     listeners: Vec<Arc<dyn CommitListener>>,
     /// Buffers of commits all their holders have dropped, for the next ones.
     pool: Arc<Pool>,
@@ -610,9 +616,12 @@ impl Writer {
         if readings.is_empty() {
             return Ok(());
         }
-        let mut entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let segments = codec::encode_segments(readings);
+        // Two entries per segment, one per device's seq, the next id.
+        let mut entries: Vec<(Vec<u8>, Vec<u8>)> =
+            Vec::with_capacity(2 * segments.len() + seq_updates.len() + 1);
         let mut added_bytes = 0;
-        for codec::EncodedSegment { range, bytes } in codec::encode_segments(readings) {
+        for codec::EncodedSegment { range, bytes } in segments {
             let chunk = &readings[range];
             let meta = SegmentMeta {
                 first_id: chunk[0].id,
