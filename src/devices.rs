@@ -201,15 +201,19 @@ impl Book {
 
 /// Adds a run's sensor names to a device's (at most [`MAX_SENSORS`]).
 fn note_sensors(sensors: &mut BTreeSet<Arc<str>>, run: &[Reading]) {
-    let mut last: Option<&Arc<str>> = None;
+    // The names this run has already seen, by address: a batch cycles
+    // through a few sensors, each one shared `Arc` (the decoder shares a
+    // name across a connection's readings), so most readings are found
+    // here without a look-up in the set.
+    let mut recent: [*const u8; 8] = [std::ptr::null(); 8];
+    let mut slot = 0;
     for r in run {
-        // Readings in a row often carry one sensor (the decoder shares one
-        // `Arc` per name across a connection's readings): the same
-        // pointer is known already.
-        if last.is_some_and(|l| Arc::ptr_eq(l, &r.sensor)) {
+        let ptr = r.sensor.as_ptr();
+        if recent.contains(&ptr) {
             continue;
         }
-        last = Some(&r.sensor);
+        recent[slot] = ptr;
+        slot = (slot + 1) % recent.len();
         if sensors.len() >= MAX_SENSORS {
             break;
         }
@@ -320,5 +324,38 @@ mod tests {
         assert_eq!(b.sensors, ["t"]);
         let book = book.inner.lock().unwrap();
         assert_eq!(book.by_last_seen.len(), 2);
+    }
+
+    /// Names are found by address among the run's last few: shared names
+    /// cycling past those, in runs of one device and of a known one, are
+    /// all recorded, and the cap still holds.
+    #[test]
+    fn shared_names_cycling_are_each_recorded_up_to_the_cap() {
+        let book = DeviceBook::default();
+        let names: Vec<Arc<str>> = (0..20).map(|n| Arc::from(format!("s{n:02}"))).collect();
+        let run = |from: usize, count: usize| -> Vec<Reading> {
+            (0..60)
+                .map(|i| Reading {
+                    sensor: names[from + (i * 7) % count].clone(),
+                    ..reading("a", i as i64)
+                })
+                .collect()
+        };
+        book.observe(&run(0, 10));
+        book.observe(&run(10, 10));
+        let list = book.list(&[]);
+        let expected: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        assert_eq!(list[0].sensors, expected);
+
+        let many: Vec<Reading> = (0..MAX_SENSORS + 40)
+            .map(|i| Reading {
+                sensor: Arc::from(format!("m{i:04}")),
+                ..reading("b", 1)
+            })
+            .collect();
+        book.observe(&many);
+        let list = book.list(&[]);
+        let b = list.iter().find(|d| d.device == "b").unwrap();
+        assert_eq!(b.sensors.len(), MAX_SENSORS);
     }
 }

@@ -59,6 +59,10 @@ use crate::store::StoreError;
 /// (`tests/power_loss.rs` checks that).
 pub const SEGMENT_MAX_BYTES: usize = 6 * 1024;
 
+/// Strings per field an encoder finds by address before hashing: more
+/// than a device's usual handful of sensors.
+const RECENT: usize = 8;
+
 /// The first byte of a compact segment.
 const COMPACT: u8 = 0xc1;
 
@@ -117,10 +121,13 @@ struct Encoder<'a> {
     body: Vec<u8>,
     first_id: u64,
     strings: HashMap<&'a str, u64, BuildHasherDefault<FxHasher>>,
-    /// The last string each field referred to, with its index: a batch's
-    /// readings repeat their device (and often their sensor), and this
-    /// finds those without hashing.
-    last: [(*const u8, usize, u64); 3],
+    /// The last [`RECENT`] strings each field referred to, by address, with
+    /// their index: a batch's readings repeat their device, and cycle
+    /// through a few sensors and units (each name one shared `Arc` per
+    /// connection), so these find nearly every reference without hashing.
+    recent: [[(*const u8, usize, u64); RECENT]; 3],
+    /// Per field, the slot of `recent` to fill next (round robin).
+    next_slot: [usize; 3],
     prev_ts: i64,
     prev_received: i64,
 }
@@ -134,8 +141,11 @@ impl<'a> Encoder<'a> {
         Encoder {
             body: Vec::with_capacity((24 * rest.len()).min(SEGMENT_MAX_BYTES + 1024)),
             first_id: rest.first().map_or(0, |r| r.id),
-            strings: HashMap::default(),
-            last: [(std::ptr::null(), 0, 0); 3],
+            // A segment names a few devices, sensors and units: room for
+            // them without growing the table as they come.
+            strings: HashMap::with_capacity_and_hasher(16, Default::default()),
+            recent: [[(std::ptr::null(), 0, 0); RECENT]; 3],
+            next_slot: [0; 3],
             prev_ts: 0,
             prev_received: 0,
         }
@@ -162,8 +172,11 @@ impl<'a> Encoder<'a> {
     fn string(&mut self, field: usize, s: &'a str) {
         // The same address is the same string: every `s` is borrowed from
         // the readings being encoded, all alive until the segment is done.
-        let (ptr, len, index) = self.last[field];
-        if ptr == s.as_ptr() && len == s.len() {
+        let key = (s.as_ptr(), s.len());
+        if let Some(&(_, _, index)) = self.recent[field]
+            .iter()
+            .find(|(ptr, len, _)| (*ptr, *len) == key)
+        {
             put_varint(&mut self.body, index + 2);
             return;
         }
@@ -181,7 +194,9 @@ impl<'a> Encoder<'a> {
                 next
             }
         };
-        self.last[field] = (s.as_ptr(), s.len(), index);
+        let slot = self.next_slot[field];
+        self.recent[field][slot] = (key.0, key.1, index);
+        self.next_slot[field] = (slot + 1) % RECENT;
     }
 
     /// The whole segment's size with `count` readings: its header and rows.

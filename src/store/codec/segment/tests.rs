@@ -180,6 +180,47 @@ fn a_batch_takes_a_third_of_the_older_form_and_shares_its_strings() {
     assert!(Arc::ptr_eq(&back[0].sensor, &back[3].sensor));
 }
 
+/// The encoder finds a field's last few strings by address: more names than
+/// it keeps, cycling, and equal names in separate allocations (each
+/// connection shares its own), must still each be written once and
+/// referred to by the right index.
+#[test]
+fn names_past_the_ones_found_by_address_are_written_once_and_read_back() {
+    let devices: Vec<Arc<str>> = (0..3).map(|d| Arc::from(format!("dev-{d}"))).collect();
+    // 20 names, more than RECENT, each in two allocations of its own.
+    let names: Vec<[Arc<str>; 2]> = (0..20)
+        .map(|n| {
+            let name = format!("sensor-{n:02}");
+            [Arc::from(name.as_str()), Arc::from(name.as_str())]
+        })
+        .collect();
+    let readings: Vec<Reading> = (0..120u64)
+        .map(|i| {
+            let copy = (i / 20 % 2) as usize;
+            reading(
+                5000 + i,
+                &devices[(i / 40) as usize],
+                // Two names every third reading apart (found by address),
+                // between them the other 18 in turn (evicted before they
+                // come again).
+                &names[if i % 3 < 2 { i % 3 } else { 2 + i / 3 % 18 } as usize][copy],
+                Value::UInt(i),
+            )
+        })
+        .collect();
+    let segments = round_trip(&readings);
+    assert_eq!(segments.len(), 1);
+    let bytes = &segments[0].bytes;
+    for n in 0..20 {
+        let name = format!("sensor-{n:02}");
+        let written = bytes
+            .windows(name.len())
+            .filter(|w| *w == name.as_bytes())
+            .count();
+        assert_eq!(written, 1, "{name} is written once");
+    }
+}
+
 #[test]
 fn a_large_group_is_cut_where_the_next_reading_would_not_fit() {
     let sensor: Arc<str> = "temperature".into();
