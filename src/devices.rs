@@ -27,6 +27,9 @@ use crate::store::{Commit, CommitListener, SeenAtStart};
 
 pub const MAX_DEVICES: usize = 100_000;
 pub const MAX_SENSORS: usize = 256;
+/// Sensor names a run's readings are checked against by address before the
+/// device's set: more than a device's usual handful.
+const RECENT_NAMES: usize = 8;
 
 #[derive(Default)]
 pub struct DeviceBook {
@@ -202,10 +205,13 @@ impl Book {
 /// Adds a run's sensor names to a device's (at most [`MAX_SENSORS`]).
 fn note_sensors(sensors: &mut BTreeSet<Arc<str>>, run: &[Reading]) {
     // The names this run has already seen, by address: a batch cycles
-    // through a few sensors, each one shared `Arc` (the decoder shares a
-    // name across a connection's readings), so most readings are found
-    // here without a look-up in the set.
-    let mut recent: [*const u8; 8] = [std::ptr::null(); 8];
+    // through a few sensors, and the decoder's fast path shares each name
+    // as one `Arc` across a connection's readings (for its first 32
+    // distinct names and units), so those readings are found here without
+    // a look-up in the set. Names it does not share are simply looked up.
+    // The address alone identifies a name: each `Arc<str>` is an
+    // allocation of its own, and all of them live for this call.
+    let mut recent = [std::ptr::null::<u8>(); RECENT_NAMES];
     let mut slot = 0;
     for r in run {
         let ptr = r.sensor.as_ptr();
@@ -346,6 +352,21 @@ mod tests {
         let list = book.list(&[]);
         let expected: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         assert_eq!(list[0].sensors, expected);
+
+        // Names that come back within the last few (found by address),
+        // with new ones between them: each new one is still recorded.
+        let order = [0, 1, 0, 2, 0, 3, 1, 4, 0, 5, 2, 6];
+        let shared: Vec<Reading> = order
+            .iter()
+            .map(|&n| Reading {
+                sensor: names[n].clone(),
+                ..reading("c", 1)
+            })
+            .collect();
+        book.observe(&shared);
+        let list = book.list(&[]);
+        let c = list.iter().find(|d| d.device == "c").unwrap();
+        assert_eq!(c.sensors, expected[..7]);
 
         let many: Vec<Reading> = (0..MAX_SENSORS + 40)
             .map(|i| Reading {

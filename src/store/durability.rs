@@ -132,14 +132,16 @@ pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
 
 /// The store directory held open to ask its filesystem for free space,
 /// which the writer does before every commit: `fstatvfs` on the open
-/// directory skips the path walk `statvfs` does each time (the walk was
-/// most of the call: about 10 us per commit in the writer's profile at
-/// 1,000 devices, 4.6 % of its time, against half that through the fd).
+/// directory skips the path walk `statvfs` does each time, which was most
+/// of the call's cost in the writer's profile (BENCHMARKS.md, "The
+/// writer's own work per commit, trimmed").
 pub struct SpaceProbe {
     dir: File,
 }
 
 impl SpaceProbe {
+    /// Opens `dir` (close-on-exec, like every file std opens: a restart in
+    /// place does not inherit it).
     pub fn open(dir: &Path) -> std::io::Result<Self> {
         Ok(SpaceProbe {
             dir: File::open(dir)?,
@@ -194,9 +196,10 @@ mod tests {
         let probe = SpaceProbe::open(dir.path()).unwrap();
         let (by_path, by_fd) = (free_bytes(dir.path()).unwrap(), probe.free_bytes().unwrap());
         // Both ask the same filesystem; other writers on it may move the
-        // figure between the two calls, but not by a gigabyte.
+        // figure between the two calls, but not by a tenth of it.
+        assert!(by_fd > 0);
         assert!(
-            by_path.abs_diff(by_fd) < 1 << 30,
+            by_path.abs_diff(by_fd) <= by_path / 10,
             "{by_path} against {by_fd}"
         );
         assert!(SpaceProbe::open(&dir.path().join("missing")).is_err());

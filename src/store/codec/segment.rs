@@ -123,8 +123,10 @@ struct Encoder<'a> {
     strings: HashMap<&'a str, u64, BuildHasherDefault<FxHasher>>,
     /// The last [`RECENT`] strings each field referred to, by address, with
     /// their index: a batch's readings repeat their device, and cycle
-    /// through a few sensors and units (each name one shared `Arc` per
-    /// connection), so these find nearly every reference without hashing.
+    /// through a few sensors and units, which the decoder's fast path
+    /// shares as one `Arc` each across a connection's readings (its first
+    /// 32 distinct ones), so these find most references without hashing.
+    /// Strings not shared are found in `strings`, by content.
     recent: [[(*const u8, usize, u64); RECENT]; 3],
     /// Per field, the slot of `recent` to fill next (round robin).
     next_slot: [usize; 3],
@@ -141,8 +143,8 @@ impl<'a> Encoder<'a> {
         Encoder {
             body: Vec::with_capacity((24 * rest.len()).min(SEGMENT_MAX_BYTES + 1024)),
             first_id: rest.first().map_or(0, |r| r.id),
-            // A segment names a few devices, sensors and units: room for
-            // them without growing the table as they come.
+            // Room for a few devices' names and units before the table
+            // first grows (a fleet's segment names dozens of devices).
             strings: HashMap::with_capacity_and_hasher(16, Default::default()),
             recent: [[(std::ptr::null(), 0, 0); RECENT]; 3],
             next_slot: [0; 3],

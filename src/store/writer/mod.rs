@@ -215,9 +215,7 @@ pub(super) fn spawn_checkpointing_every(
     let (tx, rx) = mpsc::channel(queue_capacity);
     let rt = tokio::runtime::Handle::current();
     let next_id = store.last_id() + 1;
-    // Without it (the directory cannot be opened: it can, sled is in it)
-    // the check goes by path.
-    let space = super::durability::SpaceProbe::open(store.path()).ok();
+    let space = open_space_probe(&store);
     let writer = Writer {
         applier: apply::Applier::spawn(store.clone()),
         space,
@@ -251,6 +249,20 @@ pub(super) fn spawn_checkpointing_every(
         .spawn(move || writer.run(rx, rt))
         .expect("spawning the writer thread");
     (WriterHandle { tx }, join)
+}
+
+/// The store's directory, open for the free-space check; `None` (the check
+/// then goes by path) only if it cannot be opened, which sled, whose files
+/// are in it, would not survive either.
+fn open_space_probe(store: &Store) -> Option<super::durability::SpaceProbe> {
+    match super::durability::SpaceProbe::open(store.path()) {
+        Ok(probe) => Some(probe),
+        Err(e) => {
+            tracing::warn!(error = %e, path = %store.path().display(),
+                "cannot open the store directory; checking free space by path");
+            None
+        }
+    }
 }
 
 struct Writer {
