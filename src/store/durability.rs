@@ -136,25 +136,38 @@ pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
 /// of the call's cost in the writer's profile (BENCHMARKS.md, "The
 /// writer's own work per commit, trimmed").
 pub struct SpaceProbe {
-    dir: File,
+    path: PathBuf,
+    /// `None` when the directory could not be opened (which sled, whose
+    /// files are in it, would not survive either): then asked by path.
+    dir: Option<File>,
 }
 
 impl SpaceProbe {
     /// Opens `dir` (close-on-exec, like every file std opens: a restart in
-    /// place does not inherit it).
-    pub fn open(dir: &Path) -> std::io::Result<Self> {
-        Ok(SpaceProbe {
-            dir: File::open(dir)?,
-        })
+    /// place does not inherit it), or logs why not and asks by path.
+    pub fn open(dir: &Path) -> Self {
+        let opened = File::open(dir)
+            .map_err(|e| {
+                tracing::warn!(error = %e, path = %dir.display(),
+                    "cannot open the store directory; checking free space by path");
+            })
+            .ok();
+        SpaceProbe {
+            path: dir.to_path_buf(),
+            dir: opened,
+        }
     }
 
-    /// [`free_bytes`] of the directory opened.
+    /// [`free_bytes`] of the directory.
     pub fn free_bytes(&self) -> std::io::Result<u64> {
         use std::os::fd::AsRawFd;
+        let Some(dir) = &self.dir else {
+            return free_bytes(&self.path);
+        };
         let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        // SAFETY: the fd is open for as long as `self.dir`, and `st` is a
-        // valid out-pointer.
-        if unsafe { libc::fstatvfs(self.dir.as_raw_fd(), &mut st) } != 0 {
+        // SAFETY: the fd is open for as long as `dir`, and `st` is a valid
+        // out-pointer.
+        if unsafe { libc::fstatvfs(dir.as_raw_fd(), &mut st) } != 0 {
             return Err(std::io::Error::last_os_error());
         }
         Ok(available(&st))
@@ -193,7 +206,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert!(free_bytes(dir.path()).unwrap() > 0);
         assert!(free_bytes(&dir.path().join("missing")).is_err());
-        let probe = SpaceProbe::open(dir.path()).unwrap();
+        let probe = SpaceProbe::open(dir.path());
+        assert!(probe.dir.is_some(), "asked through the open directory");
         let (by_path, by_fd) = (free_bytes(dir.path()).unwrap(), probe.free_bytes().unwrap());
         // Both ask the same filesystem; other writers on it may move the
         // figure between the two calls, but not by a tenth of it.
@@ -202,6 +216,10 @@ mod tests {
             by_path.abs_diff(by_fd) <= by_path / 10,
             "{by_path} against {by_fd}"
         );
-        assert!(SpaceProbe::open(&dir.path().join("missing")).is_err());
+        // A directory that cannot be opened is asked by path, which fails
+        // as `free_bytes` does.
+        let missing = SpaceProbe::open(&dir.path().join("missing"));
+        assert!(missing.dir.is_none());
+        assert!(missing.free_bytes().is_err());
     }
 }

@@ -29,18 +29,10 @@ impl Fault {
 }
 
 impl Writer {
-    /// Free bytes on the store's filesystem, through the open directory.
-    fn free_bytes(&self) -> std::io::Result<u64> {
-        match &self.space {
-            Some(probe) => probe.free_bytes(),
-            None => crate::store::durability::free_bytes(self.store.path()),
-        }
-    }
-
     /// Refuses the write (and enters [`Fault::DiskFull`]) when the store's
     /// filesystem would keep less than `storage.min_free` after `need` bytes.
     pub(super) fn check_space(&mut self, need: u64) -> Result<(), Fault> {
-        let free = match self.free_bytes() {
+        let free = match self.space.free_bytes() {
             Ok(free) => free,
             // Not knowing is no reason to refuse: sled's own error decides.
             Err(_) => return Ok(()),
@@ -108,8 +100,8 @@ impl Writer {
         // one (a volume mounted over it, a store restored), the reopened
         // sled writes there, and the check before every commit must ask
         // that filesystem, as this one does.
-        self.space = super::open_space_probe(&self.store);
-        let free = self.free_bytes().unwrap_or(u64::MAX);
+        self.space = crate::store::durability::SpaceProbe::open(self.store.path());
+        let free = self.space.free_bytes().unwrap_or(u64::MAX);
         if free < self.min_free {
             return;
         }

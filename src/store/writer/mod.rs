@@ -215,7 +215,7 @@ pub(super) fn spawn_checkpointing_every(
     let (tx, rx) = mpsc::channel(queue_capacity);
     let rt = tokio::runtime::Handle::current();
     let next_id = store.last_id() + 1;
-    let space = open_space_probe(&store);
+    let space = super::durability::SpaceProbe::open(store.path());
     let writer = Writer {
         applier: apply::Applier::spawn(store.clone()),
         space,
@@ -251,20 +251,6 @@ pub(super) fn spawn_checkpointing_every(
     (WriterHandle { tx }, join)
 }
 
-/// The store's directory, open for the free-space check; `None` (the check
-/// then goes by path) only if it cannot be opened, which sled, whose files
-/// are in it, would not survive either.
-fn open_space_probe(store: &Store) -> Option<super::durability::SpaceProbe> {
-    match super::durability::SpaceProbe::open(store.path()) {
-        Ok(probe) => Some(probe),
-        Err(e) => {
-            tracing::warn!(error = %e, path = %store.path().display(),
-                "cannot open the store directory; checking free space by path");
-            None
-        }
-    }
-}
-
 struct Writer {
     store: Arc<Store>,
     /// Applies staged commits to sled on its own thread.
@@ -273,7 +259,7 @@ struct Writer {
     flush_interval: Duration,
     min_free: u64,
     /// The store's directory, open to ask for its free space every commit.
-    space: Option<super::durability::SpaceProbe>,
+    space: super::durability::SpaceProbe,
     listeners: Vec<Arc<dyn CommitListener>>,
     /// Buffers of commits all their holders have dropped, for the next ones.
     pool: Arc<Pool>,
