@@ -9,6 +9,7 @@ use anyhow::{bail, Context};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::Uri;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::WebSocketStream;
 
 pub type Ws = WebSocketStream<TcpStream>;
@@ -95,18 +96,31 @@ pub struct ConnectError {
     pub detail: String,
 }
 
-/// Connects connection number `index` with `token` (empty: no token).
+/// How much a device connection reads from its socket at a time. What a
+/// device receives is acks of a few dozen bytes. tungstenite zero-fills its
+/// read buffer's spare room before every read, so its default of 128 KiB
+/// cost device-sim more CPU than the whole daemon's frame parsing.
+/// Frames bigger than this still arrive, over several reads.
+pub const DEVICE_READ_BUFFER: usize = 4 * 1024;
+/// The same for a subscriber, whose frames carry a commit's readings
+/// (tens of KiB at the peak shapes).
+pub const SUBSCRIBER_READ_BUFFER: usize = 32 * 1024;
+
+/// Connects connection number `index` with `token` (empty: no token), as
+/// a device.
 pub async fn connect(target: &Target, index: usize, token: &str) -> Result<Ws, ConnectError> {
-    connect_with(target, index, token, None).await
+    connect_with(target, index, token, None, DEVICE_READ_BUFFER).await
 }
 
 /// [`connect`], asking for a WebSocket subprotocol (`sensorgate.msgpack`
-/// for MessagePack subscriber frames).
+/// for MessagePack subscriber frames) and reading up to `read_buffer`
+/// bytes at a time.
 pub async fn connect_with(
     target: &Target,
     index: usize,
     token: &str,
     subprotocol: Option<&str>,
+    read_buffer: usize,
 ) -> Result<Ws, ConnectError> {
     let transient = |detail: String| ConnectError {
         permanent: false,
@@ -153,7 +167,8 @@ pub async fn connect_with(
                 })?,
         );
     }
-    match tokio_tungstenite::client_async(req, stream).await {
+    let config = WebSocketConfig::default().read_buffer_size(read_buffer);
+    match tokio_tungstenite::client_async_with_config(req, stream, Some(config)).await {
         Ok((ws, _)) => Ok(ws),
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
             let status = resp.status().as_u16();

@@ -149,10 +149,16 @@ pub async fn run(
     let sep = if url.contains('?') { '&' } else { '?' };
     let url = format!("{url}{sep}topic=%23");
     let target = Target::resolve(&url, 1).await?;
-    let mut ws = conn::connect_with(&target, 0, token, format.subprotocol())
-        .await
-        .map_err(|e| anyhow::anyhow!(e.detail))
-        .with_context(|| format!("subscribing at {url}"))?;
+    let mut ws = conn::connect_with(
+        &target,
+        0,
+        token,
+        format.subprotocol(),
+        conn::SUBSCRIBER_READ_BUFFER,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!(e.detail))
+    .with_context(|| format!("subscribing at {url}"))?;
     let mut meter = Meter::new(log, stats);
     let mut ready = Some(ready);
     let result = loop {

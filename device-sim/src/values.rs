@@ -7,10 +7,11 @@ use rand::Rng;
 use serde::Serialize;
 
 /// One reading as the device sends it (SPEC §2; `device` comes from the
-/// token, never from the payload).
+/// token, never from the payload). Borrows its sensor's name from the
+/// device's [`Sensors`]: a flood samples millions a second.
 #[derive(Debug, Clone, Serialize)]
-pub struct ReadingOut {
-    pub sensor: String,
+pub struct ReadingOut<'a> {
+    pub sensor: &'a str,
     pub ts: i64,
     pub value: f64,
     pub unit: &'static str,
@@ -21,7 +22,14 @@ pub struct ReadingOut {
 pub struct BatchOut<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
-    pub readings: &'a [ReadingOut],
+    pub readings: &'a [ReadingOut<'a>],
+}
+
+/// One sampled value: which of the device's sensors, and what it read.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    pub sensor: usize,
+    pub value: f64,
 }
 
 /// The model of one sensor.
@@ -87,20 +95,30 @@ impl Sensors {
         Sensors { models, next: 0 }
     }
 
-    /// The next reading, from the next sensor in turn.
-    pub fn sample(&mut self, ts: i64, rng: &mut impl Rng) -> ReadingOut {
+    /// The next value, from the next sensor in turn.
+    pub fn sample(&mut self, rng: &mut impl Rng) -> Sample {
         let count = self.models.len();
-        let m = &mut self.models[self.next];
+        let sensor = self.next;
+        let m = &mut self.models[sensor];
         self.next = (self.next + 1) % count;
         m.level += gaussian(rng) * m.drift + (m.base - m.level) * MEAN_REVERSION;
         if rng.gen_bool(STEP_PROBABILITY) {
             m.level += if rng.gen_bool(0.5) { m.step } else { -m.step };
         }
         let value = m.level + gaussian(rng) * m.noise;
-        ReadingOut {
-            sensor: m.name.clone(),
-            ts,
+        Sample {
+            sensor,
             value: (value * 100.0).round() / 100.0,
+        }
+    }
+
+    /// `sample` as the reading a device sends, taken at `ts`.
+    pub fn reading(&self, sample: Sample, ts: i64) -> ReadingOut<'_> {
+        let m = &self.models[sample.sensor];
+        ReadingOut {
+            sensor: &m.name,
+            ts,
+            value: sample.value,
             unit: m.unit,
         }
     }
@@ -122,10 +140,16 @@ mod tests {
     fn values_stay_near_their_base_and_round_robin_sensors() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let mut s = Sensors::new(5, &mut rng);
-        let names: Vec<String> = (0..5).map(|i| s.sample(i, &mut rng).sensor).collect();
+        let names: Vec<String> = (0..5)
+            .map(|i| {
+                let sample = s.sample(&mut rng);
+                s.reading(sample, i).sensor.to_string()
+            })
+            .collect();
         assert_eq!(names, ["temp", "humidity", "pressure", "co2", "aux4"]);
         for _ in 0..10_000 {
-            let r = s.sample(0, &mut rng);
+            let sample = s.sample(&mut rng);
+            let r = s.reading(sample, 0);
             assert!(r.value.is_finite());
             if r.sensor == "temp" {
                 assert!((0.0..45.0).contains(&r.value), "{}", r.value);
@@ -136,7 +160,7 @@ mod tests {
     #[test]
     fn batches_encode_as_named_maps() {
         let readings = [ReadingOut {
-            sensor: "temp".into(),
+            sensor: "temp",
             ts: 1,
             value: 21.5,
             unit: "C",
