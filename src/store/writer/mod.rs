@@ -107,6 +107,12 @@ pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// A checkpoint is also started once this much of the log's current half is
 /// in use, so a commit rarely finds the half full.
 const CHECKPOINT_AT_LOG_BYTES: u64 = super::wal::HALF_SIZE / 2;
+/// How long a writer with nothing due waits for a request before it counts
+/// as idle and lets its pool of commit buffers go ([`Pool::clear`]). Not at
+/// once: nothing is due right after every checkpoint starts, which at the
+/// flood is ten times a second, and clearing there freed the pool's
+/// buffers only for the next commits to fault fresh pages in.
+const IDLE_AFTER: Duration = Duration::from_secs(1);
 /// How often a writer with nothing else to do looks whether a running
 /// checkpoint has returned, when the next one is due already.
 const CHECKPOINT_POLL: Duration = Duration::from_millis(5);
@@ -334,6 +340,25 @@ fn receive(
     Some(arrived + take_queued(rx, buf))
 }
 
+/// [`receive`] for a writer whose next wake is `wait`. With nothing due,
+/// a writer that then gets nothing for `idle_after` is idle: `on_idle` runs
+/// once, and the writer waits as long as it takes.
+fn receive_or_idle(
+    rx: &mut mpsc::Receiver<WriteRequest>,
+    buf: &mut Vec<WriteRequest>,
+    rt: &tokio::runtime::Handle,
+    wait: Option<Duration>,
+    idle_after: Duration,
+    on_idle: impl FnOnce(),
+) -> Option<usize> {
+    let received = receive(rx, buf, rt, wait.or(Some(idle_after)));
+    if wait.is_some() || received.is_some() {
+        return received;
+    }
+    on_idle();
+    receive(rx, buf, rt, None)
+}
+
 /// Moves what is in the queue now into `buf`, up to
 /// [`MAX_BATCHES_PER_COMMIT`] in all, without waiting; returns how many.
 fn take_queued(rx: &mut mpsc::Receiver<WriteRequest>, buf: &mut Vec<WriteRequest>) -> usize {
@@ -359,13 +384,10 @@ impl Writer {
         let mut buf = Vec::with_capacity(MAX_BATCHES_PER_COMMIT);
         loop {
             let wait = self.next_wake();
-            if wait.is_none() {
-                // Nothing due (the last commits are checkpointed): the wait
-                // may be long, and an idle writer keeps no buffers of a
-                // busy one.
-                self.pool.clear();
-            }
-            let received = receive(&mut rx, &mut buf, &rt, wait);
+            // An idle writer keeps no buffers of a busy one.
+            let received = receive_or_idle(&mut rx, &mut buf, &rt, wait, IDLE_AFTER, || {
+                self.pool.clear()
+            });
             if received == Some(0) {
                 break; // every sender gone and queue drained
             }
@@ -717,5 +739,50 @@ mod tests {
         drop(tx);
         assert_eq!(take_queued(&mut rx, &mut buf), 0, "closed and empty");
         assert_eq!(buf.len(), 6);
+    }
+
+    /// Only a writer that has nothing due and then gets nothing for the
+    /// idle time counts as idle: having nothing due alone (as right after
+    /// every checkpoint starts) does not, nor does a deadline running out.
+    #[test]
+    fn a_writer_is_idle_only_after_waiting_with_nothing_due() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let (tx, mut rx) = mpsc::channel(8);
+        let mut buf = Vec::new();
+        let idle_after = Duration::from_millis(300);
+        let send_after = |delay: Duration| {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(delay);
+                tx.blocking_send(ping()).unwrap();
+            })
+        };
+
+        // Nothing due, a request well within the idle time: not idle.
+        let sender = send_after(Duration::from_millis(20));
+        let mut idle = 0;
+        let got = receive_or_idle(&mut rx, &mut buf, rt.handle(), None, idle_after, || {
+            idle += 1
+        });
+        sender.join().unwrap();
+        assert_eq!((got, idle), (Some(1), 0));
+
+        // Nothing due and nothing for longer: idle once, then the request
+        // that comes at last is still taken.
+        buf.clear();
+        let sender = send_after(idle_after * 2);
+        let got = receive_or_idle(&mut rx, &mut buf, rt.handle(), None, idle_after, || {
+            idle += 1
+        });
+        sender.join().unwrap();
+        assert_eq!((got, idle), (Some(1), 1));
+
+        // A deadline that runs out is not idleness: the writer has work due.
+        buf.clear();
+        let due = Some(Duration::from_millis(10));
+        let got = receive_or_idle(&mut rx, &mut buf, rt.handle(), due, idle_after, || {
+            idle += 1
+        });
+        assert_eq!((got, idle), (None, 1));
     }
 }
