@@ -11,7 +11,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criteri
 use sensorgate::config::SyncMode;
 use sensorgate::fanout::wire::{readings_frame, Encoding, Routed};
 use sensorgate::fanout::TopicFilter;
-use sensorgate::protocol::{decode_batch, Reading, Value};
+use sensorgate::protocol::{decode_batch, decode_batch_with, Names, Reading, Value};
 use sensorgate::store::{self, IngestBatch, Store, WriteRequest};
 use serde_json::json;
 
@@ -41,6 +41,39 @@ fn decode(c: &mut Criterion) {
         g.throughput(Throughput::Elements(n as u64));
         g.bench_with_input(BenchmarkId::from_parameter(n), &f, |b, f| {
             b.iter(|| decode_batch(f, 500).unwrap())
+        });
+    }
+    g.finish();
+}
+
+/// A batch as device-sim's devices send it: four sensors in turn, each
+/// with its unit.
+fn device_frame(n: usize) -> Vec<u8> {
+    let sensors = [
+        ("temp", "C"),
+        ("humidity", "%"),
+        ("pressure", "hPa"),
+        ("co2", "ppm"),
+    ];
+    let readings: Vec<_> = (0..n)
+        .map(|i| {
+            let (sensor, unit) = sensors[i % sensors.len()];
+            json!({"sensor": sensor, "ts": 1_763_800_000_000_i64, "value": 21.5 + i as f64, "unit": unit})
+        })
+        .collect();
+    rmp_serde::to_vec_named(&json!({"seq": 42, "readings": readings})).unwrap()
+}
+
+/// Decoding as a device connection does, batch after batch: its sensor
+/// names and units are known from the batches before.
+fn decode_on_a_connection(c: &mut Criterion) {
+    let mut g = c.benchmark_group("decode_batch_on_a_connection");
+    for n in [10usize, 50] {
+        let f = device_frame(n);
+        let mut names = Names::default();
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(n), &f, |b, f| {
+            b.iter(|| decode_batch_with(f, 500, &mut names).unwrap())
         });
     }
     g.finish();
@@ -123,5 +156,12 @@ fn group_commit(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decode, topic_matching, encoding, group_commit);
+criterion_group!(
+    benches,
+    decode,
+    decode_on_a_connection,
+    topic_matching,
+    encoding,
+    group_commit
+);
 criterion_main!(benches);
