@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the ingest hot paths: decoding and validating a
-//! device frame, topic-filter matching, encoding a reading for subscribers
+//! device frame (alone, and as a connection does, with its sensor names
+//! known from earlier batches), topic-filter matching, encoding a reading for subscribers
 //! (JSON and MessagePack, in a frame of its own), and one durable group
 //! commit to sled.
 //!

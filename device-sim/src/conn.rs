@@ -97,7 +97,8 @@ pub struct ConnectError {
 }
 
 /// How much a device connection reads from its socket at a time. What a
-/// device receives is acks of a few dozen bytes. tungstenite zero-fills its
+/// device receives is mostly acks of a few dozen bytes (and a welcome, and
+/// now and then an error frame). tungstenite zero-fills its
 /// read buffer's spare room before every read, so its default of 128 KiB
 /// cost device-sim more CPU than the whole daemon's frame parsing.
 /// Frames bigger than this still arrive, over several reads.

@@ -11,9 +11,11 @@
 //! the pool when its last holder drops it (whichever thread that is, which
 //! also pays for dropping its readings), emptied, and the writer builds a
 //! later commit in it. The pool is bounded ([`POOL_MAX_BYTES`]), and the
-//! writer empties it once it has been idle for a second ([`Pool::clear`];
-//! buffers of the last commits, returned after that, are freed), so what
-//! it keeps is memory a busy writer was using anyway.
+//! writer empties it once it has waited a whole second with nothing to do
+//! ([`Pool::clear`]; buffers of the last commits, returned after that, are
+//! freed), so what it keeps is memory a busy writer was using anyway. A
+//! daemon that keeps receiving, however slowly, keeps the pool: after a
+//! burst, up to the bound in buffers the burst's commits were built in.
 
 use std::ops::Deref;
 use std::sync::{Arc, Mutex, PoisonError};

@@ -52,12 +52,14 @@ pub struct ReadingIn {
 #[derive(Debug, Default)]
 pub struct Names {
     known: Vec<Arc<str>>,
-    /// Where the last string asked for is kept. A device sends its
-    /// readings' names and units in the same order batch after batch, and
-    /// they were kept in the order first seen, so the next one asked for is
-    /// most often the one kept after it: looking there first spares
-    /// comparing against the others (a tenth of the daemon's CPU at the
-    /// flood was decoding batches, a third of that these look-ups).
+    /// Where the last string found (or the newest one kept) is. A device
+    /// sends its readings' names and units in the same order batch after
+    /// batch, and they were kept in the order first seen, so the next one
+    /// asked for is most often the one kept after it: looking there first
+    /// spares comparing against the others. At the flood, decoding batches
+    /// was a tenth of the daemon's CPU and these look-ups a third of that
+    /// (BENCHMARKS.md, "A lighter load generator, and where the flood's
+    /// time goes now").
     last: usize,
 }
 

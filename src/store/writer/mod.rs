@@ -767,14 +767,24 @@ mod tests {
         sender.join().unwrap();
         assert_eq!((got, idle), (Some(1), 0));
 
-        // Nothing due and nothing for longer: idle once, then the request
-        // that comes at last is still taken.
+        // Nothing due and nothing for longer: idle once, before the wait
+        // that gets the request which comes at last.
         buf.clear();
-        let sender = send_after(idle_after * 2);
+        let idle_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sender = {
+            let (tx, flag) = (tx.clone(), idle_flag.clone());
+            std::thread::spawn(move || {
+                std::thread::sleep(idle_after * 2);
+                let idle_before = flag.load(std::sync::atomic::Ordering::SeqCst);
+                tx.blocking_send(ping()).unwrap();
+                idle_before
+            })
+        };
         let got = receive_or_idle(&mut rx, &mut buf, rt.handle(), None, idle_after, || {
-            idle += 1
+            idle += 1;
+            idle_flag.store(true, std::sync::atomic::Ordering::SeqCst);
         });
-        sender.join().unwrap();
+        assert!(sender.join().unwrap(), "idle before the request came");
         assert_eq!((got, idle), (Some(1), 1));
 
         // A deadline that runs out is not idleness: the writer has work due.
@@ -784,5 +794,12 @@ mod tests {
             idle += 1
         });
         assert_eq!((got, idle), (None, 1));
+
+        // Every sender gone, with nothing due: the end, not idleness.
+        drop(tx);
+        let got = receive_or_idle(&mut rx, &mut buf, rt.handle(), None, idle_after, || {
+            idle += 1
+        });
+        assert_eq!((got, idle), (Some(0), 1));
     }
 }
