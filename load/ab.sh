@@ -14,7 +14,10 @@
 # `lagged`, the daemon's CPU seconds (utime + stime), peak RSS, and what the
 # store takes on disk after the clean stop (`du`), in all and per acked reading
 # (that includes the 8 MiB write-ahead log and sled's preallocated space, which
-# dominate a short or slow run's store).
+# dominate a short or slow run's store), and device-sim's own CPU seconds and
+# peak RSS (load/rusage.py; the RSS reads at least ~14 MiB): it shares the
+# cores with the daemon, so a lighter or heavier load generator moves the
+# daemon's figures too.
 # CAPTURE=1 also captures the daemon's port on `lo` for 5 s mid-run
 # (tcpdump, needs root) and prints the server-side ack latency: the time from
 # a device's frame arriving to the next frame the daemon sends back on that
@@ -44,8 +47,11 @@ if [ "${CAPTURE:-0}" = 1 ]; then
         timeout 5 tcpdump -i lo -tt -n -l "tcp port $PORT" 2>/dev/null | python3 "$HERE/acklat.py" "$PORT" >&2
     ) &
 fi
-timeout 600 "$SIM" --url "ws://127.0.0.1:$PORT/v1/ingest" --secret "$SECRET" --json \
+timeout 600 python3 "$HERE/rusage.py" "$TMP/sim.rusage" \
+    "$SIM" --url "ws://127.0.0.1:$PORT/v1/ingest" --secret "$SECRET" --json \
     --subscribe "ws://127.0.0.1:$PORT/v1/stream" "$@" >"$TMP/sim.json" 2>"$TMP/sim.err" || true
+sim_cpu=nan sim_rss_kib=0
+[ -s "$TMP/sim.rusage" ] && read -r sim_cpu sim_rss_kib <"$TMP/sim.rusage"
 t1=$(cpu_ticks "$PID")
 hwm=$(status_kib "$PID" VmHWM)
 if [ "${METRICS:-0}" = 1 ]; then
@@ -73,5 +79,6 @@ wait
 store_kib=$(du -sk "$TMP/store" | cut -f1)
 cpu=$(awk -v a="$t0" -v b="$t1" -v k="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", (b - a) / k }')
 jq -r --arg l "$LABEL" --arg cpu "$cpu" --arg rss "$((hwm / 1024))" --argjson store "$store_kib" \
-    '"\($l): acked/s \(.readings_per_sec | floor), p50/p99/p999 ms \(.subscriber.latency_us.p50 / 1000) / \(.subscriber.latency_us.p99 / 1000) / \(.subscriber.latency_us.p999 / 1000), ack p99/p999 ms \(.ack_latency_us.p99 / 1000) / \(.ack_latency_us.p999 / 1000), lagged \(.subscriber.lagged), server CPU s \($cpu), peak RSS MiB \($rss), store MiB \($store / 1024 | floor), store bytes/reading \(if .acked_readings > 0 then ($store * 1024 / .acked_readings | floor) else 0 end)"' \
+    --arg sim_cpu "$sim_cpu" --arg sim_rss "$((sim_rss_kib / 1024))" \
+    '"\($l): acked/s \(.readings_per_sec | floor), p50/p99/p999 ms \(.subscriber.latency_us.p50 / 1000) / \(.subscriber.latency_us.p99 / 1000) / \(.subscriber.latency_us.p999 / 1000), ack p99/p999 ms \(.ack_latency_us.p99 / 1000) / \(.ack_latency_us.p999 / 1000), lagged \(.subscriber.lagged), server CPU s \($cpu), peak RSS MiB \($rss), store MiB \($store / 1024 | floor), store bytes/reading \(if .acked_readings > 0 then ($store * 1024 / .acked_readings | floor) else 0 end), device-sim CPU s \($sim_cpu), device-sim peak RSS MiB \($sim_rss)"' \
     "$TMP/sim.json"
