@@ -98,10 +98,11 @@ pub struct ConnectError {
 
 /// How much a device connection reads from its socket at a time. What a
 /// device receives is mostly acks of a few dozen bytes (and a welcome, and
-/// now and then an error frame). tungstenite zero-fills its
-/// read buffer's spare room before every read, so its default of 128 KiB
-/// cost device-sim more CPU than the whole daemon's frame parsing.
-/// Frames bigger than this still arrive, over several reads.
+/// now and then an error frame). tungstenite zero-fills its read buffer's
+/// spare room before every read: with its default of 128 KiB that was an
+/// eighth of device-sim's CPU (BENCHMARKS.md, "A lighter load
+/// generator"), on cores it shares with the daemon it measures. Frames
+/// bigger than this still arrive, over several reads.
 pub const DEVICE_READ_BUFFER: usize = 4 * 1024;
 /// The same for a subscriber, whose frames carry a commit's readings
 /// (tens of KiB at the peak shapes).
