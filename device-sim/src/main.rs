@@ -7,6 +7,7 @@
 
 mod conn;
 mod device;
+mod frame;
 mod scenario;
 mod sendlog;
 mod stats;

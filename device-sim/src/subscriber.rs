@@ -6,8 +6,8 @@
 //! the reading's `ts` (ms) when the batch is no longer there. Both clocks are
 //! this machine's.
 //!
-//! Frames are parsed into borrowed, typed structs that skip the fields not
-//! needed, and each connection keeps its own histogram (merged into the
+//! Frames are read for the two fields measured, borrowing from the frame
+//! ([`crate::frame`]), and each connection keeps its own histogram (merged into the
 //! shared one a few times a second), so a hundred subscribers are not
 //! throttled by the measuring itself.
 
@@ -17,14 +17,12 @@ use std::time::Duration;
 use anyhow::Context;
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
-use sensorgate_wire::StreamItem;
-use serde::de::IgnoredAny;
-use serde::Deserialize;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::conn::{self, Target};
+use crate::frame::{self, Frame};
 use crate::sendlog::{self, SendLog};
 use crate::stats::{self, Stats};
 
@@ -47,19 +45,6 @@ impl Format {
     }
 }
 
-/// Any server message, flattened to what is measured: `items` of a
-/// `readings` message, `dropped` of a `lagged` one. The items are the wire
-/// crate's, borrowing from the frame, with their values skipped unparsed.
-#[derive(Deserialize)]
-struct Frame<'a> {
-    #[serde(rename = "type")]
-    kind: &'a str,
-    #[serde(default, borrow)]
-    items: Vec<StreamItem<'a, IgnoredAny>>,
-    #[serde(default)]
-    dropped: u64,
-}
-
 /// One subscriber connection's measurements.
 struct Meter {
     log: Arc<SendLog>,
@@ -80,14 +65,12 @@ impl Meter {
 
     /// Books one JSON frame received at `now_us`; returns its type.
     fn on_frame<'f>(&mut self, text: &'f str, now_us: u64) -> Option<&'f str> {
-        let frame: Frame<'f> = serde_json::from_str(text).ok()?;
-        Some(self.book(frame, now_us))
+        Some(self.book(frame::json(text)?, now_us))
     }
 
     /// Books one MessagePack frame received at `now_us`; returns its type.
     fn on_binary<'f>(&mut self, bytes: &'f [u8], now_us: u64) -> Option<&'f str> {
-        let frame: Frame<'f> = rmp_serde::from_slice(bytes).ok()?;
-        Some(self.book(frame, now_us))
+        Some(self.book(frame::msgpack(bytes)?, now_us))
     }
 
     fn book<'f>(&mut self, frame: Frame<'f>, now_us: u64) -> &'f str {
