@@ -1,7 +1,8 @@
 //! Micro-benchmarks of the ingest hot paths: decoding and validating a
 //! device frame (alone, and as a connection does, with its sensor names
-//! known from earlier batches), topic-filter matching, encoding a reading for subscribers
-//! (JSON and MessagePack, in a frame of its own), and one durable group
+//! known from earlier batches), topic-filter matching, encoding for subscribers (JSON and
+//! MessagePack: one reading in a frame of its own, and a device's batch of
+//! 50 as one list), and one durable group
 //! commit to sled.
 //!
 //! `cargo bench --bench hot_paths`
@@ -112,6 +113,48 @@ fn encoding(c: &mut Criterion) {
     g.finish();
 }
 
+/// A list of one device's batch routed to subscribers, encoded whole on
+/// first use and framed: four sensors in turn, each with its unit, as
+/// device-sim sends them (per reading: what a list costs its readings).
+fn encoding_a_list(c: &mut Criterion) {
+    let sensors: Vec<(Arc<str>, Arc<str>)> = [
+        ("temp", "C"),
+        ("humidity", "%"),
+        ("pressure", "hPa"),
+        ("co2", "ppm"),
+    ]
+    .iter()
+    .map(|(s, u)| (Arc::from(*s), Arc::from(*u)))
+    .collect();
+    let device: Arc<str> = Arc::from("sim-17");
+    let readings: Vec<Reading> = (0..50u64)
+        .map(|i| {
+            let (sensor, unit) = &sensors[i as usize % sensors.len()];
+            Reading {
+                id: 1_000_000 + i,
+                device: device.clone(),
+                sensor: sensor.clone(),
+                ts: 1_763_800_000_000,
+                value: Value::Float(21.5 + i as f64 * 0.25),
+                unit: Some(unit.clone()),
+                received: 1_763_800_000_003,
+            }
+        })
+        .collect();
+    let mut g = c.benchmark_group("encode_list_of_50");
+    g.throughput(Throughput::Elements(readings.len() as u64));
+    for (name, enc) in [("json", Encoding::Json), ("msgpack", Encoding::Msgpack)] {
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || Routed::new(readings.clone(), None),
+                |list| readings_frame(enc, &[(&list, 0..list.len())]),
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+}
+
 /// One group commit of `n` readings (one batch), applied and flushed.
 fn group_commit(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -163,6 +206,7 @@ criterion_group!(
     decode_on_a_connection,
     topic_matching,
     encoding,
+    encoding_a_list,
     group_commit
 );
 criterion_main!(benches);
