@@ -331,11 +331,11 @@ impl Device {
             .collect();
         let seq = self.next_seq;
         self.next_seq += 1;
-        let frame = rmp_serde::to_vec_named(&BatchOut {
+        let frame = BatchOut {
             seq: Some(seq),
             readings: &readings,
-        })
-        .expect("a batch encodes");
+        }
+        .encode();
         self.kept.push_back(Kept {
             seq,
             frame: frame.into(),
