@@ -131,12 +131,13 @@ impl<'a> Text<'a> {
         Some(())
     }
 
-    /// A string without escapes (keys and names; SPEC §2).
+    /// A string without escapes (keys and names; SPEC §2). One with an
+    /// escape is refused: a `\"` in it would end it early.
     fn plain_string(&mut self) -> Option<&'a [u8]> {
         self.expect(b'"')?;
         let len = memchr::memchr(b'"', self.rest)?;
         let (s, rest) = self.rest.split_at(len);
-        if s.iter().any(|&b| b == b'\\' || b < 0x20) {
+        if memchr::memchr(b'\\', s).is_some() {
             return None;
         }
         self.rest = &rest[1..];
@@ -186,12 +187,13 @@ impl<'a> Text<'a> {
                 }
             }
         } else {
-            let len = memchr::memchr2(b',', b'}', self.rest)?;
-            let scalar = &self.rest[..len];
-            if len == 0 || scalar.iter().any(|b| b"[{\"]".contains(b)) {
+            // A number, `true`, `false` or `null`: in valid JSON, what
+            // does not start an array or an object runs to the next `,`
+            // or `}` (the frame's structure is checked after it).
+            if matches!(self.rest.first(), None | Some(b'[' | b'{' | b',' | b'}')) {
                 return None;
             }
-            len
+            memchr::memchr2(b',', b'}', self.rest)?
         };
         self.rest = self.rest.get(end..)?;
         Some(())
