@@ -1,9 +1,9 @@
 //! Micro-benchmarks of the ingest hot paths: decoding and validating a
 //! device frame (alone, and as a connection does, with its sensor names
-//! known from earlier batches), topic-filter matching, encoding for subscribers (JSON and
-//! MessagePack: one reading in a frame of its own, and a device's batch of
-//! 50 as one list), and one durable group
-//! commit to sled.
+//! known from earlier batches), topic-filter matching, encoding for
+//! subscribers (JSON and MessagePack: one reading in a frame of its own,
+//! and a device's batch of 50 as one list), and one durable group commit
+//! to sled.
 //!
 //! `cargo bench --bench hot_paths`
 

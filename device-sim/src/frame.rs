@@ -2,18 +2,23 @@
 //! `device` and `ts` in a `readings` message, `dropped` in a `lagged` one.
 //!
 //! Two readers per encoding. The fast one walks a `readings` frame laid out
-//! exactly as the daemon writes it (SPEC §4: `{"type":"readings",
-//! "items":[...]}` with no whitespace, or the MessagePack map with the same
-//! two keys in that order) and gives up, returning `None`, at anything else.
-//! serde then reads the frame as before, so a frame that is not laid out
-//! that way is still counted, only more slowly.
+//! exactly as the daemon writes it (SPEC §4; `write_json`, `write_msgpack`
+//! and `readings_frame` in the daemon's `fanout::wire`): the envelope's two
+//! keys in that order, each item's fields in the daemon's order, JSON
+//! without whitespace. It gives up, returning `None`, at anything else, and
+//! serde then reads the frame, so a frame laid out otherwise is still
+//! counted, only more slowly. serde reads only `device` and `ts` of an item
+//! (device-sim's reader before this one also required `id`, `sensor` and
+//! `received`).
 //!
 //! Why by hand: parsing its subscribers' frames with serde was most of
 //! device-sim's own CPU: about half of it at 1 M JSON deliveries/s, a third
 //! at the MessagePack flood. device-sim shares the machine's cores with the
 //! daemon it measures, so whatever it spends there is taken from the daemon.
-//! The fast readers only find the two fields they need and step over the
-//! rest. The tests compare both readers on frames serde writes.
+//! The fast readers check the layout but only decode the two fields
+//! measured, stepping over the others' values. The tests compare both
+//! readers on frames serde writes: the daemon's own tests check that its
+//! items are byte for byte what serde writes.
 
 use serde::Deserialize;
 
@@ -23,7 +28,7 @@ pub struct Frame<'a> {
     #[serde(rename = "type")]
     pub kind: &'a str,
     #[serde(default, borrow)]
-    pub items: Vec<Seen<'a>>,
+    pub items: Vec<Measured<'a>>,
     #[serde(default)]
     pub dropped: u64,
 }
@@ -31,7 +36,7 @@ pub struct Frame<'a> {
 /// What is measured of one reading: whose it is and its `ts` (serde skips
 /// the other fields of an item).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub struct Seen<'a> {
+pub struct Measured<'a> {
     pub device: &'a str,
     pub ts: i64,
 }
@@ -46,7 +51,7 @@ pub fn msgpack(bytes: &[u8]) -> Option<Frame<'_>> {
     fast_msgpack(bytes).or_else(|| rmp_serde::from_slice(bytes).ok())
 }
 
-fn readings(items: Vec<Seen<'_>>) -> Frame<'_> {
+fn readings(items: Vec<Measured<'_>>) -> Frame<'_> {
     Frame {
         kind: "readings",
         items,
@@ -62,7 +67,7 @@ fn fast_json(text: &str) -> Option<Frame<'_>> {
     let mut items = Vec::new();
     if !c.eat(b']') {
         loop {
-            items.push(c.json_item()?);
+            items.push(c.item()?);
             if c.eat(b']') {
                 break;
             }
@@ -94,9 +99,25 @@ impl<'a> Text<'a> {
         self.eat(b).then_some(())
     }
 
-    /// `{"id":..,"device":"..","sensor":"..","ts":..,"value":..` and then
-    /// any more fields with scalar values: the daemon's order (SPEC §4).
-    fn json_item(&mut self) -> Option<Seen<'a>> {
+    /// Takes `bytes` if the rest starts with them.
+    fn eat_tag(&mut self, bytes: &[u8]) -> bool {
+        match self.rest.strip_prefix(bytes) {
+            Some(rest) => {
+                self.rest = rest;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn tag(&mut self, bytes: &[u8]) -> Option<()> {
+        self.eat_tag(bytes).then_some(())
+    }
+
+    /// `{"id":..,"device":"..","sensor":"..","ts":..,"value":..`, then
+    /// `"unit"` if any, `"received"`, `"origin"` if any: the daemon's
+    /// order (SPEC §4).
+    fn item(&mut self) -> Option<Measured<'a>> {
         self.tag(br#"{"id":"#)?;
         self.digits()?;
         self.tag(br#","device":"#)?;
@@ -107,15 +128,17 @@ impl<'a> Text<'a> {
         self.tag(br#","ts":"#)?;
         let ts = self.integer()?;
         self.tag(br#","value":"#)?;
-        self.skip_scalar()?;
-        // `unit`, `received`, `origin`.
-        while self.eat(b',') {
-            self.plain_string()?;
-            self.expect(b':')?;
-            self.skip_scalar()?;
+        self.skip_value()?;
+        if self.eat_tag(br#","unit":"#) {
+            self.skip_string()?;
+        }
+        self.tag(br#","received":"#)?;
+        self.integer()?;
+        if self.eat_tag(br#","origin":"#) {
+            self.skip_string()?;
         }
         self.expect(b'}')?;
-        Some(Seen { device, ts })
+        Some(Measured { device, ts })
     }
 
     /// `bytes` (a part of the frame) as the `&str` they are in the frame.
@@ -126,13 +149,8 @@ impl<'a> Text<'a> {
         self.text.get(start..start + bytes.len())
     }
 
-    fn tag(&mut self, bytes: &[u8]) -> Option<()> {
-        self.rest = self.rest.strip_prefix(bytes)?;
-        Some(())
-    }
-
-    /// A string without escapes (keys and names; SPEC §2). One with an
-    /// escape is refused: a `\"` in it would end it early.
+    /// A string without escapes (names; SPEC §2). One with an escape is
+    /// refused: a `\"` in it would end it early.
     fn plain_string(&mut self) -> Option<&'a [u8]> {
         self.expect(b'"')?;
         let len = memchr::memchr(b'"', self.rest)?;
@@ -144,7 +162,7 @@ impl<'a> Text<'a> {
         Some(s)
     }
 
-    /// Digits (an id: any u64).
+    /// Digits, as many as there are (an id, whose value is not needed).
     fn digits(&mut self) -> Option<()> {
         let len = self.rest.iter().take_while(|b| b.is_ascii_digit()).count();
         self.rest = &self.rest[len..];
@@ -174,29 +192,35 @@ impl<'a> Text<'a> {
         Some(n)
     }
 
-    /// A string (escapes and all) or a bare scalar, up to the `,` or `}`
-    /// after it. An array or an object is left to serde.
-    fn skip_scalar(&mut self) -> Option<()> {
-        let end = if self.rest.first() == Some(&b'"') {
-            let mut n = 1;
-            loop {
-                n += memchr::memchr2(b'"', b'\\', self.rest.get(n..)?)?;
-                match self.rest[n] {
-                    b'"' => break n + 1,
-                    _ => n += 2,
-                }
+    /// A string, escapes and all.
+    fn skip_string(&mut self) -> Option<()> {
+        self.expect(b'"')?;
+        let mut n = 0;
+        loop {
+            n += memchr::memchr2(b'"', b'\\', self.rest.get(n..)?)?;
+            match self.rest[n] {
+                b'"' => break,
+                _ => n += 2,
             }
-        } else {
-            // A number, `true`, `false` or `null`: in valid JSON, what
-            // does not start an array or an object runs to the next `,`
-            // or `}` (the frame's structure is checked after it).
-            if matches!(self.rest.first(), None | Some(b'[' | b'{' | b',' | b'}')) {
-                return None;
-            }
-            memchr::memchr2(b',', b'}', self.rest)?
-        };
-        self.rest = self.rest.get(end..)?;
+        }
+        self.rest = self.rest.get(n + 1..)?;
         Some(())
+    }
+
+    /// A value: a string, or a number, `true`, `false` or `null`. An array
+    /// or an object is left to serde.
+    fn skip_value(&mut self) -> Option<()> {
+        match self.rest.first()? {
+            b'"' => self.skip_string(),
+            b'[' | b'{' | b',' | b'}' => None,
+            // In valid JSON a scalar runs to the next `,` or `}`; the
+            // fields after it are checked.
+            _ => {
+                let len = memchr::memchr2(b',', b'}', self.rest)?;
+                self.rest = &self.rest[len..];
+                Some(())
+            }
+        }
     }
 }
 
@@ -207,7 +231,7 @@ fn fast_msgpack(bytes: &[u8]) -> Option<Frame<'_>> {
     // Not more than the bytes could hold (a map is at least one byte).
     let mut items = Vec::with_capacity(n.min(c.0.len()));
     for _ in 0..n {
-        items.push(c.msgpack_item()?);
+        items.push(c.item()?);
     }
     c.0.is_empty().then(|| readings(items))
 }
@@ -230,6 +254,21 @@ impl<'a> Packed<'a> {
         self.take(N)?.try_into().ok()
     }
 
+    /// Takes `bytes` if the rest starts with them.
+    fn eat_tag(&mut self, bytes: &[u8]) -> bool {
+        match self.0.strip_prefix(bytes) {
+            Some(rest) => {
+                self.0 = rest;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn tag(&mut self, bytes: &[u8]) -> Option<()> {
+        self.eat_tag(bytes).then_some(())
+    }
+
     /// A map's or an array's length: `fix` is its fix form's marker (the
     /// length in the low four bits), `long` its 16-bit form's (the 32-bit
     /// form's is the next).
@@ -242,24 +281,38 @@ impl<'a> Packed<'a> {
         }
     }
 
-    /// A map with a `device` and a `ts`; values are scalars.
-    fn msgpack_item(&mut self) -> Option<Seen<'a>> {
-        let (mut device, mut ts) = (None, None);
-        for _ in 0..self.len_of(0x80, 0xde)? {
-            let marker = self.byte()?;
-            match self.str_body(marker)? {
-                b"device" => {
-                    let marker = self.byte()?;
-                    device = Some(std::str::from_utf8(self.str_body(marker)?).ok()?);
-                }
-                b"ts" => ts = Some(self.integer()?),
-                _ => self.skip_scalar()?,
-            }
+    /// A map of `id`, `device`, `sensor`, `ts`, `value`, `unit` if any,
+    /// `received`, `origin` if any: the daemon's order (SPEC §4), its
+    /// length matching the fields there are.
+    fn item(&mut self) -> Option<Measured<'a>> {
+        let fields = self.len_of(0x80, 0xde)?;
+        self.tag(b"\xa2id")?;
+        self.integer_bytes()?;
+        self.tag(b"\xa6device")?;
+        let device = std::str::from_utf8(self.string()?).ok()?;
+        self.tag(b"\xa6sensor")?;
+        self.string()?;
+        self.tag(b"\xa2ts")?;
+        let ts = self.integer()?;
+        self.tag(b"\xa5value")?;
+        self.skip_scalar()?;
+        let unit = self.eat_tag(b"\xa4unit");
+        if unit {
+            self.string()?;
         }
-        Some(Seen {
-            device: device?,
-            ts: ts?,
-        })
+        self.tag(b"\xa8received")?;
+        self.integer()?;
+        let origin = self.eat_tag(b"\xa6origin");
+        if origin {
+            self.string()?;
+        }
+        (fields == 6 + usize::from(unit) + usize::from(origin)).then_some(Measured { device, ts })
+    }
+
+    /// A string's bytes.
+    fn string(&mut self) -> Option<&'a [u8]> {
+        let marker = self.byte()?;
+        self.str_body(marker)
     }
 
     /// The bytes of a string whose marker was `marker`.
@@ -272,6 +325,20 @@ impl<'a> Packed<'a> {
             _ => return None,
         };
         self.take(len)
+    }
+
+    /// The bytes of an integer in any of MessagePack's forms (an id: a
+    /// u64, whose value is not needed).
+    fn integer_bytes(&mut self) -> Option<()> {
+        let size = match self.byte()? {
+            0x00..=0x7f | 0xe0..=0xff => 0,
+            0xcc | 0xd0 => 1,
+            0xcd | 0xd1 => 2,
+            0xce | 0xd2 => 4,
+            0xcf | 0xd3 => 8,
+            _ => return None,
+        };
+        self.take(size).map(drop)
     }
 
     /// An integer that fits an `i64`, in any of MessagePack's forms.
@@ -318,19 +385,25 @@ mod tests {
     use sensorgate_wire::{StreamItem, Value};
     use std::borrow::Cow;
 
-    /// A value of any kind, strings with and without escapes.
+    /// A value of any kind: integers of every size, floats (a non-finite
+    /// one is JSON's `null`), strings short and long (MessagePack's str8
+    /// and str16), empty, and with escapes and JSON's punctuation inside.
     fn value(rng: &mut SmallRng) -> Value {
-        match rng.gen_range(0..6) {
+        match rng.gen_range(0..10) {
             0 => Value::Bool(rng.gen()),
             1 => Value::Int(rng.gen::<i64>() >> rng.gen_range(0..64)),
             2 => Value::UInt(rng.gen::<u64>() >> rng.gen_range(0..64)),
             3 => Value::Float(rng.gen_range(-1e9..1e9)),
-            4 => Value::Str("open, \"quoted\" {x} [y]\\".into()),
-            _ => Value::Str(["a"; 40].concat()),
+            4 => Value::Float([f64::NAN, f64::INFINITY, -0.0][rng.gen_range(0..3)]),
+            5 => Value::Str("open, \"quoted\" {x} [y]},{\\".into()),
+            6 => Value::Str("a".repeat(40)),
+            7 => Value::Str("b".repeat(300)),
+            8 => Value::Str(String::new()),
+            _ => Value::Str("\\\"".into()),
         }
     }
 
-    /// `n` items as the daemon writes them, with every optional field.
+    /// Items as the daemon writes them, with every optional field.
     fn items<'v>(rng: &mut SmallRng, values: &'v [Value]) -> Vec<StreamItem<'v>> {
         values
             .iter()
@@ -341,9 +414,11 @@ mod tests {
                 sensor: "temp",
                 ts: rng.gen::<i64>() >> rng.gen_range(0..64),
                 value,
-                unit: rng.gen_bool(0.5).then_some(Cow::Borrowed("°C")),
+                unit: rng
+                    .gen_bool(0.5)
+                    .then(|| Cow::Borrowed(["°C", "\"in\"", ""][n % 3])),
                 received: rng.gen::<i64>() >> rng.gen_range(0..64),
-                origin: rng.gen_bool(0.2).then_some(Cow::Borrowed("edge-2")),
+                origin: rng.gen_bool(0.2).then_some(Cow::Borrowed("edge-2\r")),
             })
             .collect()
     }
@@ -374,9 +449,9 @@ mod tests {
             let values: Vec<Value> = (0..len).map(|_| value(&mut rng)).collect();
             let items = items(&mut rng, &values);
             let (text, packed) = frames(&items);
-            let want: Vec<Seen<'_>> = items
+            let want: Vec<Measured<'_>> = items
                 .iter()
-                .map(|i| Seen {
+                .map(|i| Measured {
                     device: i.device,
                     ts: i.ts,
                 })
@@ -394,42 +469,45 @@ mod tests {
     }
 
     #[test]
-    fn other_layouts_are_left_to_serde_and_still_read() {
+    fn other_layouts_are_left_to_serde() {
         let item = r#"{"id":1,"device":"sim-1","sensor":"t","ts":-5,"value":2,"received":2}"#;
-        let seen = vec![Seen {
+        let seen = vec![Measured {
             device: "sim-1",
             ts: -5,
         }];
+        let frame = |items: &str| format!(r#"{{"type":"readings","items":[{items}]}}"#);
+        assert_eq!(fast_json(&frame(item)).unwrap().items, seen);
         for text in [
             // A value that is an array.
-            format!(
-                r#"{{"type":"readings","items":[{}]}}"#,
-                item.replace(":2,", ":[2],")
-            ),
+            frame(&item.replace(":2,", ":[2],")),
             // Whitespace.
-            format!(r#"{{"type":"readings","items":[ {item}]}}"#),
-            // The item's fields in another order.
-            r#"{"type":"readings","items":[{"device":"sim-1","id":1,"ts":-5}]}"#.to_string(),
-            // The frame's.
+            frame(&format!(" {item}")),
+            // The item's fields in another order, or only the two measured.
+            frame(r#"{"device":"sim-1","id":1,"sensor":"t","ts":-5,"value":2,"received":2}"#),
+            frame(r#"{"device":"sim-1","ts":-5}"#),
+            // The frame's keys in another order.
             format!(r#"{{"items":[{item}],"type":"readings"}}"#),
         ] {
             assert_eq!(fast_json(&text), None, "{text}");
             assert_eq!(json(&text).unwrap().items, seen, "{text}");
         }
-        assert_eq!(
-            fast_json(&format!(r#"{{"type":"readings","items":[{item}]}}"#))
-                .unwrap()
-                .items,
-            seen
-        );
+        // A field twice: serde refuses it, and so does the fast path.
+        let twice = frame(&item.replace(r#""received":2"#, r#""received":2,"ts":5"#));
+        assert_eq!(fast_json(&twice), None);
+        assert_eq!(json(&twice), None);
         let lagged = json(r#"{"type":"lagged","dropped":3}"#).unwrap();
         assert_eq!((lagged.kind, lagged.dropped), ("lagged", 3));
         let lagged = rmp_serde::to_vec_named(&serde_json::json!({"type": "lagged", "dropped": 3}));
         assert_eq!(msgpack(&lagged.unwrap()).unwrap().dropped, 3);
-        // A value that is a container (an array of one 1).
-        let mut packed = b"\x82\xa4type\xa8readings\xa5items\x91\x82".to_vec();
-        packed.extend(b"\xa6device\xa5sim-1\xa2ts\x91\x01");
-        assert_eq!(fast_msgpack(&packed), None);
+        // MessagePack: an item whose value is an array of one 1, and one
+        // whose map says one field more than it has.
+        let head = b"\x82\xa4type\xa8readings\xa5items\x91";
+        let fields = b"\xa2id\x01\xa6device\xa5sim-1\xa6sensor\xa1t\xa2ts\x05\xa5value";
+        let tail = b"\xa8received\x02";
+        let packed = |len: u8, value: &[u8]| [&head[..], &[len], fields, value, tail].concat();
+        assert_eq!(fast_msgpack(&packed(0x86, b"\x02")).unwrap().items[0].ts, 5);
+        assert_eq!(fast_msgpack(&packed(0x86, b"\x91\x02")), None);
+        assert_eq!(fast_msgpack(&packed(0x87, b"\x02")), None);
     }
 
     #[test]
@@ -454,10 +532,48 @@ mod tests {
             msgpack(b"\x82\xa4type\xa8readings\xa5items\xdd\xff\xff\xff\xff"),
             None
         );
-        // An item without its ts.
-        assert_eq!(
-            fast_json(r#"{"type":"readings","items":[{"device":"d"}]}"#),
-            None
-        );
+        // A whole item without its ts, in either encoding.
+        let no_ts = r#"{"id":1,"device":"d","sensor":"s","value":1,"received":2}"#;
+        let no_ts = format!(r#"{{"type":"readings","items":[{no_ts}]}}"#);
+        assert_eq!(json(&no_ts), None);
+        let no_ts: serde_json::Value = serde_json::from_str(&no_ts).unwrap();
+        assert_eq!(msgpack(&rmp_serde::to_vec_named(&no_ts).unwrap()), None);
+    }
+
+    /// Bytes changed at random: neither reader panics, and where both read
+    /// a frame they read the same.
+    #[test]
+    fn changed_bytes_never_panic_and_both_readers_agree_when_both_read() {
+        let mut rng = SmallRng::seed_from_u64(13);
+        let values: Vec<Value> = (0..6).map(|_| value(&mut rng)).collect();
+        let (text, packed) = frames(&items(&mut rng, &values));
+        let mut both = 0;
+        for _ in 0..4_000 {
+            let mut bytes = text.clone().into_bytes();
+            let at = rng.gen_range(0..bytes.len());
+            // JSON's punctuation, digits and letters: changes that keep
+            // the frame close to valid.
+            let choices = b"\"{}[],:0-9e.\\a ";
+            bytes[at] = choices[rng.gen_range(0..choices.len())];
+            if let Ok(changed) = String::from_utf8(bytes) {
+                let fast = fast_json(&changed);
+                let serde = serde_json::from_str::<Frame<'_>>(&changed).ok();
+                if let (Some(fast), Some(serde)) = (&fast, &serde) {
+                    assert_eq!(fast, serde, "{changed}");
+                    both += 1;
+                }
+            }
+            let mut bytes = packed.clone();
+            let at = rng.gen_range(0..bytes.len());
+            bytes[at] = rng.gen();
+            let fast = fast_msgpack(&bytes);
+            let serde = rmp_serde::from_slice::<Frame<'_>>(&bytes).ok();
+            if let (Some(fast), Some(serde)) = (&fast, &serde) {
+                assert_eq!(fast, serde);
+                both += 1;
+            }
+        }
+        // Many changes leave a frame both read (a changed digit, say).
+        assert!(both > 1_000, "{both}");
     }
 }

@@ -1,15 +1,15 @@
 //! The `--subscribe` side: `--subscribers` connections (topic `#`, JSON
 //! text frames, or MessagePack binary frames with `--subscriber-format
-//! msgpack`, the `sensorgate.msgpack` subprotocol), each counting the readings of this run's devices it receives
-//! (deliveries) and measuring device-to-subscriber latency: receive time
-//! minus the batch's first send, looked up in the [`SendLog`] (µs), or minus
-//! the reading's `ts` (ms) when the batch is no longer there. Both clocks are
-//! this machine's.
+//! msgpack`, the `sensorgate.msgpack` subprotocol), each counting the
+//! readings of this run's devices it receives (deliveries) and measuring
+//! device-to-subscriber latency: receive time minus the batch's first send,
+//! looked up in the [`SendLog`] (µs), or minus the reading's `ts` (ms) when
+//! the batch is no longer there. Both clocks are this machine's.
 //!
 //! Frames are read for the two fields measured, borrowing from the frame
-//! ([`crate::frame`]), and each connection keeps its own histogram (merged into the
-//! shared one a few times a second), so a hundred subscribers are not
-//! throttled by the measuring itself.
+//! ([`crate::frame`]), and each connection keeps its own histogram (merged
+//! into the shared one a few times a second), so a hundred subscribers are
+//! not throttled by the measuring itself.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -193,6 +193,11 @@ mod tests {
         ]});
         let mut meter = Meter::new(log, stats.clone());
         assert_eq!(meter.on_frame(&frame.to_string(), now), Some("readings"));
+        // One laid out as the daemon writes it (the fast path).
+        let daemons = format!(
+            r#"{{"type":"readings","items":[{{"id":6,"device":"sim-1","sensor":"temp","ts":{ts},"value":1.5,"received":{ts}}}]}}"#
+        );
+        assert_eq!(meter.on_frame(&daemons, now), Some("readings"));
         assert_eq!(
             meter.on_frame(r#"{"type":"lagged","dropped":3}"#, now),
             Some("lagged")
@@ -205,7 +210,7 @@ mod tests {
         assert_eq!(meter.on_binary(&packed, now), Some("readings"));
         assert_eq!(meter.on_binary(b"\xc1", now), None);
         meter.merge();
-        assert_eq!(stats.subscriber_readings.load(Relaxed), 4);
+        assert_eq!(stats.subscriber_readings.load(Relaxed), 5);
         assert_eq!(stats.subscriber_lagged.load(Relaxed), 3);
         let meta = crate::stats::RunMeta {
             devices: 1,
@@ -215,7 +220,7 @@ mod tests {
         };
         let r = stats.report(&meta, Duration::from_secs(1));
         let lat = &r["subscriber"]["latency_us"];
-        assert_eq!(lat["count"], 4, "{r}");
+        assert_eq!(lat["count"], 5, "{r}");
         let p50 = lat["p50"].as_u64().unwrap();
         assert!((1_990..=2_010).contains(&p50), "µs from the send log: {r}");
         assert!(lat["max"].as_u64().unwrap() >= 19_000, "ms from ts: {r}");

@@ -32,7 +32,7 @@ impl BatchOut<'_> {
     /// quarter of device-sim's CPU in a flood, which it takes from the
     /// daemon on the shared cores. A test compares both byte for byte.
     pub fn encode(&self) -> Vec<u8> {
-        use rmp::encode::{write_map_len, write_sint, write_str, write_uint};
+        use rmp::encode::{write_array_len, write_map_len, write_uint};
         // Writing into a Vec cannot fail, so results are ignored.
         let strings: usize = self
             .readings
@@ -46,27 +46,26 @@ impl BatchOut<'_> {
             let _ = write_uint(&mut out, seq);
         }
         out.extend_from_slice(b"\xa8readings");
-        let _ = rmp::encode::write_array_len(&mut out, self.readings.len() as u32);
-        // A batch's readings share their ts: its bytes are written once.
-        let mut ts: Option<(i64, std::ops::Range<usize>)> = None;
+        let _ = write_array_len(&mut out, self.readings.len() as u32);
         for r in self.readings {
-            out.extend_from_slice(b"\x84\xa6sensor");
-            let _ = write_str(&mut out, r.sensor);
-            out.extend_from_slice(b"\xa2ts");
-            match &ts {
-                Some((t, at)) if *t == r.ts => out.extend_from_within(at.clone()),
-                _ => {
-                    let start = out.len();
-                    let _ = write_sint(&mut out, r.ts);
-                    ts = Some((r.ts, start..out.len()));
-                }
-            }
-            out.extend_from_slice(b"\xa5value\xcb");
-            out.extend_from_slice(&r.value.to_be_bytes());
-            out.extend_from_slice(b"\xa4unit");
-            let _ = write_str(&mut out, r.unit);
+            r.encode_into(&mut out);
         }
         out
+    }
+}
+
+impl ReadingOut<'_> {
+    /// The reading as a map of its four fields, as serde names them.
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        use rmp::encode::{write_sint, write_str};
+        out.extend_from_slice(b"\x84\xa6sensor");
+        let _ = write_str(out, self.sensor);
+        out.extend_from_slice(b"\xa2ts");
+        let _ = write_sint(out, self.ts);
+        out.extend_from_slice(b"\xa5value\xcb");
+        out.extend_from_slice(&self.value.to_be_bytes());
+        out.extend_from_slice(b"\xa4unit");
+        let _ = write_str(out, self.unit);
     }
 }
 
@@ -205,19 +204,21 @@ mod tests {
     #[test]
     fn batches_are_encoded_as_serde_encodes_them() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        // Strings of each MessagePack form: fixstr, str8, str16.
+        // (`unit` is `&'static`: the test leaks its long one.)
         let long = "s".repeat(40);
+        let longer: &'static str = Box::leak("u".repeat(300).into_boxed_str());
         for n in [0, 1, 2, 17, 500] {
             let mut readings: Vec<ReadingOut<'_>> = (0..n)
                 .map(|i| ReadingOut {
-                    sensor: ["temp", "co2", &long][i % 3],
-                    // Mostly the batch's ts, sometimes another.
-                    ts: [1_763_800_000_000, -1, 127, i64::MIN][usize::from(i % 5 == 4) * (i % 4)],
+                    sensor: ["temp", "co2", &long, longer][i % 4],
+                    ts: [1_763_800_000_000, -1, 127, i64::MIN, i64::MAX, 0][i % 6],
                     value: rng.gen_range(-1e6..1e6),
-                    unit: ["C", "", "ppm"][i % 3],
+                    unit: ["C", "", "ppm", longer][i % 4],
                 })
                 .collect();
-            if let Some(r) = readings.first_mut() {
-                r.value = f64::NAN;
+            for (r, v) in readings.iter_mut().zip([f64::NAN, f64::INFINITY, -0.0]) {
+                r.value = v;
             }
             for seq in [None, Some(0), Some(200), Some(u64::MAX)] {
                 let batch = BatchOut {
