@@ -16,10 +16,12 @@
 //! at the MessagePack flood. device-sim shares the machine's cores with the
 //! daemon it measures, so whatever it spends there is taken from the daemon.
 //! The fast readers check the layout but only decode the two fields
-//! measured, stepping over the others' values. The tests compare both
+//! measured, stepping over the others' values (MessagePack with the wire
+//! crate's cursor, which the daemon's batch decoder uses too). The tests compare both
 //! readers on frames serde writes: the daemon's own tests check that its
 //! items are byte for byte what serde writes.
 
+use sensorgate_wire::msgpack::{Cursor, Scalar};
 use serde::Deserialize;
 
 /// A frame, flattened to what is measured.
@@ -226,155 +228,54 @@ impl<'a> Text<'a> {
 
 /// A `readings` frame as the daemon writes its MessagePack, or `None`.
 fn fast_msgpack(bytes: &[u8]) -> Option<Frame<'_>> {
-    let mut c = Packed(bytes.strip_prefix(b"\x82\xa4type\xa8readings\xa5items")?);
-    let n = c.len_of(0x90, 0xdc)?;
-    // Not more than the bytes could hold (a map is at least one byte).
-    let mut items = Vec::with_capacity(n.min(c.0.len()));
-    for _ in 0..n {
-        items.push(c.item()?);
+    let mut c = Cursor::new(bytes);
+    if !c.eat(b"\x82\xa4type\xa8readings\xa5items") {
+        return None;
     }
-    c.0.is_empty().then(|| readings(items))
+    let n = c.array_len()?;
+    // Not more than the bytes could hold (a map is at least one byte).
+    let mut items = Vec::with_capacity(n.min(c.rest().len()));
+    for _ in 0..n {
+        items.push(packed_item(&mut c)?);
+    }
+    c.rest().is_empty().then(|| readings(items))
 }
 
-/// The rest of a MessagePack frame.
-struct Packed<'a>(&'a [u8]);
-
-impl<'a> Packed<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let (head, rest) = self.0.split_at_checked(n)?;
-        self.0 = rest;
-        Some(head)
+/// A map of `id`, `device`, `sensor`, `ts`, `value`, `unit` if any,
+/// `received`, `origin` if any: the daemon's order (SPEC §4), its length
+/// matching the fields there are.
+fn packed_item<'a>(c: &mut Cursor<'a>) -> Option<Measured<'a>> {
+    let fields = c.map_len()?;
+    let int = |c: &mut Cursor<'a>| match c.scalar()? {
+        Scalar::Int(n) => Some(n),
+        _ => None,
+    };
+    let string = |c: &mut Cursor<'a>| match c.scalar()? {
+        Scalar::Str(s) => Some(s),
+        _ => None,
+    };
+    let tag = |c: &mut Cursor<'a>, key: &[u8]| c.eat(key).then_some(());
+    tag(c, b"\xa2id")?;
+    int(c)?;
+    tag(c, b"\xa6device")?;
+    let device = std::str::from_utf8(string(c)?).ok()?;
+    tag(c, b"\xa6sensor")?;
+    string(c)?;
+    tag(c, b"\xa2ts")?;
+    let ts = int(c)?.to_i64()?;
+    tag(c, b"\xa5value")?;
+    c.scalar()?;
+    let unit = c.eat(b"\xa4unit");
+    if unit {
+        string(c)?;
     }
-
-    fn byte(&mut self) -> Option<u8> {
-        Some(self.take(1)?[0])
+    tag(c, b"\xa8received")?;
+    int(c)?.to_i64()?;
+    let origin = c.eat(b"\xa6origin");
+    if origin {
+        string(c)?;
     }
-
-    fn be<const N: usize>(&mut self) -> Option<[u8; N]> {
-        self.take(N)?.try_into().ok()
-    }
-
-    /// Takes `bytes` if the rest starts with them.
-    fn eat_tag(&mut self, bytes: &[u8]) -> bool {
-        match self.0.strip_prefix(bytes) {
-            Some(rest) => {
-                self.0 = rest;
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn tag(&mut self, bytes: &[u8]) -> Option<()> {
-        self.eat_tag(bytes).then_some(())
-    }
-
-    /// A map's or an array's length: `fix` is its fix form's marker (the
-    /// length in the low four bits), `long` its 16-bit form's (the 32-bit
-    /// form's is the next).
-    fn len_of(&mut self, fix: u8, long: u8) -> Option<usize> {
-        match self.byte()? {
-            m if m & 0xf0 == fix => Some(usize::from(m & 0x0f)),
-            m if m == long => Some(usize::from(u16::from_be_bytes(self.be()?))),
-            m if m == long + 1 => usize::try_from(u32::from_be_bytes(self.be()?)).ok(),
-            _ => None,
-        }
-    }
-
-    /// A map of `id`, `device`, `sensor`, `ts`, `value`, `unit` if any,
-    /// `received`, `origin` if any: the daemon's order (SPEC §4), its
-    /// length matching the fields there are.
-    fn item(&mut self) -> Option<Measured<'a>> {
-        let fields = self.len_of(0x80, 0xde)?;
-        self.tag(b"\xa2id")?;
-        self.integer_bytes()?;
-        self.tag(b"\xa6device")?;
-        let device = std::str::from_utf8(self.string()?).ok()?;
-        self.tag(b"\xa6sensor")?;
-        self.string()?;
-        self.tag(b"\xa2ts")?;
-        let ts = self.integer()?;
-        self.tag(b"\xa5value")?;
-        self.skip_scalar()?;
-        let unit = self.eat_tag(b"\xa4unit");
-        if unit {
-            self.string()?;
-        }
-        self.tag(b"\xa8received")?;
-        self.integer()?;
-        let origin = self.eat_tag(b"\xa6origin");
-        if origin {
-            self.string()?;
-        }
-        (fields == 6 + usize::from(unit) + usize::from(origin)).then_some(Measured { device, ts })
-    }
-
-    /// A string's bytes.
-    fn string(&mut self) -> Option<&'a [u8]> {
-        let marker = self.byte()?;
-        self.str_body(marker)
-    }
-
-    /// The bytes of a string whose marker was `marker`.
-    fn str_body(&mut self, marker: u8) -> Option<&'a [u8]> {
-        let len = match marker {
-            0xa0..=0xbf => usize::from(marker & 0x1f),
-            0xd9 => usize::from(self.byte()?),
-            0xda => usize::from(u16::from_be_bytes(self.be()?)),
-            0xdb => usize::try_from(u32::from_be_bytes(self.be()?)).ok()?,
-            _ => return None,
-        };
-        self.take(len)
-    }
-
-    /// The bytes of an integer in any of MessagePack's forms (an id: a
-    /// u64, whose value is not needed).
-    fn integer_bytes(&mut self) -> Option<()> {
-        let size = match self.byte()? {
-            0x00..=0x7f | 0xe0..=0xff => 0,
-            0xcc | 0xd0 => 1,
-            0xcd | 0xd1 => 2,
-            0xce | 0xd2 => 4,
-            0xcf | 0xd3 => 8,
-            _ => return None,
-        };
-        self.take(size).map(drop)
-    }
-
-    /// An integer that fits an `i64`, in any of MessagePack's forms.
-    fn integer(&mut self) -> Option<i64> {
-        Some(match self.byte()? {
-            m @ 0x00..=0x7f => i64::from(m),
-            m @ 0xe0..=0xff => i64::from(m as i8),
-            0xcc => i64::from(self.byte()?),
-            0xcd => i64::from(u16::from_be_bytes(self.be()?)),
-            0xce => i64::from(u32::from_be_bytes(self.be()?)),
-            0xcf => i64::try_from(u64::from_be_bytes(self.be()?)).ok()?,
-            0xd0 => i64::from(i8::from_be_bytes(self.be()?)),
-            0xd1 => i64::from(i16::from_be_bytes(self.be()?)),
-            0xd2 => i64::from(i32::from_be_bytes(self.be()?)),
-            0xd3 => i64::from_be_bytes(self.be()?),
-            _ => return None,
-        })
-    }
-
-    /// Nil, a bool, a number or a string. A container, binary or extension
-    /// is left to serde.
-    fn skip_scalar(&mut self) -> Option<()> {
-        let size = match self.byte()? {
-            0xc0 | 0xc2 | 0xc3 | 0x00..=0x7f | 0xe0..=0xff => 0,
-            0xcc | 0xd0 => 1,
-            0xcd | 0xd1 => 2,
-            0xca | 0xce | 0xd2 => 4,
-            0xcb | 0xcf | 0xd3 => 8,
-            m @ (0xa0..=0xbf | 0xd9..=0xdb) => {
-                self.str_body(m)?;
-                0
-            }
-            _ => return None,
-        };
-        self.take(size).map(drop)
-    }
+    (fields == 6 + usize::from(unit) + usize::from(origin)).then_some(Measured { device, ts })
 }
 
 #[cfg(test)]

@@ -8,8 +8,9 @@
 //! ([`WelcomeFrame`], [`AckFrame`], [`ErrorFrame`], [`ServerFrame`]), the
 //! items subscribers receive ([`StreamItem`]), the name rule
 //! ([`is_valid_name`]), the JWT claim set with minting and
-//! verification ([`auth`]), and the clock readings are stamped with
-//! ([`unix_ms`]).
+//! verification ([`auth`]), the clock readings are stamped with
+//! ([`unix_ms`]), and a cursor for reading MessagePack by hand
+//! ([`msgpack`]).
 //!
 //! Pure functions over bytes and plain types: no sockets, no storage, no
 //! runtime. It exists so that a protocol change is made in one place and a
@@ -19,6 +20,7 @@
 pub mod auth;
 mod batch;
 mod frames;
+pub mod msgpack;
 mod name;
 mod reading;
 mod stream;

@@ -16,6 +16,7 @@
 //! would return (the test below compares the two over many frames).
 
 use super::{Batch, Names, ReadingIn, MAX_SEQ};
+use crate::msgpack::{Cursor, Int, Scalar};
 use crate::name::is_valid_name_bytes;
 use crate::{Value, MAX_STRING_VALUE_BYTES, MAX_UNIT_BYTES};
 
@@ -25,7 +26,7 @@ const MIN_READING_BYTES: usize = 20;
 
 /// The batch in `frame`, or `None` to leave the frame to the checked decoder.
 pub(super) fn decode(frame: &[u8], max_readings: usize, names: &mut Names) -> Option<Batch> {
-    let mut c = Cursor(frame);
+    let mut c = Cursor::new(frame);
     let mut seq = None;
     let mut seen_seq = false;
     let mut readings = None;
@@ -46,7 +47,7 @@ pub(super) fn decode(frame: &[u8], max_readings: usize, names: &mut Names) -> Op
                 }
                 // The header is only a claim: room for what the bytes left
                 // could hold, so a short frame cannot make a big allocation.
-                let mut out = Vec::with_capacity(n.min(c.0.len() / MIN_READING_BYTES));
+                let mut out = Vec::with_capacity(n.min(c.rest().len() / MIN_READING_BYTES));
                 for _ in 0..n {
                     out.push(reading(&mut c, names)?);
                 }
@@ -55,7 +56,7 @@ pub(super) fn decode(frame: &[u8], max_readings: usize, names: &mut Names) -> Op
             _ => return None,
         }
     }
-    if !c.0.is_empty() {
+    if !c.rest().is_empty() {
         return None;
     }
     Some(Batch {
@@ -118,122 +119,6 @@ fn reading(c: &mut Cursor<'_>, names: &mut Names) -> Option<ReadingIn> {
         value: value?,
         unit: unit.flatten(),
     })
-}
-
-/// An integer as MessagePack carries it: non-negative values as `Pos`
-/// whichever type encoded them, as the checked decoder reads them.
-#[derive(Clone, Copy)]
-enum Int {
-    Pos(u64),
-    Neg(i64),
-}
-
-enum Scalar<'a> {
-    Nil,
-    Bool(bool),
-    Int(Int),
-    Float(f64),
-    /// The bytes of a string, not yet checked to be UTF-8.
-    Str(&'a [u8]),
-}
-
-/// What is left of the frame.
-struct Cursor<'a>(&'a [u8]);
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Some(head)
-    }
-
-    fn byte(&mut self) -> Option<u8> {
-        Some(self.take(1)?[0])
-    }
-
-    fn be<const N: usize>(&mut self) -> Option<[u8; N]> {
-        self.take(N)?.try_into().ok()
-    }
-
-    fn len16(&mut self) -> Option<usize> {
-        Some(u16::from_be_bytes(self.be()?) as usize)
-    }
-
-    fn len32(&mut self) -> Option<usize> {
-        Some(u32::from_be_bytes(self.be()?) as usize)
-    }
-
-    fn map_len(&mut self) -> Option<usize> {
-        self.container_len(0x80, 0xde)
-    }
-
-    fn array_len(&mut self) -> Option<usize> {
-        self.container_len(0x90, 0xdc)
-    }
-
-    /// A map's or an array's length: the fix form's markers are `fix` to
-    /// `fix + 15`, the 16-bit form's `long` and the 32-bit form's `long + 1`
-    /// (map: 0x80, 0xde, 0xdf; array: 0x90, 0xdc, 0xdd).
-    fn container_len(&mut self, fix: u8, long: u8) -> Option<usize> {
-        match self.byte()? {
-            m if m & 0xf0 == fix => Some(usize::from(m & 0x0f)),
-            m if m == long => self.len16(),
-            m if m == long + 1 => self.len32(),
-            _ => None,
-        }
-    }
-
-    /// The bytes of a string, as a map key: compared with the names this
-    /// path knows, so they need no UTF-8 check.
-    fn key(&mut self) -> Option<&'a [u8]> {
-        let m = self.byte()?;
-        self.str_body(m)
-    }
-
-    fn str_body(&mut self, marker: u8) -> Option<&'a [u8]> {
-        let n = match marker {
-            m @ 0xa0..=0xbf => usize::from(m & 0x1f),
-            0xd9 => usize::from(self.byte()?),
-            0xda => self.len16()?,
-            0xdb => self.len32()?,
-            _ => return None,
-        };
-        self.take(n)
-    }
-
-    /// A nil, bool, integer, float or string; `None` for anything else.
-    fn scalar(&mut self) -> Option<Scalar<'a>> {
-        let m = self.byte()?;
-        Some(match m {
-            0x00..=0x7f => Scalar::Int(Int::Pos(u64::from(m))),
-            0xe0..=0xff => Scalar::Int(Int::Neg(i64::from(m as i8))),
-            0xc0 => Scalar::Nil,
-            0xc2 => Scalar::Bool(false),
-            0xc3 => Scalar::Bool(true),
-            0xcc => Scalar::Int(Int::Pos(u64::from(self.byte()?))),
-            0xcd => Scalar::Int(Int::Pos(u64::from(u16::from_be_bytes(self.be()?)))),
-            0xce => Scalar::Int(Int::Pos(u64::from(u32::from_be_bytes(self.be()?)))),
-            0xcf => Scalar::Int(Int::Pos(u64::from_be_bytes(self.be()?))),
-            0xd0 => signed(i64::from(i8::from_be_bytes(self.be()?))),
-            0xd1 => signed(i64::from(i16::from_be_bytes(self.be()?))),
-            0xd2 => signed(i64::from(i32::from_be_bytes(self.be()?))),
-            0xd3 => signed(i64::from_be_bytes(self.be()?)),
-            0xca => Scalar::Float(f64::from(f32::from_be_bytes(self.be()?))),
-            0xcb => Scalar::Float(f64::from_be_bytes(self.be()?)),
-            0xa0..=0xbf | 0xd9..=0xdb => Scalar::Str(self.str_body(m)?),
-            _ => return None,
-        })
-    }
-}
-
-fn signed(n: i64) -> Scalar<'static> {
-    match u64::try_from(n) {
-        Ok(p) => Scalar::Int(Int::Pos(p)),
-        Err(_) => Scalar::Int(Int::Neg(n)),
-    }
 }
 
 #[cfg(test)]
