@@ -17,9 +17,9 @@
 //! daemon it measures, so whatever it spends there is taken from the daemon.
 //! The fast readers check the layout but only decode the two fields
 //! measured, stepping over the others' values (MessagePack with the wire
-//! crate's cursor, which the daemon's batch decoder uses too). The tests compare both
-//! readers on frames serde writes: the daemon's own tests check that its
-//! items are byte for byte what serde writes.
+//! crate's cursor, which the daemon's batch decoder uses too). The tests
+//! compare both readers on frames serde writes: the daemon's own tests
+//! check that its items are byte for byte what serde writes.
 
 use sensorgate_wire::msgpack::{Cursor, Scalar};
 use serde::Deserialize;
@@ -250,30 +250,26 @@ fn packed_item<'a>(c: &mut Cursor<'a>) -> Option<Measured<'a>> {
         Scalar::Int(n) => Some(n),
         _ => None,
     };
-    let string = |c: &mut Cursor<'a>| match c.scalar()? {
-        Scalar::Str(s) => Some(s),
-        _ => None,
-    };
     let tag = |c: &mut Cursor<'a>, key: &[u8]| c.eat(key).then_some(());
     tag(c, b"\xa2id")?;
     int(c)?;
     tag(c, b"\xa6device")?;
-    let device = std::str::from_utf8(string(c)?).ok()?;
+    let device = std::str::from_utf8(c.string()?).ok()?;
     tag(c, b"\xa6sensor")?;
-    string(c)?;
+    c.string()?;
     tag(c, b"\xa2ts")?;
     let ts = int(c)?.to_i64()?;
     tag(c, b"\xa5value")?;
     c.scalar()?;
     let unit = c.eat(b"\xa4unit");
     if unit {
-        string(c)?;
+        c.string()?;
     }
     tag(c, b"\xa8received")?;
     int(c)?.to_i64()?;
     let origin = c.eat(b"\xa6origin");
     if origin {
-        string(c)?;
+        c.string()?;
     }
     (fields == 6 + usize::from(unit) + usize::from(origin)).then_some(Measured { device, ts })
 }

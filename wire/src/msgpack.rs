@@ -120,10 +120,11 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    /// The bytes of a string, as a map key: compared with the names the
-    /// caller knows, so they need no UTF-8 check.
+    /// The bytes of a string, not checked to be UTF-8: a map key the
+    /// caller compares with the names it knows, or a string it checks
+    /// itself; `None` for anything but a string.
     #[inline]
-    pub fn key(&mut self) -> Option<&'a [u8]> {
+    pub fn string(&mut self) -> Option<&'a [u8]> {
         let m = self.byte()?;
         self.str_body(m)
     }
@@ -237,6 +238,9 @@ mod tests {
         let mut c = Cursor::new(b"\x92\x81\xa1k\xc4\x00");
         assert_eq!(c.array_len(), Some(2));
         assert_eq!(c.map_len(), Some(1));
+        assert_eq!(c.string(), Some(&b"k"[..]));
+        assert_eq!(Cursor::new(b"\x01").string(), None, "not a string");
+        let mut c = Cursor::new(b"\xa1k\xc4\x00");
         assert!(c.eat(b"\xa1k"));
         assert!(!c.eat(b"x"));
         assert_eq!(c.scalar(), None, "binary is refused");

@@ -31,7 +31,7 @@ pub(super) fn decode(frame: &[u8], max_readings: usize, names: &mut Names) -> Op
     let mut seen_seq = false;
     let mut readings = None;
     for _ in 0..c.map_len()? {
-        match c.key()? {
+        match c.string()? {
             b"seq" if !seen_seq => {
                 seen_seq = true;
                 seq = match c.scalar()? {
@@ -68,7 +68,7 @@ pub(super) fn decode(frame: &[u8], max_readings: usize, names: &mut Names) -> Op
 fn reading(c: &mut Cursor<'_>, names: &mut Names) -> Option<ReadingIn> {
     let (mut sensor, mut ts, mut value, mut unit) = (None, None, None, None);
     for _ in 0..c.map_len()? {
-        match c.key()? {
+        match c.string()? {
             b"sensor" if sensor.is_none() => {
                 let Scalar::Str(s) = c.scalar()? else {
                     return None;
