@@ -48,18 +48,21 @@ fn decode(c: &mut Criterion) {
     g.finish();
 }
 
+/// device-sim's first four sensors and their units, which its devices
+/// send in turn.
+const DEVICE_SIM_SENSORS: [(&str, &str); 4] = [
+    ("temp", "C"),
+    ("humidity", "%"),
+    ("pressure", "hPa"),
+    ("co2", "ppm"),
+];
+
 /// A batch as device-sim's devices send it: four sensors in turn, each
 /// with its unit.
 fn device_frame(n: usize) -> Vec<u8> {
-    let sensors = [
-        ("temp", "C"),
-        ("humidity", "%"),
-        ("pressure", "hPa"),
-        ("co2", "ppm"),
-    ];
     let readings: Vec<_> = (0..n)
         .map(|i| {
-            let (sensor, unit) = sensors[i % sensors.len()];
+            let (sensor, unit) = DEVICE_SIM_SENSORS[i % DEVICE_SIM_SENSORS.len()];
             json!({"sensor": sensor, "ts": 1_763_800_000_000_i64, "value": 21.5 + i as f64, "unit": unit})
         })
         .collect();
@@ -117,15 +120,10 @@ fn encoding(c: &mut Criterion) {
 /// first use and framed: four sensors in turn, each with its unit, as
 /// device-sim sends them (per reading: what a list costs its readings).
 fn encoding_a_list(c: &mut Criterion) {
-    let sensors: Vec<(Arc<str>, Arc<str>)> = [
-        ("temp", "C"),
-        ("humidity", "%"),
-        ("pressure", "hPa"),
-        ("co2", "ppm"),
-    ]
-    .iter()
-    .map(|(s, u)| (Arc::from(*s), Arc::from(*u)))
-    .collect();
+    let sensors: Vec<(Arc<str>, Arc<str>)> = DEVICE_SIM_SENSORS
+        .iter()
+        .map(|(s, u)| (Arc::from(*s), Arc::from(*u)))
+        .collect();
     let device: Arc<str> = Arc::from("sim-17");
     let readings: Vec<Reading> = (0..50u64)
         .map(|i| {
