@@ -324,6 +324,8 @@ impl Device {
 
     fn push_batch(&mut self, n: usize) {
         let ts = unix_ms();
+        // Sampled first, then named: the readings borrow their sensors'
+        // names from `self.sensors`, which sampling changes.
         let samples: Vec<_> = (0..n).map(|_| self.sensors.sample(&mut self.rng)).collect();
         let readings: Vec<_> = samples
             .into_iter()
