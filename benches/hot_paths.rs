@@ -185,6 +185,7 @@ fn group_commit(c: &mut Criterion) {
                             seq: None,
                             readings,
                             received: 1_763_800_000_000,
+                            queued: std::time::Instant::now(),
                             reply: Some(tx),
                         });
                         writer.sender().send(req).await.unwrap();

@@ -237,6 +237,7 @@ impl Conn {
             seq,
             readings: batch.readings,
             received: crate::time::unix_ms(),
+            queued: std::time::Instant::now(),
             reply,
         });
         let timeout = self.ingest.config.ingest.enqueue_timeout;

@@ -26,6 +26,7 @@ async fn store_batch(tx: &tokio::sync::mpsc::Sender<WriteRequest>, seq: u64, n: 
         seq: Some(seq),
         readings,
         received: 1,
+        queued: std::time::Instant::now(),
         reply: Some(reply),
     };
     tx.send(WriteRequest::Batch(batch)).await.unwrap();

@@ -57,7 +57,8 @@ use fault::{fail_stored, Fault};
 /// memory and latency stay bounded however deep the queue is.
 pub const MAX_BATCHES_PER_COMMIT: usize = 2048;
 /// How long a writer that found the queue empty lets a small group gather
-/// after its first batch arrives ([`GATHER_BELOW`] says which). Batches
+/// after its first batch was queued ([`GATHER_BELOW`] says which; counted
+/// from the queueing, not from the writer's wake: [`gather_rest`]). Batches
 /// come in bursts (many connections' frames read and decoded one after
 /// another by the runtime's workers): without the pause the first batch of
 /// a burst is committed alone and the rest wait a whole sync behind it. At
@@ -126,6 +127,9 @@ pub struct IngestBatch {
     pub readings: Vec<ReadingIn>,
     /// Server clock (Unix ms) when the batch was accepted.
     pub received: i64,
+    /// When the batch was handed to the writer's queue: the writer's
+    /// gathering pause ([`GATHER_PAUSE`]) counts from here.
+    pub queued: Instant,
     /// Where the outcome goes; `None` for fire-and-forget batches.
     pub reply: Option<oneshot::Sender<CommitOutcome>>,
 }
@@ -336,8 +340,26 @@ fn receive(
     if !(1..GATHER_BELOW).contains(&readings) {
         return Some(arrived);
     }
-    std::thread::sleep(GATHER_PAUSE);
+    let Some(rest) = gather_rest(buf) else {
+        return Some(arrived);
+    };
+    std::thread::sleep(rest);
     Some(arrived + take_queued(rx, buf))
+}
+
+/// What is left of the gathering pause for the group in `buf`: the pause
+/// counts from when its first batch was queued, not from when the writer
+/// woke up to it. A writer that was slow to wake (the two cores busy) has
+/// let the burst gather already, and pausing again would only add to the
+/// latency of batches that have waited longest. `None`: no pause.
+fn gather_rest(buf: &[WriteRequest]) -> Option<Duration> {
+    let first = buf.iter().find_map(|r| match r {
+        WriteRequest::Batch(b) => Some(b.queued),
+        _ => None,
+    })?;
+    GATHER_PAUSE
+        .checked_sub(first.elapsed())
+        .filter(|rest| *rest >= GATHER_PAUSE / 4)
 }
 
 /// [`receive`] for a writer whose next wake is `wait`. With nothing due,
@@ -739,6 +761,34 @@ mod tests {
         drop(tx);
         assert_eq!(take_queued(&mut rx, &mut buf), 0, "closed and empty");
         assert_eq!(buf.len(), 6);
+    }
+
+    fn batch_queued(queued: Instant) -> WriteRequest {
+        WriteRequest::Batch(IngestBatch {
+            device: Arc::from("d1"),
+            seq: Some(1),
+            readings: Vec::new(),
+            received: 1,
+            queued,
+            reply: None,
+        })
+    }
+
+    /// The pause counts from the group's first batch: whole for a batch
+    /// just queued, none for one that waited through most of it already
+    /// (the writer was slow to wake), and none for a group of no batches.
+    #[test]
+    fn the_gathering_pause_counts_from_the_first_batch_queued() {
+        let now = Instant::now();
+        // Queued "later" than now: nothing of the pause has passed.
+        let fresh = batch_queued(now + Duration::from_secs(1));
+        assert_eq!(gather_rest(&[ping(), fresh]), Some(GATHER_PAUSE));
+        let waited = batch_queued(now - GATHER_PAUSE * 3 / 4);
+        assert_eq!(gather_rest(&[waited]), None, "under a quarter left");
+        let waited_long = batch_queued(now - Duration::from_secs(1));
+        let fresh = batch_queued(now + Duration::from_secs(1));
+        assert_eq!(gather_rest(&[waited_long, fresh]), None, "the first counts");
+        assert_eq!(gather_rest(&[ping(), ping()]), None);
     }
 
     /// Only a writer that has nothing due and then gets nothing for the
