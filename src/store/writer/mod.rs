@@ -783,7 +783,8 @@ mod tests {
         // Queued "later" than now: nothing of the pause has passed.
         let fresh = batch_queued(now + Duration::from_secs(1));
         assert_eq!(gather_rest(&[ping(), fresh]), Some(GATHER_PAUSE));
-        let waited = batch_queued(now - GATHER_PAUSE * 3 / 4);
+        // Queued 80 µs before now: under the quarter (25 µs) is left.
+        let waited = batch_queued(now - GATHER_PAUSE * 4 / 5);
         assert_eq!(gather_rest(&[waited]), None, "under a quarter left");
         let waited_long = batch_queued(now - Duration::from_secs(1));
         let fresh = batch_queued(now + Duration::from_secs(1));
