@@ -89,11 +89,11 @@ pub fn describe() {
     );
     describe_histogram!(
         COMMIT_SECONDS,
-        "Time to decide and write one group commit to sled, before its flush."
+        "Time to decide one group commit and write it to the write-ahead log, before its sync."
     );
     describe_histogram!(
         FLUSH_SECONDS,
-        "Time of one store flush (fsync); acks wait for it (storage.sync)."
+        "Time of one durable point (the write-ahead log's fdatasync, or a checkpoint waited for); acks wait for it (storage.sync)."
     );
     describe_counter!(READINGS_STORED, "Readings stored durably.");
     describe_counter!(
