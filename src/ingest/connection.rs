@@ -232,16 +232,18 @@ impl Conn {
             }
             None => (None, None),
         };
+        // When the batch starts for the queue: its wait for room counts
+        // from here, and so does the writer's gathering pause.
+        let waiting = std::time::Instant::now();
         let request = WriteRequest::Batch(IngestBatch {
             device: self.device.clone(),
             seq,
             readings: batch.readings,
             received: crate::time::unix_ms(),
-            queued: std::time::Instant::now(),
+            queued: waiting,
             reply,
         });
         let timeout = self.ingest.config.ingest.enqueue_timeout;
-        let waiting = std::time::Instant::now();
         match self
             .ingest
             .writer
