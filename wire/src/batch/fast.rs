@@ -80,8 +80,7 @@ fn reading(c: &mut Cursor<'_>, names: &mut Names) -> Option<ReadingIn> {
             }
             b"ts" if ts.is_none() => {
                 ts = Some(match c.scalar()? {
-                    Scalar::Int(Int::Neg(n)) => n,
-                    Scalar::Int(Int::Pos(n)) => i64::try_from(n).ok()?,
+                    Scalar::Int(n) => n.to_i64()?,
                     _ => return None,
                 });
             }
