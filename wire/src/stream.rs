@@ -18,8 +18,9 @@ use crate::Value;
 /// do.
 ///
 /// `V` is how the value is held: the daemon writes a `&Value`; a client that
-/// does not look at values (device-sim counting deliveries) reads
-/// `serde::de::IgnoredAny` and skips parsing them.
+/// does not look at values reads `serde::de::IgnoredAny` and skips parsing
+/// them. (device-sim reads only `device` and `ts`, by hand: its `frame`
+/// module.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StreamItem<'a, V = &'a Value> {
     pub id: u64,
