@@ -172,7 +172,7 @@ pub(super) fn poke_stuck_flushes(store: Weak<Store>) {
                 if in_flight.as_ref().is_some_and(|p| !p.is_finished()) || !stuck {
                     continue;
                 }
-                let Ok(db) = store.db() else { continue };
+                let Ok(db) = store.sled() else { continue };
                 drop(store);
                 in_flight = poke(db);
             }

@@ -1,7 +1,8 @@
 //! Durable storage in sled (SPEC §7).
 //!
 //! Owns: the on-disk layout, id assignment state, per-device `last_seq`, the
-//! group-commit writer ([`writer`]) and background retention ([`retention`]).
+//! group-commit writer ([`writer`]), background retention ([`retention`]),
+//! and the CPU class of the writer's applier thread ([`priority`]).
 //! Everything is in one sled tree so that a group commit (its readings, the
 //! `last_seq` of every device in it, and the id high-water mark) is a single
 //! atomic `apply_batch`: after `kill -9` a batch is either wholly there with
@@ -37,6 +38,7 @@ pub mod durability;
 mod fault;
 mod holes;
 pub mod hwm;
+mod priority;
 mod recovery;
 pub mod retention;
 mod tail;
@@ -189,6 +191,24 @@ pub struct Store {
     /// [`poke_stuck_flushes`].
     flush_started_ms: AtomicU64,
     epoch: Instant,
+    /// The writer's applier thread runs idle while nobody waits for it;
+    /// every handle on sled from [`Store::db`] counts as waiting.
+    applier_priority: Arc<priority::Priority>,
+}
+
+/// A handle on sled from [`Store::db`], counted as waiting for the applier
+/// while it lives.
+struct SledRef {
+    db: sled::Db,
+    _waiting: priority::Waiting,
+}
+
+impl std::ops::Deref for SledRef {
+    type Target = sled::Db;
+
+    fn deref(&self) -> &sled::Db {
+        &self.db
+    }
 }
 
 impl Store {
@@ -197,13 +217,31 @@ impl Store {
         &self.path
     }
 
-    /// A handle on sled, or [`StoreError::Closed`] while it is being reopened.
-    fn db(&self) -> Result<sled::Db, StoreError> {
+    /// A handle on sled for the caller's own reads and writes, or
+    /// [`StoreError::Closed`] while it is being reopened. While it is held
+    /// the applier runs at normal priority: an apply holds sled's global
+    /// lock, which every sled call may wait for ([`priority`]).
+    fn db(&self) -> Result<SledRef, StoreError> {
+        let waiting = self.applier_priority.waiting();
+        Ok(SledRef {
+            db: self.sled()?,
+            _waiting: waiting,
+        })
+    }
+
+    /// A bare handle on sled, to hand to the applier or to a thread that
+    /// keeps it: not counted as waiting for the applier.
+    fn sled(&self) -> Result<sled::Db, StoreError> {
         self.db
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
             .ok_or(StoreError::Closed)
+    }
+
+    /// Shared with the writer's applier, which adopts it for its thread.
+    fn applier_priority(&self) -> Arc<priority::Priority> {
+        self.applier_priority.clone()
     }
 
     /// Highest stored batch seq of `device`, `None` when the device never sent
@@ -344,7 +382,7 @@ impl Store {
 
     /// Forces everything applied so far to disk, power-loss safe.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.sync_files(&self.db()?)
+        self.sync_files(&*self.db()?)
     }
 
     /// sled's flush, then [`FileSync::sync`]: after this returns, everything

@@ -548,6 +548,7 @@ impl Store {
             restart_in_place: opts.restart_in_place,
             flush_started_ms: AtomicU64::new(0),
             epoch: Instant::now(),
+            applier_priority: Arc::default(),
         });
         poke_stuck_flushes(Arc::downgrade(&store));
         crate::events::StoreWritable(true).emit();

@@ -451,3 +451,27 @@ async fn a_store_set_aside_takes_back_what_it_showed() {
     assert!(shown.set_aside.load(std::sync::atomic::Ordering::Relaxed));
     assert!(shown.segments.lock().unwrap().is_empty());
 }
+
+#[test]
+fn a_handle_on_sled_counts_as_waiting_for_the_applier() {
+    // An apply holds sled's global lock; whoever holds a handle may wait
+    // for it, so the applier must not sit in the idle class meanwhile.
+    let (_dir, _path, store, _storage) = new_store();
+    let priority = store.applier_priority();
+    assert_eq!(priority.waiting_now(), 0);
+    let first = store.db().unwrap();
+    let second = store.db().unwrap();
+    assert_eq!(priority.waiting_now(), 2);
+    drop(first);
+    assert_eq!(priority.waiting_now(), 1);
+    drop(second);
+    assert_eq!(priority.waiting_now(), 0);
+    // Handles given away to be kept (the applier's jobs) do not count.
+    let bare = store.sled().unwrap();
+    assert_eq!(priority.waiting_now(), 0);
+    drop(bare);
+    // Reads through the store's own calls count only while they run.
+    store.last_seq("sim-1").unwrap();
+    store.read_since(0, 10, |_| true).unwrap();
+    assert_eq!(priority.waiting_now(), 0);
+}

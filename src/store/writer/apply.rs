@@ -24,11 +24,19 @@
 //! for that sled are dropped; the reopen replays the log. Each job carries
 //! its own `sled::Db`: while one is queued, sled's file lock keeps a reopen
 //! from opening the same files a second time.
+//!
+//! Priority: the thread is in the idle CPU class while nobody waits for it,
+//! so that its long sled calls never keep the writer or the runtime's
+//! workers off a CPU, and at normal priority while anybody does: the
+//! writer below (a full queue, [`Applier::wait`], the end) and every
+//! holder of a store handle on sled ([`crate::store::priority`]).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use crate::store::priority::{Priority, Waiting};
 use crate::store::{Store, StoreError};
 
 /// What the applier does to the store (a trait so that its tests can make
@@ -80,6 +88,13 @@ struct Shared {
     /// The newest `last_id` a checkpoint made durable in sled.
     checkpointed: AtomicU64,
     failure: Mutex<Failure>,
+    /// Jobs sent and not yet taken by the thread.
+    queued: AtomicUsize,
+    /// The thread is running a job.
+    busy: AtomicBool,
+    /// Held while a job waits behind the one running: the applier is
+    /// behind, and runs at normal priority until it has caught up.
+    behind: Mutex<Option<Waiting>>,
 }
 
 #[derive(Default)]
@@ -94,17 +109,57 @@ impl Shared {
     fn lock_failure(&self) -> std::sync::MutexGuard<'_, Failure> {
         self.failure.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn lock_behind(&self) -> std::sync::MutexGuard<'_, Option<Waiting>> {
+        self.behind.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// On the writer, after queueing a job: if another is running, this one
+    /// waits behind it, and the applier is behind until it has been out of
+    /// work for [`CAUGHT_UP_AFTER`].
+    fn queued_behind(&self, priority: &Arc<Priority>) {
+        if self.busy.load(Ordering::SeqCst) {
+            self.lock_behind().get_or_insert_with(|| priority.waiting());
+        }
+    }
+
+    /// On the thread: the next job, `None` once the writer has gone. The
+    /// applier counts as caught up (back to idle) only after
+    /// [`CAUGHT_UP_AFTER`] without one.
+    fn next_job(&self, rx: &Receiver<Job>) -> Option<Job> {
+        self.busy.store(false, Ordering::SeqCst);
+        let job = match rx.recv_timeout(CAUGHT_UP_AFTER) {
+            Ok(job) => Some(job),
+            Err(RecvTimeoutError::Timeout) => {
+                drop(self.lock_behind().take());
+                rx.recv().ok()
+            }
+            Err(RecvTimeoutError::Disconnected) => None,
+        }?;
+        self.queued.fetch_sub(1, Ordering::SeqCst);
+        self.busy.store(true, Ordering::SeqCst);
+        Some(job)
+    }
 }
+
+/// How long the applier must be out of work before it goes back to idle
+/// once it was behind. A flood hands it an apply every few ms: going idle
+/// between them left each new one starved until the next came (beside two
+/// busy loops a flood acked 0.75 M readings/s instead of 1.25 M).
+const CAUGHT_UP_AFTER: Duration = Duration::from_millis(20);
 
 /// The writer's handle on the applier thread.
 pub(super) struct Applier {
     tx: Option<SyncSender<Job>>,
     shared: Arc<Shared>,
+    priority: Arc<Priority>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Applier {
-    pub(super) fn spawn(target: impl Target) -> Applier {
+    /// Starts the thread, which adopts `priority` (idle while nobody
+    /// waits for it).
+    pub(super) fn spawn(target: impl Target, priority: Arc<Priority>) -> Applier {
         // One job waiting beside the one running: a writer that stages
         // faster than sled applies waits here, which bounds the store's
         // tail (the readings readers find outside sled).
@@ -114,12 +169,18 @@ impl Applier {
             .name("sensorgate-apply".into())
             .spawn({
                 let shared = shared.clone();
-                move || run(&shared, rx, target)
+                let priority = priority.clone();
+                move || {
+                    priority.adopt_current_thread();
+                    run(&shared, rx, target, &priority);
+                    priority.release();
+                }
             })
             .expect("spawning the applier thread");
         Applier {
             tx: Some(tx),
             shared,
+            priority,
             thread: Some(thread),
         }
     }
@@ -160,6 +221,7 @@ impl Applier {
     /// Waits until every job submitted has run; the first failure since
     /// the last [`Applier::abandon`], if any.
     pub(super) fn wait(&self) -> Result<(), StoreError> {
+        let _waiting = self.priority.waiting();
         let (tx, rx) = sync_channel(1);
         self.send(Job::Wait(tx))?;
         rx.recv().map_err(|_| stopped())?;
@@ -187,18 +249,33 @@ impl Applier {
         self.shared.generation.load(Ordering::Acquire)
     }
 
+    /// Queues `job`; when one is already waiting, blocks until the
+    /// applier takes that one, with the applier at normal priority.
     fn send(&self, job: Job) -> Result<(), StoreError> {
-        self.tx
-            .as_ref()
-            .expect("sender lives until drop")
-            .send(job)
-            .map_err(|_| stopped())
+        let tx = self.tx.as_ref().expect("sender lives until drop");
+        self.shared.queued.fetch_add(1, Ordering::SeqCst);
+        let sent = match tx.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(job)) => {
+                let _waiting = self.priority.waiting();
+                tx.send(job).map_err(|_| stopped())
+            }
+            Err(TrySendError::Disconnected(_)) => Err(stopped()),
+        };
+        match sent {
+            Ok(()) => self.shared.queued_behind(&self.priority),
+            Err(_) => {
+                self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        sent
     }
 }
 
 impl Drop for Applier {
     /// Lets the thread finish what is queued, then joins it.
     fn drop(&mut self) {
+        let _waiting = self.priority.waiting();
         drop(self.tx.take());
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -212,42 +289,56 @@ fn stopped() -> StoreError {
     ))
 }
 
-fn run(shared: &Shared, rx: Receiver<Job>, target: impl Target) {
-    for job in rx {
-        let generation = match &job {
-            Job::Wait(_) => None,
-            Job::Apply { generation, .. } | Job::Checkpoint { generation, .. } => Some(*generation),
-        };
-        if let Some(generation) = generation {
-            let current = shared.generation.load(Ordering::Acquire);
-            if generation != current || shared.lock_failure().generation == Some(generation) {
-                continue; // abandoned, or behind a failed job
-            }
+fn run(shared: &Shared, rx: Receiver<Job>, target: impl Target, priority: &Arc<Priority>) {
+    while let Some(job) = shared.next_job(&rx) {
+        run_job(shared, job, &target, priority);
+    }
+    // The writer has gone: nothing waits behind any more.
+    drop(shared.lock_behind().take());
+}
+
+/// Runs one job. Only sled's own work on an apply may run in the idle
+/// class: the rest takes locks the writer takes after every commit (the
+/// store's tail, the high-water mark), and a holder preempted there would
+/// hold the writer for as long as normal threads keep the CPU.
+fn run_job(shared: &Shared, job: Job, target: &impl Target, priority: &Arc<Priority>) {
+    let generation = match &job {
+        Job::Wait(_) => None,
+        Job::Apply { generation, .. } | Job::Checkpoint { generation, .. } => Some(*generation),
+    };
+    if let Some(generation) = generation {
+        let current = shared.generation.load(Ordering::Acquire);
+        if generation != current || shared.lock_failure().generation == Some(generation) {
+            return; // abandoned, or behind a failed job
         }
-        // Effects are reported even for a sled abandoned meanwhile: the
-        // reopen, which resets what readers take sled to hold, cannot come
-        // before the job's handle on sled is dropped (sled's file lock), at
-        // the end of its arm.
-        let ran = match job {
-            Job::Wait(done) => {
-                let _ = done.send(());
-                Ok(())
-            }
-            Job::Apply {
-                db, batch, through, ..
-            } => guarded(|| target.apply(&db, batch)).map(|()| target.applied(through)),
-            Job::Checkpoint { db, last_id, .. } => {
-                guarded(|| target.checkpoint(&db, last_id)).map(|()| {
-                    shared.checkpointed.fetch_max(last_id, Ordering::AcqRel);
-                })
-            }
-        };
-        if let (Err(e), Some(generation)) = (ran, generation) {
-            *shared.lock_failure() = Failure {
-                generation: Some(generation),
-                error: Some(e),
-            };
+    }
+    // Effects are reported even for a sled abandoned meanwhile: the
+    // reopen, which resets what readers take sled to hold, cannot come
+    // before the job's handle on sled is dropped (sled's file lock), at
+    // the end of its arm.
+    let ran = match job {
+        Job::Wait(done) => {
+            let _ = done.send(());
+            Ok(())
         }
+        Job::Apply {
+            db, batch, through, ..
+        } => guarded(|| target.apply(&db, batch)).map(|()| {
+            let _normal = priority.waiting();
+            target.applied(through)
+        }),
+        Job::Checkpoint { db, last_id, .. } => {
+            let _normal = priority.waiting();
+            guarded(|| target.checkpoint(&db, last_id)).map(|()| {
+                shared.checkpointed.fetch_max(last_id, Ordering::AcqRel);
+            })
+        }
+    };
+    if let (Err(e), Some(generation)) = (ran, generation) {
+        *shared.lock_failure() = Failure {
+            generation: Some(generation),
+            error: Some(e),
+        };
     }
 }
 
@@ -314,7 +405,7 @@ mod tests {
 
     fn applier(fake: Fake) -> (Applier, Arc<Mutex<Vec<u64>>>) {
         let applied = fake.applied.clone();
-        (Applier::spawn(Arc::new(fake)), applied)
+        (Applier::spawn(Arc::new(fake), Arc::default()), applied)
     }
 
     fn db() -> sled::Db {
@@ -380,6 +471,45 @@ mod tests {
             assert_eq!(*applied.lock().unwrap(), [10, 50], "{case}");
             assert_eq!(applier.checkpointed(), 50, "{case}");
         }
+    }
+
+    #[test]
+    fn the_applier_is_idle_unless_it_is_behind_or_waited_for() {
+        if !crate::store::priority::idle_is_reversible() {
+            return; // no permission to leave the idle class: never entered
+        }
+        // The first apply holds the applier until the test lets it go.
+        let (started_tx, started) = sync_channel(1);
+        let (release, released) = sync_channel::<()>(1);
+        let fake = Fake {
+            gate: Some((started_tx, Mutex::new(released))),
+            ..Fake::default()
+        };
+        let applied = fake.applied.clone();
+        let priority = Arc::new(Priority::default());
+        let applier = Applier::spawn(Arc::new(fake), priority.clone());
+        let db = db();
+        submit(&applier, &db, 10);
+        started.recv().unwrap();
+        let alone = priority.applier_policy();
+        // A second job waits behind the running one: the applier is behind.
+        submit(&applier, &db, 20);
+        let behind = priority.applier_policy();
+        // (Asserted only after the gate is open: a failed assertion would
+        // otherwise leave the applier's thread, and the test, hanging.)
+        release.send(()).unwrap();
+        applier.wait().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while priority.applier_policy() != Some(libc::SCHED_IDLE)
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(CAUGHT_UP_AFTER);
+        }
+        let caught_up = priority.applier_policy();
+        assert_eq!(alone, Some(libc::SCHED_IDLE), "one job, nobody waiting");
+        assert_eq!(behind, Some(libc::SCHED_OTHER), "a job queued behind");
+        assert_eq!(caught_up, Some(libc::SCHED_IDLE), "caught up");
+        assert_eq!(*applied.lock().unwrap(), [10, 20]);
     }
 
     #[test]

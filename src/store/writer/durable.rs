@@ -115,7 +115,7 @@ impl Writer {
         self.staged_readings = 0;
         self.staged_bytes = 0;
         self.applier
-            .submit(self.store.db()?, batch, self.staged_through)
+            .submit(self.store.sled()?, batch, self.staged_through)
     }
 
     /// The durable point: the log's sync, after which a checkpoint is
@@ -200,7 +200,7 @@ impl Writer {
         if !self.submit_staged_if_room()? {
             return Ok(false);
         }
-        self.applier.checkpoint(self.store.db()?, last_id)?;
+        self.applier.checkpoint(self.store.sled()?, last_id)?;
         self.store.switch_log()?;
         self.checkpoint_started = Some(last_id);
         self.last_checkpoint = Instant::now();

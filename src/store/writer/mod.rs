@@ -227,7 +227,7 @@ pub(super) fn spawn_checkpointing_every(
     let next_id = store.last_id() + 1;
     let space = super::durability::SpaceProbe::open(store.path());
     let writer = Writer {
-        applier: apply::Applier::spawn(store.clone()),
+        applier: apply::Applier::spawn(store.clone(), store.applier_priority()),
         space,
         store,
         sync: storage.sync,
