@@ -157,9 +157,9 @@ mod tests {
 
     use super::*;
 
-    /// A thread adopted as the applier, parked until the test ends.
-    fn adopted() -> (Arc<Priority>, std::sync::mpsc::Sender<()>) {
-        let priority = Arc::new(Priority::default());
+    /// A thread that adopts `priority` as the applier's, parked until the
+    /// returned sender is dropped.
+    fn adopted(priority: Arc<Priority>) -> (Arc<Priority>, std::sync::mpsc::Sender<()>) {
         let (adopted_tx, adopted) = channel();
         let (end, ended) = channel::<()>();
         std::thread::spawn({
@@ -177,7 +177,7 @@ mod tests {
 
     #[test]
     fn the_applier_is_idle_unless_somebody_waits() {
-        let (priority, _end) = adopted();
+        let (priority, _end) = adopted(Arc::default());
         if !idle_is_reversible() {
             // No permission to come back from idle: it is never entered.
             assert_eq!(priority.applier_policy(), None);
@@ -202,17 +202,7 @@ mod tests {
     fn waiting_is_counted_before_any_applier_is_adopted() {
         let priority = Arc::new(Priority::default());
         let early = priority.waiting();
-        let (adopted_tx, adopted) = channel();
-        let (end, ended) = channel::<()>();
-        std::thread::spawn({
-            let priority = priority.clone();
-            move || {
-                priority.adopt_current_thread();
-                adopted_tx.send(()).unwrap();
-                let _ = ended.recv();
-            }
-        });
-        adopted.recv().unwrap();
+        let (priority, _end) = adopted(priority);
         if idle_is_reversible() {
             assert_eq!(
                 priority.applier_policy(),
@@ -222,6 +212,5 @@ mod tests {
             drop(early);
             assert_eq!(priority.applier_policy(), Some(libc::SCHED_IDLE));
         }
-        end.send(()).unwrap();
     }
 }
