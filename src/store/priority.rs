@@ -159,7 +159,7 @@ mod tests {
 
     /// A thread that adopts `priority` as the applier's, parked until the
     /// returned sender is dropped.
-    fn adopted(priority: Arc<Priority>) -> (Arc<Priority>, std::sync::mpsc::Sender<()>) {
+    fn adopt_on_a_thread(priority: &Arc<Priority>) -> std::sync::mpsc::Sender<()> {
         let (adopted_tx, adopted) = channel();
         let (end, ended) = channel::<()>();
         std::thread::spawn({
@@ -172,12 +172,13 @@ mod tests {
             }
         });
         adopted.recv().unwrap();
-        (priority, end)
+        end
     }
 
     #[test]
     fn the_applier_is_idle_unless_somebody_waits() {
-        let (priority, _end) = adopted(Arc::default());
+        let priority = Arc::default();
+        let _end = adopt_on_a_thread(&priority);
         if !idle_is_reversible() {
             // No permission to come back from idle: it is never entered.
             assert_eq!(priority.applier_policy(), None);
@@ -202,7 +203,7 @@ mod tests {
     fn waiting_is_counted_before_any_applier_is_adopted() {
         let priority = Arc::new(Priority::default());
         let early = priority.waiting();
-        let (priority, _end) = adopted(priority);
+        let _end = adopt_on_a_thread(&priority);
         if idle_is_reversible() {
             assert_eq!(
                 priority.applier_policy(),

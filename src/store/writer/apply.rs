@@ -31,7 +31,7 @@
 //! writer below (a full queue, [`Applier::wait`], the end) and every
 //! holder of a store handle on sled ([`crate::store::priority`]).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -88,8 +88,6 @@ struct Shared {
     /// The newest `last_id` a checkpoint made durable in sled.
     checkpointed: AtomicU64,
     failure: Mutex<Failure>,
-    /// Jobs sent and not yet taken by the thread.
-    queued: AtomicUsize,
     /// The thread is running a job.
     busy: AtomicBool,
     /// Held while a job waits behind the one running: the applier is
@@ -136,7 +134,6 @@ impl Shared {
             }
             Err(RecvTimeoutError::Disconnected) => None,
         }?;
-        self.queued.fetch_sub(1, Ordering::SeqCst);
         self.busy.store(true, Ordering::SeqCst);
         Some(job)
     }
@@ -253,22 +250,16 @@ impl Applier {
     /// applier takes that one, with the applier at normal priority.
     fn send(&self, job: Job) -> Result<(), StoreError> {
         let tx = self.tx.as_ref().expect("sender lives until drop");
-        self.shared.queued.fetch_add(1, Ordering::SeqCst);
-        let sent = match tx.try_send(job) {
-            Ok(()) => Ok(()),
+        match tx.try_send(job) {
+            Ok(()) => {}
             Err(TrySendError::Full(job)) => {
                 let _waiting = self.priority.waiting();
-                tx.send(job).map_err(|_| stopped())
+                tx.send(job).map_err(|_| stopped())?;
             }
-            Err(TrySendError::Disconnected(_)) => Err(stopped()),
-        };
-        match sent {
-            Ok(()) => self.shared.queued_behind(&self.priority),
-            Err(_) => {
-                self.shared.queued.fetch_sub(1, Ordering::SeqCst);
-            }
+            Err(TrySendError::Disconnected(_)) => return Err(stopped()),
         }
-        sent
+        self.shared.queued_behind(&self.priority);
+        Ok(())
     }
 }
 
