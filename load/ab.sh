@@ -37,6 +37,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=load/lib.sh
 . "$HERE/lib.sh"
 run_dir ab
+settle_disk
 start_daemon "$SG" "$TMP/out.log"
 wait_port "$PORT" 10
 sleep 0.3

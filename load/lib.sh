@@ -75,6 +75,15 @@ run_dir() {
     SECRET=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
     daemon_config "$PORT" "$SECRET" "$TMP/store" >"$TMP/sensorgate.toml"
 }
+# Writes back what other processes left in the page cache before a measured
+# run or phase. A release build just linked leaves ~100 MiB of binaries
+# dirty, and their writeback, some 30 s later, queues ahead of the daemon's
+# fdatasyncs: 150 MiB left dirty before a 40 s run at goal 3's shape gave a
+# device p999 of 25-28 ms against 2.6-2.7 ms after a `sync` (BENCHMARKS.md,
+# "Someone else's writeback"). It costs a server that does not sync nothing.
+settle_disk() {
+    sync
+}
 # Starts a sensorgate binary on the run's config, its output in LOG, and
 # sets PID (so that the run's cleanup kills it).
 #

@@ -95,6 +95,7 @@ measured() { # server pid, name, command...
     shift 2
     local t0 t1
     reset_hwm "$pid"
+    settle_disk
     t0=$(cpu_ticks "$pid")
     timeout "$(awk -v s="$SECS" -v d="$DRAIN" 'BEGIN { printf "%d", s + d + 60 }')" \
         "$@" >"$TMP/$name.json" 2>"$TMP/$name.err" ||
