@@ -64,17 +64,27 @@ impl Target for Arc<Store> {
     }
 }
 
+/// Commits staged by the writer, to be applied to sled as one batch.
+pub(super) struct Staged {
+    pub batch: sled::Batch,
+    /// The newest id in `batch`.
+    pub through: u64,
+}
+
 enum Job {
     Apply {
         generation: u64,
         db: sled::Db,
-        batch: sled::Batch,
-        /// The newest id in `batch`.
-        through: u64,
+        staged: Staged,
     },
+    /// The last staged commits go with their checkpoint, in one job: two
+    /// would leave the writer waiting for a place in the queue behind the
+    /// apply still running, at every checkpoint (up to 0.9 ms a second at
+    /// 100,000 readings/s).
     Checkpoint {
         generation: u64,
         db: sled::Db,
+        staged: Option<Staged>,
         last_id: u64,
     },
     /// Answered once every job before it is done.
@@ -182,30 +192,31 @@ impl Applier {
         }
     }
 
-    /// Queues `batch` (every commit up to `through`) to be applied to `db`.
+    /// Queues `staged` to be applied to `db`.
     /// Blocks while another job is already waiting.
-    pub(super) fn submit(
-        &self,
-        db: sled::Db,
-        batch: sled::Batch,
-        through: u64,
-    ) -> Result<(), StoreError> {
+    pub(super) fn submit(&self, db: sled::Db, staged: Staged) -> Result<(), StoreError> {
         let generation = self.generation();
         self.send(Job::Apply {
             generation,
             db,
-            batch,
-            through,
+            staged,
         })
     }
 
-    /// Queues a checkpoint of everything submitted before it; once it has
-    /// returned, [`Applier::checkpointed`] is at least `last_id`.
-    pub(super) fn checkpoint(&self, db: sled::Db, last_id: u64) -> Result<(), StoreError> {
+    /// Queues a checkpoint of everything submitted before it and of
+    /// `staged`, which is applied first; once it has returned,
+    /// [`Applier::checkpointed`] is at least `last_id`.
+    pub(super) fn checkpoint(
+        &self,
+        db: sled::Db,
+        staged: Option<Staged>,
+        last_id: u64,
+    ) -> Result<(), StoreError> {
         let generation = self.generation();
         self.send(Job::Checkpoint {
             generation,
             db,
+            staged,
             last_id,
         })
     }
@@ -312,18 +323,21 @@ fn run_job(shared: &Shared, job: Job, target: &impl Target, priority: &Arc<Prior
             let _ = done.send(());
             Ok(())
         }
-        Job::Apply {
-            db, batch, through, ..
-        } => guarded(|| target.apply(&db, batch)).map(|()| {
-            let _normal = priority.waiting();
-            target.applied(through)
-        }),
-        Job::Checkpoint { db, last_id, .. } => {
-            let _normal = priority.waiting();
-            guarded(|| target.checkpoint(&db, last_id)).map(|()| {
-                shared.checkpointed.fetch_max(last_id, Ordering::AcqRel);
+        Job::Apply { db, staged, .. } => apply(target, &db, staged, priority),
+        Job::Checkpoint {
+            db,
+            staged,
+            last_id,
+            ..
+        } => staged
+            .map_or(Ok(()), |staged| apply(target, &db, staged, priority))
+            .and_then(|()| {
+                let _normal = priority.waiting();
+                guarded(|| target.checkpoint(&db, last_id))
             })
-        }
+            .map(|()| {
+                shared.checkpointed.fetch_max(last_id, Ordering::AcqRel);
+            }),
     };
     if let (Err(e), Some(generation)) = (ran, generation) {
         *shared.lock_failure() = Failure {
@@ -331,6 +345,20 @@ fn run_job(shared: &Shared, job: Job, target: &impl Target, priority: &Arc<Prior
             error: Some(e),
         };
     }
+}
+
+/// Applies `staged` to sled (in whatever class the thread is in), then
+/// tells readers at normal priority.
+fn apply(
+    target: &impl Target,
+    db: &sled::Db,
+    staged: Staged,
+    priority: &Arc<Priority>,
+) -> Result<(), StoreError> {
+    guarded(|| target.apply(db, staged.batch)).map(|()| {
+        let _normal = priority.waiting();
+        target.applied(staged.through)
+    })
 }
 
 /// `f`, a panic (inside sled) becoming an error: the thread lives on and
@@ -403,10 +431,15 @@ mod tests {
         sled::Config::new().temporary(true).open().unwrap()
     }
 
+    fn staged(through: u64) -> Staged {
+        Staged {
+            batch: sled::Batch::default(),
+            through,
+        }
+    }
+
     fn submit(applier: &Applier, db: &sled::Db, through: u64) {
-        applier
-            .submit(db.clone(), sled::Batch::default(), through)
-            .unwrap();
+        applier.submit(db.clone(), staged(through)).unwrap();
     }
 
     #[test]
@@ -416,7 +449,7 @@ mod tests {
         for id in [10, 20] {
             submit(&applier, &db, id);
         }
-        applier.checkpoint(db.clone(), 20).unwrap();
+        applier.checkpoint(db.clone(), None, 20).unwrap();
         submit(&applier, &db, 30);
         applier.wait().unwrap();
         assert_eq!(*applied.lock().unwrap(), [10, 20, 30]);
@@ -437,11 +470,11 @@ mod tests {
             let db = db();
             submit(&applier, &db, 10);
             match checkpoint {
-                true => applier.checkpoint(db.clone(), 10).unwrap(),
+                true => applier.checkpoint(db.clone(), None, 10).unwrap(),
                 false => submit(&applier, &db, 20),
             }
             submit(&applier, &db, 30);
-            applier.checkpoint(db.clone(), 30).unwrap();
+            applier.checkpoint(db.clone(), None, 30).unwrap();
             let e = applier.wait().expect_err("the second job failed");
             let expected = if panics { "panicked" } else { "deliberate" };
             assert!(e.to_string().contains(expected), "{case}: {e}");
@@ -457,10 +490,56 @@ mod tests {
             // submits from now on runs again.
             applier.abandon();
             submit(&applier, &db, 50);
-            applier.checkpoint(db.clone(), 50).unwrap();
+            applier.checkpoint(db.clone(), None, 50).unwrap();
             applier.wait().unwrap();
             assert_eq!(*applied.lock().unwrap(), [10, 50], "{case}");
             assert_eq!(applier.checkpointed(), 50, "{case}");
+        }
+    }
+
+    /// The last staged commits travel with their checkpoint: applied
+    /// first (a failed apply leaves the checkpoint undone), and the two
+    /// take one place in the queue, so a writer behind a running apply
+    /// queues them without waiting for it.
+    #[test]
+    fn a_checkpoint_applies_what_it_carries_first_in_one_place_in_the_queue() {
+        for carried_fails in [false, true] {
+            let (started_tx, started) = sync_channel(1);
+            let (release, released) = sync_channel::<()>(1);
+            let (applier, applied) = applier(Fake {
+                gate: Some((started_tx, Mutex::new(released))),
+                fails: if carried_fails { &[1] } else { &[] },
+                ..Fake::default()
+            });
+            let db = db();
+            submit(&applier, &db, 10);
+            started.recv().unwrap();
+            // On a thread of its own: were it to wait for the running
+            // apply, the test would otherwise hang here.
+            let (queued_tx, queued) = sync_channel(1);
+            let queued_at_once = std::thread::scope(|s| {
+                s.spawn(|| {
+                    applier
+                        .checkpoint(db.clone(), Some(staged(20)), 20)
+                        .unwrap();
+                    queued_tx.send(()).unwrap();
+                });
+                let at_once = queued.recv_timeout(Duration::from_secs(5)).is_ok();
+                release.send(()).unwrap();
+                at_once
+            });
+            let waited = applier.wait();
+            let case = format!("the carried apply fails: {carried_fails}");
+            assert!(queued_at_once, "{case}: queued behind the running apply");
+            if carried_fails {
+                assert!(waited.is_err(), "{case}");
+                assert_eq!(*applied.lock().unwrap(), [10], "{case}");
+                assert_eq!(applier.checkpointed(), 0, "{case}: no checkpoint");
+            } else {
+                waited.unwrap();
+                assert_eq!(*applied.lock().unwrap(), [10, 20], "{case}");
+                assert_eq!(applier.checkpointed(), 20, "{case}");
+            }
         }
     }
 

@@ -7,6 +7,7 @@
 
 use std::time::Instant;
 
+use super::apply::Staged;
 use super::{
     Writer, APPLY_AT_READINGS, APPLY_MAX_READINGS, APPLY_SPACING, CHECKPOINT_AT_LOG_BYTES,
 };
@@ -93,29 +94,46 @@ impl Writer {
         Ok(true)
     }
 
-    /// [`Self::submit_staged`] when anything is staged, unless the disk has
-    /// become too full to apply it (`Ok(false)`, the writer now in
+    /// [`Self::submit_staged`], unless the disk has become too full to
+    /// apply what is staged (`Ok(false)`, the writer now in
     /// [`super::fault::Fault::DiskFull`]).
     fn submit_staged_if_room(&mut self) -> Result<bool, StoreError> {
-        if self.staged_readings > 0 {
-            if self.check_space(2 * self.staged_bytes).is_err() {
-                return Ok(false);
-            }
-            self.submit_staged()?;
+        if !self.room_to_apply() {
+            return Ok(false);
         }
+        self.submit_staged()?;
         Ok(true)
     }
 
-    /// Hands every staged entry to the applier, to be applied to sled as
-    /// one atomic batch. Commits are staged in order and the batch carries
-    /// `m/next_id`, so sled always holds a prefix of the log.
+    /// Nothing is staged, or the disk has room to apply it; otherwise the
+    /// writer is now in [`super::fault::Fault::DiskFull`].
+    fn room_to_apply(&mut self) -> bool {
+        self.staged_readings == 0 || self.check_space(2 * self.staged_bytes).is_ok()
+    }
+
+    /// Hands every staged entry (if any) to the applier, to be applied to
+    /// sled as one atomic batch.
     fn submit_staged(&mut self) -> Result<(), StoreError> {
-        let batch = std::mem::take(&mut self.staged);
+        match self.take_staged() {
+            Some(staged) => self.applier.submit(self.store.sled()?, staged),
+            None => Ok(()),
+        }
+    }
+
+    /// Every staged entry, as one batch for sled. Commits are staged in
+    /// order and the batch carries `m/next_id`, so sled always holds a
+    /// prefix of the log.
+    fn take_staged(&mut self) -> Option<Staged> {
+        if self.staged_readings == 0 {
+            return None;
+        }
         self.last_submit = Some(Instant::now());
         self.staged_readings = 0;
         self.staged_bytes = 0;
-        self.applier
-            .submit(self.store.sled()?, batch, self.staged_through)
+        Some(Staged {
+            batch: std::mem::take(&mut self.staged),
+            through: self.staged_through,
+        })
     }
 
     /// The durable point: the log's sync, after which a checkpoint is
@@ -197,10 +215,12 @@ impl Writer {
     /// its other half, which must be free. `Ok(false)`: postponed, the disk
     /// being too full to apply (the writer now refuses writes).
     fn start_checkpoint(&mut self, last_id: u64) -> Result<bool, StoreError> {
-        if !self.submit_staged_if_room()? {
+        if !self.room_to_apply() {
             return Ok(false);
         }
-        self.applier.checkpoint(self.store.sled()?, last_id)?;
+        let staged = self.take_staged();
+        self.applier
+            .checkpoint(self.store.sled()?, staged, last_id)?;
         self.store.switch_log()?;
         self.checkpoint_started = Some(last_id);
         self.last_checkpoint = Instant::now();
