@@ -412,7 +412,7 @@ impl Hub {
         let index = self.index();
         let mut closed = 0usize;
         for q in index.queues() {
-            if !q.closed().is_cancelled() {
+            if !q.is_closed() {
                 q.fail();
                 closed += 1;
             }

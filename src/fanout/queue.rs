@@ -43,6 +43,9 @@ pub struct SubscriberQueue {
     /// Cancelled when the hub gives up on this subscriber: see
     /// [`SubscriberQueue::why_closed`].
     closed: CancellationToken,
+    /// Set just before `closed` is cancelled, for the checks on every push
+    /// and every frame: the token's own `is_cancelled` takes a mutex.
+    given_up: AtomicBool,
     /// Set before `closed` when routing failed (else the queue overflowed).
     routing_failed: AtomicBool,
     /// Tests: the next push panics while it holds the lock.
@@ -137,6 +140,7 @@ impl SubscriberQueue {
             policy,
             notify: Notify::new(),
             closed: CancellationToken::new(),
+            given_up: AtomicBool::new(false),
             routing_failed: AtomicBool::new(false),
             #[cfg(test)]
             panic_in_push: AtomicBool::new(false),
@@ -153,7 +157,7 @@ impl SubscriberQueue {
     /// Appends `items` (all for this subscriber, in id order). Never blocks
     /// beyond the short queue lock.
     pub fn push(&self, items: Items) {
-        if self.closed.is_cancelled() || items.is_empty() {
+        if self.is_closed() || items.is_empty() {
             return;
         }
         let mut st = self.state();
@@ -170,7 +174,7 @@ impl SubscriberQueue {
                     *st = State::default();
                     drop(st);
                     crate::events::SlowSubscriber::Disconnected.emit();
-                    self.closed.cancel();
+                    self.give_up();
                     return;
                 }
                 SlowPolicy::DropOldest => {
@@ -244,6 +248,17 @@ impl SubscriberQueue {
         &self.closed
     }
 
+    /// The hub has given up on this subscriber ([`SubscriberQueue::closed`]
+    /// is cancelled), without taking the token's lock.
+    pub fn is_closed(&self) -> bool {
+        self.given_up.load(Ordering::Acquire)
+    }
+
+    fn give_up(&self) {
+        self.given_up.store(true, Ordering::Release);
+        self.closed.cancel();
+    }
+
     /// Why [`SubscriberQueue::closed`] was cancelled.
     pub fn why_closed(&self) -> Closed {
         if self.routing_failed.load(Ordering::Acquire) {
@@ -257,7 +272,7 @@ impl SubscriberQueue {
     /// Takes no lock: the failed routing may have left one poisoned.
     pub fn fail(&self) {
         self.routing_failed.store(true, Ordering::Release);
-        self.closed.cancel();
+        self.give_up();
     }
 }
 
@@ -317,9 +332,9 @@ mod tests {
     fn disconnect_policy_cancels_and_frees() {
         let q = SubscriberQueue::new(2, SlowPolicy::Disconnect);
         q.push(items(1..3));
-        assert!(!q.closed().is_cancelled());
+        assert!(!q.closed().is_cancelled() && !q.is_closed());
         q.push(items(3..4));
-        assert!(q.closed().is_cancelled());
+        assert!(q.closed().is_cancelled() && q.is_closed());
         assert_eq!(q.why_closed(), Closed::Overflowed);
         assert!(q.take(10).is_empty());
     }
@@ -329,7 +344,7 @@ mod tests {
         let q = SubscriberQueue::new(10, SlowPolicy::DropOldest);
         q.push(items(1..3));
         q.fail();
-        assert!(q.closed().is_cancelled());
+        assert!(q.closed().is_cancelled() && q.is_closed());
         assert_eq!(q.why_closed(), Closed::RoutingFailed);
         q.push(items(3..4));
         assert_eq!(ids(&q.take(10)), vec![1, 2], "nothing pushed after");
@@ -342,7 +357,7 @@ mod tests {
         q.panic_in_push.store(true, Ordering::Relaxed);
         let pushed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| q.push(items(3..5))));
         assert!(pushed.is_err());
-        assert!(q.closed().is_cancelled());
+        assert!(q.closed().is_cancelled() && q.is_closed());
         assert_eq!(q.why_closed(), Closed::RoutingFailed);
         // The lock is poisoned; the queue still answers.
         assert!(!q.is_empty());

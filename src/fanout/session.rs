@@ -369,7 +369,7 @@ impl Session {
     /// that arrived meanwhile is kept (at most [`MAX_DEFERRED`]) and
     /// answered after the current one.
     fn check_peer(&mut self) -> Result<(), End> {
-        if self.queue.closed().is_cancelled() {
+        if self.queue.is_closed() {
             return Err(closed_end(&self.queue));
         }
         if self.deferred.len() >= MAX_DEFERRED {
@@ -422,7 +422,7 @@ impl Session {
         loop {
             // Given up on (overflow, failed routing): what is queued may
             // have a gap, and must not go out.
-            if self.queue.closed().is_cancelled() {
+            if self.queue.is_closed() {
                 return Err(closed_end(&self.queue));
             }
             if !recheck && frames == FRAMES_PER_TURN {
