@@ -422,6 +422,19 @@ mod tests {
         }
     }
 
+    /// A fake whose first job waits until the test lets it go, with the
+    /// receiver that hears it start and the sender that lets it go.
+    fn gated(fails: &'static [usize]) -> (Fake, Receiver<()>, SyncSender<()>) {
+        let (started_tx, started) = sync_channel(1);
+        let (release, released) = sync_channel(1);
+        let fake = Fake {
+            gate: Some((started_tx, Mutex::new(released))),
+            fails,
+            ..Fake::default()
+        };
+        (fake, started, release)
+    }
+
     fn applier(fake: Fake) -> (Applier, Arc<Mutex<Vec<u64>>>) {
         let applied = fake.applied.clone();
         (Applier::spawn(Arc::new(fake), Arc::default()), applied)
@@ -504,13 +517,8 @@ mod tests {
     #[test]
     fn a_checkpoint_applies_what_it_carries_first_in_one_place_in_the_queue() {
         for carried_fails in [false, true] {
-            let (started_tx, started) = sync_channel(1);
-            let (release, released) = sync_channel::<()>(1);
-            let (applier, applied) = applier(Fake {
-                gate: Some((started_tx, Mutex::new(released))),
-                fails: if carried_fails { &[1] } else { &[] },
-                ..Fake::default()
-            });
+            let (fake, started, release) = gated(if carried_fails { &[1] } else { &[] });
+            let (applier, applied) = applier(fake);
             let db = db();
             submit(&applier, &db, 10);
             started.recv().unwrap();
@@ -549,12 +557,7 @@ mod tests {
             return; // no permission to leave the idle class: never entered
         }
         // The first apply holds the applier until the test lets it go.
-        let (started_tx, started) = sync_channel(1);
-        let (release, released) = sync_channel::<()>(1);
-        let fake = Fake {
-            gate: Some((started_tx, Mutex::new(released))),
-            ..Fake::default()
-        };
+        let (fake, started, release) = gated(&[]);
         let applied = fake.applied.clone();
         let priority = Arc::new(Priority::default());
         let applier = Applier::spawn(Arc::new(fake), priority.clone());
@@ -586,13 +589,8 @@ mod tests {
     fn jobs_queued_before_abandon_are_dropped_and_a_failure_forgotten() {
         for fail_first in [true, false] {
             // The first apply starts, waits for the test, then ends.
-            let (started_tx, started) = sync_channel(1);
-            let (release, released) = sync_channel::<()>(1);
-            let (applier, applied) = applier(Fake {
-                fails: if fail_first { &[0] } else { &[] },
-                gate: Some((started_tx, Mutex::new(released))),
-                ..Fake::default()
-            });
+            let (fake, started, release) = gated(if fail_first { &[0] } else { &[] });
+            let (applier, applied) = applier(fake);
             let db = db();
             submit(&applier, &db, 10);
             started.recv().unwrap();
