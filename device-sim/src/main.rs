@@ -76,7 +76,7 @@ struct Args {
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
-    /// Device ids are <prefix><n>, n from 1.
+    /// Device ids are `<prefix><n>`, n from 1.
     #[arg(long, default_value = "sim-")]
     device_prefix: String,
     /// Sensors per device.

@@ -5,7 +5,7 @@
 //! whose `Default` impl is the one place its built-in defaults live (SPEC §10,
 //! spelled out again, with a line of documentation per key, in
 //! `config/sensorgate.toml`); loading a TOML file plus
-//! `SENSORGATE__SECTION__KEY` environment overrides ([`load`]); validation
+//! `SENSORGATE__SECTION__KEY` environment overrides ([`load()`]); validation
 //! that reports *every* problem at once, each naming its key (SPEC §8); and
 //! the redacted rendering `check-config` prints.
 //! Hands on: an immutable [`Config`], shared as `Arc<Config>`.

@@ -84,7 +84,7 @@ impl Store {
 
 impl Store {
     /// True when a sled closed after a failure can never be released in this
-    /// process (see [`OpenOptions::restart_in_place`]).
+    /// process (see [`super::OpenOptions::restart_in_place`]).
     pub fn is_wedged(&self) -> bool {
         self.wedged.load(Ordering::Acquire)
     }

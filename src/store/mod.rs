@@ -188,7 +188,7 @@ pub struct Store {
     closing: Mutex<Option<std::thread::JoinHandle<()>>>,
     restart_in_place: bool,
     /// When the flush in progress started (ms since `epoch`, 0 = none): see
-    /// [`poke_stuck_flushes`].
+    /// [`fault::poke_stuck_flushes`].
     flush_started_ms: AtomicU64,
     epoch: Instant,
     /// The writer's applier thread runs idle while nobody waits for it;

@@ -6,7 +6,9 @@
 //! long the bridge takes to empty the outbox (`/readyz` backlog 0). Bridge,
 //! broker and load share the machine.
 //!
-//!   cargo run --release -p sensorgate-load --bin bridge -- [readings]
+//! ```text
+//! cargo run --release -p sensorgate-load --bin bridge -- [readings]
+//! ```
 //!
 //! Default: 100000 readings, JSON payloads, no MQTT subscribers.
 

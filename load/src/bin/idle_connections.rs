@@ -3,12 +3,14 @@
 //! Starts the release `sensorgate` binary as a child process (so its RSS is
 //! the daemon's alone), opens N device connections that receive their
 //! welcome and then stay silent, and reports the daemon's RSS growth per
-//! connection, read from /proc/<pid>/status. N is kept well under the
+//! connection, read from `/proc/<pid>/status`. N is kept well under the
 //! machine's 20,000 open-file limit (each connection is one fd on each
 //! side, both in this machine).
 //!
-//!   cargo build --release -p sensorgate -p sensorgate-load
-//!   target/release/idle_connections [connections]
+//! ```text
+//! cargo build --release -p sensorgate -p sensorgate-load
+//! target/release/idle_connections [connections]
+//! ```
 //!
 //! Default: 5000 connections.
 

@@ -6,7 +6,9 @@
 //! window of batches in flight, for a bounded time. Load generator and
 //! daemon share the machine, as they would in a single-box test.
 //!
-//!   cargo run --release -p sensorgate-load --bin ingest_throughput -- [devices] [batch] [window] [seconds]
+//! ```text
+//! cargo run --release -p sensorgate-load --bin ingest_throughput -- [devices] [batch] [window] [seconds]
+//! ```
 //!
 //! Defaults: 32 devices, 500 readings per batch, 8 batches in flight, 10 s.
 
