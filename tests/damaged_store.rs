@@ -652,3 +652,47 @@ async fn damage_older_than_the_start_reads_is_reported_by_the_read_that_reaches_
         "{report}"
     );
 }
+
+/// A store a newer sensorgate wrote, in a format this build does not know
+/// (an upgrade rolled back), is refused by name, not called damaged:
+/// `run` exits 3 with or without `--accept-data-loss`, `check-store` fails
+/// with the same words, and nothing is set aside or rewritten.
+#[tokio::test]
+async fn a_store_a_newer_sensorgate_wrote_is_refused_by_name_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_for(dir.path(), free_port());
+    let store = dir.path().join("store");
+    drop(sensorgate::store::Store::open(&store).unwrap());
+    // The marker as a newer build would leave it (`m/format`, big-endian).
+    let newer = (sensorgate::store::FORMAT + 1).to_be_bytes();
+    let db = sled::open(&store).unwrap();
+    db.insert("m/format", &newer[..]).unwrap();
+    db.flush().unwrap();
+    drop(db);
+    let listing = || {
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = listing();
+    let runs: [(&[&str], i32); 3] = [
+        (&["run"], 3),
+        (&["run", "--accept-data-loss"], 3),
+        (&["check-store"], 1),
+    ];
+    for (args, code) in runs {
+        let out = run_binary(args, &config);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("written by a newer sensorgate") && !stderr.contains("damaged"),
+            "{args:?}: {stderr}"
+        );
+    }
+    assert_eq!(listing(), before, "nothing set aside");
+    let db = sled::open(&store).unwrap();
+    assert_eq!(db.get("m/format").unwrap().as_deref(), Some(&newer[..]));
+}

@@ -69,6 +69,16 @@ const BRIDGE_CURSOR_KEY: &[u8] = b"m/bridge_cursor";
 const HWM_KEPT_KEY: &[u8] = b"m/hwm_kept";
 /// Present once the store has a write-ahead log file ([`wal`]).
 const WAL_KEPT_KEY: &[u8] = b"m/wal_kept";
+/// The store's format ([`FORMAT`]), written at the first start of a build
+/// that knows it.
+const FORMAT_KEY: &[u8] = b"m/format";
+/// The store format this build writes and the newest it reads: the compact
+/// segments of 2026-12-06, the write-ahead log and the high-water mark. A
+/// build that changes what it writes so that this one could not read it
+/// raises this, and this build then refuses such a store by its format
+/// ([`StoreError::NewerFormat`]) instead of calling it damaged. Stores
+/// written before the marker existed have no key, and are of this format.
+pub const FORMAT: u64 = 1;
 const SEQ_PREFIX: &[u8] = b"q/";
 const SEGMENT_PREFIX: &[u8] = b"s/";
 const INDEX_PREFIX: &[u8] = b"i/";
@@ -111,14 +121,20 @@ pub enum StoreError {
         "storage.path {path}: the store is in use by another process ({detail}); stop it first"
     )]
     Locked { path: PathBuf, detail: String },
+    /// The store was written by a newer sensorgate, in a format this build
+    /// cannot read. Nothing is changed; `--accept-data-loss` does not
+    /// apply (the data is not damaged).
+    #[error("storage.path {path}: the store is in format {format}, written by a newer sensorgate; this build reads formats up to {FORMAT}. Run the newer build, or restore a backup taken before the upgrade; nothing was changed")]
+    NewerFormat { path: PathBuf, format: u64 },
     /// The store was closed after a failure and is not reopened yet.
     #[error("the store is closed after a failure and not reopened yet")]
     Closed,
 }
 
 impl StoreError {
-    /// True for a store refused at start-up as damaged or rolled back: an
-    /// operator has to look before it is served again.
+    /// True for a store refused at start-up as damaged, rolled back or
+    /// written by a newer build: an operator has to look before it is
+    /// served again.
     pub fn needs_operator(&self) -> bool {
         matches!(
             self,
@@ -126,6 +142,7 @@ impl StoreError {
                 | StoreError::BehindHighWaterMark { .. }
                 | StoreError::MarkMissing { .. }
                 | StoreError::LogMissing { .. }
+                | StoreError::NewerFormat { .. }
                 | StoreError::Log(wal::WalError::Damaged { .. })
                 | StoreError::HighWaterMark(hwm::HwmError::Damaged { .. })
         )

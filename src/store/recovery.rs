@@ -15,8 +15,8 @@ use super::durability::{self, FileSync};
 use super::hwm::{self, HighWaterMark};
 use super::{
     codec, fault::poke_stuck_flushes, wal, OpenOptions, SegmentMeta, Store, StoreError,
-    BRIDGE_CURSOR_KEY, HWM_KEPT_KEY, INDEX_PREFIX, NEXT_ID_KEY, SEGMENT_PREFIX, SEQ_PREFIX,
-    WAL_KEPT_KEY,
+    BRIDGE_CURSOR_KEY, FORMAT, FORMAT_KEY, HWM_KEPT_KEY, INDEX_PREFIX, NEXT_ID_KEY, SEGMENT_PREFIX,
+    SEQ_PREFIX, WAL_KEPT_KEY,
 };
 
 /// How long `open` waits for sled's file lock to be released.
@@ -150,6 +150,22 @@ pub(super) fn pending(mut next: u64, records: &[wal::Record]) -> Vec<&wal::Recor
     out
 }
 
+/// Refuses a store whose format ([`FORMAT_KEY`]) is newer than this
+/// build's [`FORMAT`]. No key: a store from before the marker, whose
+/// format this build reads.
+fn check_format(path: &Path, db: &sled::Db) -> Result<(), StoreError> {
+    let Some(v) = db.get(FORMAT_KEY)? else {
+        return Ok(());
+    };
+    match codec::decode_u64(FORMAT_KEY, &v)? {
+        format if format > FORMAT => Err(StoreError::NewerFormat {
+            path: path.to_path_buf(),
+            format,
+        }),
+        _ => Ok(()),
+    }
+}
+
 pub(super) fn stored_next_id(db: &sled::Db) -> Result<u64, StoreError> {
     Ok(match db.get(NEXT_ID_KEY)? {
         Some(v) => codec::decode_u64(NEXT_ID_KEY, &v)?,
@@ -173,6 +189,8 @@ pub(super) fn recover_with(path: &Path, apply_log: bool) -> Result<Recovered, St
     };
     let scanned = without_panics(|| -> Result<Recovered, StoreError> {
         let db = open_sled(path)?;
+        // Before anything is replayed into a store this build may not know.
+        check_format(path, &db)?;
         let (wal, contents) = wal::Wal::open(path)?;
         let (next_id, log_commits) = replay(&db, &contents.records, apply_log)?;
         let log_mark = contents.newest_id;
@@ -220,6 +238,8 @@ pub(super) fn recover_with(path: &Path, apply_log: bool) -> Result<Recovered, St
         }
         // The log's own I/O error (a full disk creating it, say) names it.
         StoreError::Log(e) => StoreError::Log(e),
+        // Not damage either: a newer build's store, left as it is.
+        e @ StoreError::NewerFormat { .. } => e,
         other => unreadable(other.to_string()),
     })
 }
@@ -515,6 +535,11 @@ impl Store {
             super::holes::record_skipped(&rec.db, &[rec.last_id + 1..=mark])?;
             rec.db.flush()?;
             last_id = mark;
+        }
+        // A store from before the format marker (or a new one) is of this
+        // build's format: say so, durable with the flush below.
+        if rec.db.get(FORMAT_KEY)?.is_none() {
+            rec.db.insert(FORMAT_KEY, &FORMAT.to_be_bytes()[..])?;
         }
         // What sled recovered, replayed from the log or created is made
         // durable before the mark says anything about it, and before the

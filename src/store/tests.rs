@@ -475,3 +475,71 @@ fn a_handle_on_sled_counts_as_waiting_for_the_applier() {
     store.read_since(0, 10, |_| true).unwrap();
     assert_eq!(priority.waiting_now(), 0);
 }
+
+/// A store says which format it is in. One from before the marker (no
+/// key) is of this build's format and gets the key at its next start; one
+/// of a newer format is refused by name, even with `--accept-data-loss`,
+/// and left as it was: nothing set aside, nothing replayed or rewritten.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_of_a_newer_format_is_refused_and_left_as_it_was() {
+    use super::{FORMAT, FORMAT_KEY};
+    let (dir, path, store, last) = three_applies().await;
+    let format = |store: &Store| store.db().unwrap().get(FORMAT_KEY).unwrap();
+    assert_eq!(format(&store).as_deref(), Some(&FORMAT.to_be_bytes()[..]));
+
+    // As an older build left it: no key. The next start writes it.
+    store.db().unwrap().remove(FORMAT_KEY).unwrap();
+    store.db().unwrap().flush().unwrap();
+    drop(store);
+    let store = Store::open(&path).unwrap();
+    assert_eq!(format(&store).as_deref(), Some(&FORMAT.to_be_bytes()[..]));
+
+    // As a newer build would leave it.
+    let newer = FORMAT + 1;
+    store
+        .db()
+        .unwrap()
+        .insert(FORMAT_KEY, &newer.to_be_bytes()[..])
+        .unwrap();
+    store.db().unwrap().flush().unwrap();
+    drop(store);
+    let listing = || {
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = listing();
+    let accept = super::OpenOptions {
+        accept_data_loss: true,
+        ..Default::default()
+    };
+    for opts in [super::OpenOptions::default(), accept] {
+        let refused = Store::open_with(&path, opts).err().expect("a newer format");
+        assert!(
+            matches!(&refused, super::StoreError::NewerFormat { format, .. } if *format == newer),
+            "{refused}"
+        );
+        assert!(
+            refused.to_string().contains("newer sensorgate"),
+            "{refused}"
+        );
+    }
+    let checked = super::check::check(&path).expect_err("check-store refuses it too");
+    assert!(
+        matches!(checked, super::StoreError::NewerFormat { .. }),
+        "{checked}"
+    );
+    assert_eq!(listing(), before, "nothing set aside");
+
+    // Back to this build's format (what the newer build's data would not
+    // allow): every reading is still there.
+    let db = sled::open(&path).unwrap();
+    db.insert(FORMAT_KEY, &FORMAT.to_be_bytes()[..]).unwrap();
+    db.flush().unwrap();
+    drop(db);
+    let store = Store::open(&path).unwrap();
+    assert_eq!(ids(&store, 0), (1..=last).collect::<Vec<_>>());
+}
