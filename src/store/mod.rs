@@ -78,6 +78,10 @@ const FORMAT_KEY: &[u8] = b"m/format";
 /// raises this, and this build then refuses such a store by its format
 /// ([`StoreError::NewerFormat`]) instead of calling it damaged. Stores
 /// written before the marker existed have no key, and are of this format.
+/// The check runs when sled opens, after the start has read the
+/// write-ahead log's and the high-water mark's files: a build that changes
+/// those files' headers is refused by them first (as damage), so it
+/// should keep them readable here.
 pub const FORMAT: u64 = 1;
 const SEQ_PREFIX: &[u8] = b"q/";
 const SEGMENT_PREFIX: &[u8] = b"s/";
