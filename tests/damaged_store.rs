@@ -653,6 +653,24 @@ async fn damage_older_than_the_start_reads_is_reported_by_the_read_that_reaches_
     );
 }
 
+/// sled at `path`, closed a moment ago in this process: a dropped
+/// `sled::Db` lets go of its file lock only once its I/O threads have, so
+/// the open is retried (for at most 10 s) while the lock is still held.
+fn reopen_sled(path: &std::path::Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match sled::open(path) {
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            opened => return opened.unwrap(),
+        }
+    }
+}
+
 /// A store a newer sensorgate wrote, in a format this build does not know
 /// (an upgrade rolled back), is refused by name, not called damaged:
 /// `run` exits 3 with or without `--accept-data-loss`, `check-store` fails
@@ -665,7 +683,7 @@ async fn a_store_a_newer_sensorgate_wrote_is_refused_by_name_and_left_alone() {
     drop(sensorgate::store::Store::open(&store).unwrap());
     // The marker as a newer build would leave it (`m/format`, big-endian).
     let newer = (sensorgate::store::FORMAT + 1).to_be_bytes();
-    let db = sled::open(&store).unwrap();
+    let db = reopen_sled(&store);
     db.insert("m/format", &newer[..]).unwrap();
     db.flush().unwrap();
     drop(db);

@@ -38,7 +38,7 @@ const SLED_CACHE: u64 = 16 * 1024 * 1024;
 /// (a daemon restarted in place, the tests) can briefly find it held. A lock
 /// still held after [`LOCK_WAIT`] is another live process: that error is
 /// returned as is.
-fn open_sled(path: &Path) -> Result<sled::Db, sled::Error> {
+pub(super) fn open_sled(path: &Path) -> Result<sled::Db, sled::Error> {
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     loop {
         let opened = sled::Config::new()

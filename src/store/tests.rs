@@ -313,7 +313,8 @@ async fn check_store_counts_what_the_log_will_write_back() {
     // is reported, so the report above did look at it.
     let report = super::check::check(&path).unwrap();
     assert!(report.healthy() && report.log_commits == 0, "{report}");
-    let db = sled::open(&path).unwrap();
+    // (Waiting for the lock the check's sled lets go of a moment later.)
+    let db = super::recovery::open_sled(&path).unwrap();
     db.remove(super::segment_key(lost)).unwrap();
     db.flush().unwrap();
     drop(db);
@@ -526,7 +527,7 @@ async fn a_store_of_a_newer_format_is_refused_and_left_as_it_was() {
 
     // Back to this build's format (what the newer build's data would not
     // allow): every reading is still there, so nothing was set aside.
-    let db = sled::open(&path).unwrap();
+    let db = super::recovery::open_sled(&path).unwrap();
     db.insert(FORMAT_KEY, &FORMAT.to_be_bytes()[..]).unwrap();
     db.flush().unwrap();
     drop(db);
