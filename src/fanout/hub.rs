@@ -608,7 +608,7 @@ mod tests {
         let (a, b) = (all.queue().take(10), both.queue().take(10));
         let (ra, rb): (Vec<_>, Vec<_>) = (a.runs().collect(), b.runs().collect());
         assert_eq!((ra.len(), rb.len()), (1, 1));
-        assert!(std::ptr::eq(ra[0].0, rb[0].0), "one list, shared");
+        assert!(Arc::ptr_eq(ra[0].0, rb[0].0), "one list, shared");
         assert_eq!(ra[0].0.readings().as_ptr(), commit.as_ptr());
         assert_eq!(a.readings().map(|r| r.id).collect::<Vec<_>>(), [1, 2, 3]);
         assert_eq!(ids(&narrow), vec![1]);
@@ -768,7 +768,10 @@ mod tests {
             reading(3, "d1", "hum"),
         ]));
         let taken = [a.queue().take(10), b.queue().take(10), c.queue().take(10)];
-        let lists: Vec<&Routed> = taken.iter().map(|t| t.runs().next().unwrap().0).collect();
+        let lists: Vec<&Routed> = taken
+            .iter()
+            .map(|t| &**t.runs().next().unwrap().0)
+            .collect();
         assert!(std::ptr::eq(lists[0], lists[1]), "a and b match 1 and 3");
         assert!(!std::ptr::eq(lists[0], lists[2]), "c matches 1 only");
         let ids = |t: &Taken| t.readings().map(|r| r.id).collect::<Vec<_>>();

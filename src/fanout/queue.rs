@@ -114,8 +114,8 @@ pub struct Taken {
 
 impl Taken {
     /// The readings taken, oldest first, as ranges of their lists.
-    pub fn runs(&self) -> impl Iterator<Item = (&Routed, Range<usize>)> {
-        self.parts.iter().map(|(list, r)| (&**list, r.clone()))
+    pub fn runs(&self) -> impl Iterator<Item = (&Items, Range<usize>)> {
+        self.parts.iter().map(|(list, r)| (list, r.clone()))
     }
 
     /// The readings taken, oldest first.

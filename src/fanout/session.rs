@@ -25,7 +25,8 @@ use crate::shutdown::Shutdown;
 use super::hub::{Hub, Subscriber};
 use super::queue::{Closed, SubscriberQueue, Taken};
 use super::wire::{
-    decode_op, readings_frame, steps, Encoding, ErrorCode, Frame, Notice, Op, Routed, Run,
+    decode_op, live_frame, readings_frame, steps, Encoding, ErrorCode, Frame, LiveRun, Notice, Op,
+    Routed,
 };
 use super::TopicFilter;
 use crate::config::Config;
@@ -88,7 +89,7 @@ fn runs_kept<'t>(
     taken: &'t Taken,
     whole: impl Fn(&Routed) -> bool,
     keep: impl Fn(&Reading, &Routed) -> bool,
-) -> Vec<Run<'t>> {
+) -> Vec<LiveRun<'t>> {
     let mut runs = Vec::new();
     for (list, range) in taken.runs() {
         if whole(list) {
@@ -443,9 +444,9 @@ impl Session {
             }
             let runs = self.wanted_runs(&taken, recheck);
             if !runs.is_empty() {
-                let frame = readings_frame(self.enc, &runs);
-                // The lists are not kept alive while the frame waits for
-                // the peer.
+                let frame = live_frame(self.enc, &runs);
+                // The lists are kept alive by the frame only if it is
+                // spliced from them (`live_frame` says when).
                 drop(runs);
                 drop(taken);
                 self.send(frame).await?;
@@ -473,7 +474,7 @@ impl Session {
 
     /// The readings of `taken` to send, as runs of their lists: all of
     /// them unless a seam or (`recheck`) the filters leave some out.
-    fn wanted_runs<'t>(&self, taken: &'t Taken, recheck: bool) -> Vec<Run<'t>> {
+    fn wanted_runs<'t>(&self, taken: &'t Taken, recheck: bool) -> Vec<LiveRun<'t>> {
         runs_kept(
             taken,
             |list| !recheck && (self.seams.is_empty() || list.is_relayed()),
@@ -526,6 +527,7 @@ impl Session {
         let msg = match frame {
             Frame::Text(t) => Outbound::Text(t.into()),
             Frame::Binary(b) => Outbound::Binary(b),
+            Frame::Spliced { text, pieces } => Outbound::Spliced { text, pieces },
         };
         self.send_msg(msg).await
     }
@@ -563,7 +565,7 @@ mod tests {
     }
 
     /// Runs as (first id, last id) pairs; an empty run fails the test.
-    fn spans(runs: &[Run<'_>]) -> Vec<(u64, u64)> {
+    fn spans(runs: &[LiveRun<'_>]) -> Vec<(u64, u64)> {
         runs.iter()
             .map(|(list, r)| {
                 let readings = &list.readings()[r.clone()];

@@ -5,7 +5,9 @@
 //! many subscribers receive it: [`Routed`] keeps its JSON and MessagePack
 //! forms (computed on first use, each in one buffer), and
 //! [`readings_frame`] splices runs of those bytes into a
-//! `{"type":"readings","items":[...]}` frame without re-serializing them.
+//! `{"type":"readings","items":[...]}` frame without re-serializing them;
+//! [`live_frame`], where that pays, does not even copy them: its frame is
+//! pieces of the lists' bytes, written where they lie.
 
 use std::borrow::Cow;
 use std::ops::Range;
@@ -102,6 +104,13 @@ where
     where
         T: 'a,
     {
+        self.pieces(range)
+            .map(|(chunk, bytes)| &self.chunks[chunk as usize][bytes])
+    }
+
+    /// [`Self::run`] as where the slices lie: each one's chunk, and its
+    /// bytes there.
+    fn pieces(&self, range: Range<usize>) -> impl Iterator<Item = (u32, Range<usize>)> + '_ {
         let mut next = range.start;
         std::iter::from_fn(move || {
             if next >= range.end {
@@ -118,7 +127,7 @@ where
                 last += 1;
             }
             next = last + 1;
-            Some(&self.chunks[chunk as usize][start..self.ends[last].1])
+            Some((chunk, start..self.ends[last].1))
         })
     }
 }
@@ -190,7 +199,17 @@ impl Routed {
     /// Items `range` (not empty) as JSON, with the commas between them,
     /// one slice per chunk.
     fn json_run(&self, range: Range<usize>) -> impl Iterator<Item = &str> {
-        let json = self.json.get_or_init(|| {
+        self.json().run(range)
+    }
+
+    /// Items `range` (not empty) as MessagePack, one after the other, one
+    /// slice per chunk.
+    fn msgpack_run(&self, range: Range<usize>) -> impl Iterator<Item = &[u8]> {
+        self.msgpack().run(range)
+    }
+
+    fn json(&self) -> &Encoded<String> {
+        self.json.get_or_init(|| {
             let Encoded { chunks, ends, gap } = self.encode(JSON_MAX_FIXED, 1, write_json);
             // Checked once per list, so that frames splice it unchecked.
             let chunks = chunks
@@ -198,16 +217,36 @@ impl Routed {
                 .map(|c| String::from_utf8(c).expect("JSON is UTF-8"))
                 .collect();
             Encoded { chunks, ends, gap }
-        });
-        json.run(range)
+        })
     }
 
-    /// Items `range` (not empty) as MessagePack, one after the other, one
-    /// slice per chunk.
-    fn msgpack_run(&self, range: Range<usize>) -> impl Iterator<Item = &[u8]> {
+    fn msgpack(&self) -> &Encoded<Vec<u8>> {
         self.msgpack
             .get_or_init(|| self.encode(MSGPACK_MAX_FIXED, 0, write_msgpack))
-            .run(range)
+    }
+
+    /// Where items `range` (not empty) lie in encoding `enc`: each slice's
+    /// chunk and bytes.
+    fn pieces(
+        &self,
+        enc: Encoding,
+        range: Range<usize>,
+    ) -> impl Iterator<Item = (u32, Range<usize>)> + '_ {
+        let (json, msgpack) = match enc {
+            Encoding::Json => (Some(self.json().pieces(range)), None),
+            Encoding::Msgpack => (None, Some(self.msgpack().pieces(range))),
+        };
+        json.into_iter()
+            .flatten()
+            .chain(msgpack.into_iter().flatten())
+    }
+
+    /// Bytes `bytes` of chunk `chunk` of encoding `enc` (made already).
+    fn chunk_bytes(&self, enc: Encoding, chunk: u32, bytes: Range<usize>) -> &[u8] {
+        match enc {
+            Encoding::Json => &self.json().chunks[chunk as usize].as_bytes()[bytes],
+            Encoding::Msgpack => &self.msgpack().chunks[chunk as usize][bytes],
+        }
     }
 
     /// Every item, written by `write` into chunks sized up front from each
@@ -380,6 +419,13 @@ fn strings_len(item: &StreamItem<'_>) -> usize {
 pub enum Frame {
     Text(String),
     Binary(Bytes),
+    /// A readings frame whose payload is `pieces` one after the other
+    /// (text for JSON): pieces of its lists' own encodings, which it keeps
+    /// alive until written ([`live_frame`]).
+    Spliced {
+        text: bool,
+        pieces: Vec<Bytes>,
+    },
 }
 
 /// `0..len` in consecutive ranges of at most `most` (not empty).
@@ -392,15 +438,130 @@ pub fn steps(len: usize, most: usize) -> impl Iterator<Item = Range<usize>> {
 /// A run of a list's items for one frame: `range` of `list`.
 pub type Run<'a> = (&'a Routed, Range<usize>);
 
+/// A run of a shared list (a subscriber queue's), which a spliced frame
+/// can keep alive.
+pub type LiveRun<'a> = (&'a Arc<Routed>, Range<usize>);
+
+impl AsRef<Routed> for Routed {
+    fn as_ref(&self) -> &Routed {
+        self
+    }
+}
+
+/// Frames smaller than this are copied together ([`readings_frame`]): a
+/// few small copies cost less than the pieces' bookkeeping.
+const SPLICE_FROM: usize = 4 << 10;
+/// Most runs a spliced frame is made of (each is one piece per chunk it
+/// spans, and JSON puts a comma between pieces): its pieces then fit one
+/// vectored write ([`crate::ws::MAX_SLICES`]).
+const SPLICE_MAX_RUNS: usize = 16;
+
+/// A live readings frame of `runs`: spliced from the lists' encodings
+/// without a copy ([`Frame::Spliced`]) where that pays, else
+/// [`readings_frame`]. Why: a subscriber's frame was a copy of bytes
+/// every subscriber shares, made per subscriber and frame (at 1 M
+/// deliveries/s to ten JSON subscribers, the copies and their buffers were
+/// some 4 % of the daemon's time). Spliced only when the frame is at least
+/// [`SPLICE_FROM`] bytes, made of at most [`SPLICE_MAX_RUNS`] runs, and
+/// its runs cover at least half of the lists they are in: a frame waiting
+/// for a slow peer keeps its lists alive, and so never holds much more than
+/// a copy would.
+pub fn live_frame(enc: Encoding, runs: &[LiveRun<'_>]) -> Frame {
+    splice(enc, runs).unwrap_or_else(|| readings_frame(enc, runs))
+}
+
+fn splice(enc: Encoding, runs: &[LiveRun<'_>]) -> Option<Frame> {
+    if runs.len() > SPLICE_MAX_RUNS || !covers_half(runs) {
+        return None;
+    }
+    let bytes: usize = runs
+        .iter()
+        .flat_map(|(list, range)| list.pieces(enc, range.clone()))
+        .map(|(_, at)| at.len())
+        .sum();
+    if bytes < SPLICE_FROM {
+        return None;
+    }
+    let items: usize = runs.iter().map(|(_, range)| range.len()).sum();
+    let mut pieces = Vec::with_capacity(4 * runs.len() + 2);
+    match enc {
+        Encoding::Json => pieces.push(Bytes::from_static(br#"{"type":"readings","items":["#)),
+        Encoding::Msgpack => pieces.push(msgpack_head(items, 0).into()),
+    }
+    for (list, range) in runs {
+        for (chunk, at) in list.pieces(enc, range.clone()) {
+            if pieces.len() > 1 && enc == Encoding::Json {
+                pieces.push(Bytes::from_static(b","));
+            }
+            pieces.push(Bytes::from_owner(Piece {
+                list: Arc::clone(list),
+                enc,
+                chunk,
+                at,
+            }));
+        }
+    }
+    if enc == Encoding::Json {
+        pieces.push(Bytes::from_static(b"]}"));
+    }
+    Some(Frame::Spliced {
+        text: enc == Encoding::Json,
+        pieces,
+    })
+}
+
+/// The runs' items are at least half of the readings of the lists they
+/// are in (a list counted once however many runs it has).
+fn covers_half(runs: &[LiveRun<'_>]) -> bool {
+    let items: usize = runs.iter().map(|(_, range)| range.len()).sum();
+    let mut lists = 0;
+    let mut last: Option<&Arc<Routed>> = None;
+    for (list, _) in runs {
+        if !last.is_some_and(|l| Arc::ptr_eq(l, list)) {
+            lists += list.len();
+            last = Some(list);
+        }
+    }
+    2 * items >= lists
+}
+
+/// Bytes of a list's encoding, kept alive with the list: a piece of a
+/// spliced frame.
+struct Piece {
+    list: Arc<Routed>,
+    enc: Encoding,
+    chunk: u32,
+    at: Range<usize>,
+}
+
+impl AsRef<[u8]> for Piece {
+    fn as_ref(&self) -> &[u8] {
+        self.list.chunk_bytes(self.enc, self.chunk, self.at.clone())
+    }
+}
+
+/// A MessagePack readings frame up to its items: the map, its `type`, and
+/// the `items` array's header; room for `more` bytes after it.
+fn msgpack_head(items: usize, more: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32 + more);
+    // Writing into a Vec cannot fail.
+    rmp::encode::write_map_len(&mut out, 2).expect("vec write");
+    rmp::encode::write_str(&mut out, "type").expect("vec write");
+    rmp::encode::write_str(&mut out, "readings").expect("vec write");
+    rmp::encode::write_str(&mut out, "items").expect("vec write");
+    rmp::encode::write_array_len(&mut out, items as u32).expect("vec write");
+    out
+}
+
 /// `{"type":"readings","items":[...]}` of the items of `runs` (each range
 /// not empty), in order, spliced from their lists' encodings: one copy
 /// per run and chunk.
-pub fn readings_frame(enc: Encoding, runs: &[Run<'_>]) -> Frame {
+pub fn readings_frame<L: AsRef<Routed>>(enc: Encoding, runs: &[(L, Range<usize>)]) -> Frame {
     match enc {
         Encoding::Json => {
             let parts: Vec<&str> = runs
                 .iter()
-                .flat_map(|(list, range)| list.json_run(range.clone()))
+                .flat_map(|(list, range)| list.as_ref().json_run(range.clone()))
                 .collect();
             let len: usize = parts.iter().map(|p| p.len() + 1).sum();
             let mut out = String::with_capacity(len + 32);
@@ -417,17 +578,11 @@ pub fn readings_frame(enc: Encoding, runs: &[Run<'_>]) -> Frame {
         Encoding::Msgpack => {
             let parts: Vec<&[u8]> = runs
                 .iter()
-                .flat_map(|(list, range)| list.msgpack_run(range.clone()))
+                .flat_map(|(list, range)| list.as_ref().msgpack_run(range.clone()))
                 .collect();
             let len: usize = parts.iter().map(|p| p.len()).sum();
             let items: usize = runs.iter().map(|(_, range)| range.len()).sum();
-            let mut out = Vec::with_capacity(len + 32);
-            // Writing into a Vec cannot fail.
-            rmp::encode::write_map_len(&mut out, 2).expect("vec write");
-            rmp::encode::write_str(&mut out, "type").expect("vec write");
-            rmp::encode::write_str(&mut out, "readings").expect("vec write");
-            rmp::encode::write_str(&mut out, "items").expect("vec write");
-            rmp::encode::write_array_len(&mut out, items as u32).expect("vec write");
+            let mut out = msgpack_head(items, len);
             for part in parts {
                 out.extend_from_slice(part);
             }
@@ -778,6 +933,51 @@ mod tests {
             .collect();
         assert_eq!(ids, [1, 3, 5]);
         assert_eq!(v["items"][0]["unit"], "C");
+    }
+
+    /// A frame's payload, whole: a spliced one's pieces put together.
+    fn payload(frame: Frame) -> (bool, Vec<u8>, bool) {
+        match frame {
+            Frame::Text(t) => (true, t.into_bytes(), false),
+            Frame::Binary(b) => (false, b.to_vec(), false),
+            Frame::Spliced { text, pieces } => (text, pieces.concat(), true),
+        }
+    }
+
+    /// A big enough frame whose runs cover most of their lists is spliced
+    /// from them, byte for byte what the copy gives, and stays valid once
+    /// the queue has let go of the lists; one made of small or partly
+    /// taken lists, or of too many runs, is copied.
+    #[test]
+    fn live_frames_are_spliced_only_where_that_pays() {
+        for enc in [Encoding::Json, Encoding::Msgpack] {
+            // Two lists of 200 readings (about 20 KiB as JSON): the whole
+            // of the first and all but two of the second.
+            let (a, b) = (Arc::new(list(1..201)), Arc::new(list(201..401)));
+            let runs = [(&a, 0..200), (&b, 0..50), (&b, 52..200)];
+            let copied = payload(readings_frame(enc, &runs));
+            let frame = live_frame(enc, &runs);
+            drop((a, b));
+            let spliced = payload(frame);
+            assert!(spliced.2, "{enc:?}: spliced");
+            assert_eq!(spliced.0, enc == Encoding::Json, "{enc:?}: text for JSON");
+            assert_eq!(spliced.1, copied.1, "{enc:?}: the same bytes");
+
+            let copy = |runs: &[LiveRun<'_>], why: &str| {
+                let (_, bytes, spliced) = payload(live_frame(enc, runs));
+                assert!(!spliced, "{enc:?}: copied when {why}");
+                assert_eq!(bytes, payload(readings_frame(enc, runs)).1);
+            };
+            let small = Arc::new(list(1..11));
+            copy(&[(&small, 0..10)], "small");
+            let big = Arc::new(list(1..1001));
+            copy(&[(&big, 0..400)], "most of the list is not in the frame");
+            let lists: Vec<_> = (0..17u64)
+                .map(|n| Arc::new(list(n * 20..n * 20 + 20)))
+                .collect();
+            let many: Vec<LiveRun<'_>> = lists.iter().map(|l| (l, 0..20)).collect();
+            copy(&many, "made of too many runs");
+        }
     }
 
     #[test]

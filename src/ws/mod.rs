@@ -19,7 +19,7 @@
 mod socket;
 mod upgrade;
 
-pub use socket::{push_binary_frame, Message, Outbound, Socket};
+pub use socket::{push_binary_frame, Message, Outbound, Socket, MAX_SLICES};
 pub use upgrade::{on_upgrade, Rejection, Upgrade};
 
 use std::future::Future;

@@ -68,7 +68,19 @@ pub enum Outbound {
     /// Whole server frames, already framed ([`push_binary_frame`]), that
     /// leave as they are: several small messages in one write.
     Frames(Bytes),
+    /// One message whose payload is `pieces` one after the other (text:
+    /// valid UTF-8 as a whole), written where they lie with vectored
+    /// writes instead of being copied into one buffer first: what a
+    /// subscriber's frame of shared, already encoded readings is.
+    Spliced {
+        text: bool,
+        pieces: Vec<Bytes>,
+    },
 }
+
+/// Most slices handed to one vectored write (Linux takes 1,024; a spliced
+/// frame has a few dozen at most, and any more go in the next write).
+pub const MAX_SLICES: usize = 64;
 
 /// Appends `payload` to `out` as one final, unmasked binary frame: what
 /// [`Outbound::Frames`] carries.
@@ -100,22 +112,33 @@ struct Fragments {
     data: BytesMut,
 }
 
-/// One server frame on its way out: its header, its payload, and how much
-/// of the two has been written.
+/// One server frame on its way out: its header, its payload (in pieces,
+/// for a spliced message), and how much of them has been written.
 struct Outgoing {
     head: [u8; 10],
     head_len: u8,
     payload: Bytes,
+    /// The rest of a spliced payload, after `payload` (empty otherwise:
+    /// no allocation).
+    more: Vec<Bytes>,
+    total: usize,
     written: usize,
 }
 
 impl Outgoing {
     fn new(opcode: OpCode, payload: Bytes) -> Outgoing {
-        let (head, head_len) = frame_head(opcode, payload.len());
+        Outgoing::spliced(opcode, payload, Vec::new())
+    }
+
+    fn spliced(opcode: OpCode, payload: Bytes, more: Vec<Bytes>) -> Outgoing {
+        let len = payload.len() + more.iter().map(Bytes::len).sum::<usize>();
+        let (head, head_len) = frame_head(opcode, len);
         Outgoing {
             head,
             head_len,
             payload,
+            more,
+            total: head_len as usize + len,
             written: 0,
         }
     }
@@ -125,13 +148,11 @@ impl Outgoing {
         Outgoing {
             head: [0; 10],
             head_len: 0,
+            total: frames.len(),
             payload: frames,
+            more: Vec::new(),
             written: 0,
         }
-    }
-
-    fn total(&self) -> usize {
-        self.head_len as usize + self.payload.len()
     }
 
     /// Writes what is left; `Ready(Ok)` once all of it is out.
@@ -141,24 +162,24 @@ impl Outgoing {
         cx: &mut Context<'_>,
     ) -> Poll<std::io::Result<()>> {
         let head_len = self.head_len as usize;
-        while self.written < self.total() {
-            let n = if self.written < head_len && self.payload.len() <= COPY_BELOW {
+        while self.written < self.total {
+            let n = if self.written < head_len && self.total - head_len <= COPY_BELOW {
                 // Small frames (acks, pongs) leave in one piece.
                 let mut one = [0u8; 10 + COPY_BELOW];
-                let rest_head = &self.head[self.written..head_len];
-                one[..rest_head.len()].copy_from_slice(rest_head);
-                let end = rest_head.len() + self.payload.len();
-                one[rest_head.len()..end].copy_from_slice(&self.payload);
+                let mut end = 0;
+                for part in self.unwritten() {
+                    one[end..end + part.len()].copy_from_slice(part);
+                    end += part.len();
+                }
                 ready!(Pin::new(&mut *io).poll_write(cx, &one[..end]))?
-            } else if self.written < head_len {
-                let bufs = [
-                    std::io::IoSlice::new(&self.head[self.written..head_len]),
-                    std::io::IoSlice::new(&self.payload),
-                ];
-                ready!(Pin::new(&mut *io).poll_write_vectored(cx, &bufs))?
             } else {
-                let from = self.written - head_len;
-                ready!(Pin::new(&mut *io).poll_write(cx, &self.payload[from..]))?
+                let mut bufs = [std::io::IoSlice::new(&[]); MAX_SLICES];
+                let mut count = 0;
+                for (slot, part) in bufs.iter_mut().zip(self.unwritten()) {
+                    *slot = std::io::IoSlice::new(part);
+                    count += 1;
+                }
+                ready!(Pin::new(&mut *io).poll_write_vectored(cx, &bufs[..count]))?
             };
             if n == 0 {
                 return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
@@ -166,6 +187,23 @@ impl Outgoing {
             self.written += n;
         }
         Poll::Ready(Ok(()))
+    }
+
+    /// What is left to write, in order, as slices that are not empty.
+    fn unwritten(&self) -> impl Iterator<Item = &[u8]> {
+        let mut skip = self.written;
+        let parts = std::iter::once(&self.head[..self.head_len as usize])
+            .chain(std::iter::once(&self.payload[..]))
+            .chain(self.more.iter().map(|b| &b[..]));
+        parts.filter_map(move |part| {
+            if skip >= part.len() {
+                skip -= part.len();
+                return None;
+            }
+            let rest = &part[skip..];
+            skip = 0;
+            Some(rest)
+        })
     }
 }
 
@@ -253,6 +291,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
             Outbound::Binary(b) => Outgoing::new(OpCode::Data(Data::Binary), b),
             Outbound::Ping => Outgoing::new(OpCode::Control(Control::Ping), Bytes::new()),
             Outbound::Frames(frames) => Outgoing::framed(frames),
+            Outbound::Spliced { text, pieces } => {
+                let opcode = OpCode::Data(if text { Data::Text } else { Data::Binary });
+                Outgoing::spliced(opcode, Bytes::new(), pieces)
+            }
         });
         poll_fn(|cx| self.poll_write_queued(cx)).await
     }
@@ -727,6 +769,47 @@ mod tests {
         let mut close = 1001u16.to_be_bytes().to_vec();
         close.extend(b"bye");
         assert_eq!(third, (0x88, close));
+    }
+
+    /// A spliced message leaves as one frame of its pieces, in order, even
+    /// through a pipe that takes a few bytes at a time, and one cut short
+    /// is finished before the next.
+    #[tokio::test]
+    async fn a_spliced_message_is_one_frame_of_its_pieces() {
+        let (server, mut c) = tokio::io::duplex(64);
+        let mut s = Socket::new(server, 100);
+        let pieces: Vec<Bytes> = [
+            &b"{\"a\":["[..],
+            b"",
+            &[b'1'; 300],
+            b",",
+            &[b'2'; 5000],
+            b"]}",
+        ]
+        .iter()
+        .map(|p| Bytes::copy_from_slice(p))
+        .collect();
+        let whole = pieces.concat();
+        let send = s.send(Outbound::Spliced {
+            text: true,
+            pieces: pieces.clone(),
+        });
+        let cut = tokio::time::timeout(std::time::Duration::from_millis(20), send).await;
+        assert!(cut.is_err(), "the pipe is full, the send is cut short");
+        let reader = tokio::spawn(async move {
+            let first = read_frame(&mut c).await;
+            let second = read_frame(&mut c).await;
+            (first, second)
+        });
+        s.send(Outbound::Spliced {
+            text: false,
+            pieces: vec![Bytes::from_static(b"x"), Bytes::from_static(b"yz")],
+        })
+        .await
+        .unwrap();
+        let (first, second) = reader.await.unwrap();
+        assert_eq!(first, (0x81, whole), "text, whole, in order");
+        assert_eq!(second, (0x82, b"xyz".to_vec()), "a small one, binary");
     }
 
     #[test]
