@@ -350,7 +350,8 @@ fn step(commit: &Arc<Commit>, range: std::ops::Range<usize>) -> Routed {
 
 /// The biggest commit whose readings subscribers to everything share with
 /// the store and the writer rather than a copy: a queue's lists of it keep
-/// all of it alive (about 1.7 MB at most) until the last is taken. Commits
+/// all of it alive (about 1.7 MB at most) until the last is taken (or
+/// written, for a frame spliced from it: [`super::wire::live_frame`]). Commits
 /// in the flood are a few thousand readings; a bigger one (up to 2,048
 /// batches) would let a slow subscriber pin far more than its queue holds.
 pub const SHARE_COMMIT_UP_TO: usize = 4 * ROUTE_STEP;

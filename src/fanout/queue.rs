@@ -14,7 +14,9 @@
 //! and no list holds more than `capacity` (a bigger one is cut to its
 //! newest `capacity` when pushed, into a list of its own), so the front
 //! list's readings already taken or dropped keep at most `capacity` more
-//! alive, and a frame being sent at most one take more. A list for
+//! alive, and a frame being sent at most one take more (a frame spliced
+//! from its lists keeps them: at most five fourths of a take's readings,
+//! [`super::wire::live_frame`]). A list for
 //! subscribers to everything may be a range of its commit, which it keeps
 //! alive whole; that is done only for commits of at most
 //! [`super::hub::SHARE_COMMIT_UP_TO`] readings, and every later step of

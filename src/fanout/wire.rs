@@ -241,11 +241,29 @@ impl Routed {
             .chain(msgpack.into_iter().flatten())
     }
 
-    /// Bytes `bytes` of chunk `chunk` of encoding `enc` (made already).
-    fn chunk_bytes(&self, enc: Encoding, chunk: u32, bytes: Range<usize>) -> &[u8] {
+    /// Chunk `chunk` of encoding `enc`.
+    fn chunk_bytes(&self, enc: Encoding, chunk: u32) -> &[u8] {
         match enc {
-            Encoding::Json => &self.json().chunks[chunk as usize].as_bytes()[bytes],
-            Encoding::Msgpack => &self.msgpack().chunks[chunk as usize][bytes],
+            Encoding::Json => self.json().chunks[chunk as usize].as_bytes(),
+            Encoding::Msgpack => &self.msgpack().chunks[chunk as usize],
+        }
+    }
+
+    /// The readings this list keeps alive: its commit's, for a range of
+    /// one ([`Routed::of_commit`]), else its own.
+    fn kept_alive(&self) -> usize {
+        match &self.readings {
+            Source::Commit(commit, _) => commit.len(),
+            Source::Own(readings) => readings.len(),
+        }
+    }
+
+    /// Whether `other` keeps the same readings alive as this list (is it,
+    /// or another range of the same commit).
+    fn keeps_same(&self, other: &Routed) -> bool {
+        match (&self.readings, &other.readings) {
+            (Source::Commit(a, _), Source::Commit(b, _)) => Arc::ptr_eq(a, b),
+            _ => std::ptr::eq(self, other),
         }
     }
 
@@ -451,9 +469,11 @@ impl AsRef<Routed> for Routed {
 /// Frames smaller than this are copied together ([`readings_frame`]): a
 /// few small copies cost less than the pieces' bookkeeping.
 const SPLICE_FROM: usize = 4 << 10;
-/// Most runs a spliced frame is made of (each is one piece per chunk it
-/// spans, and JSON puts a comma between pieces): its pieces then fit one
-/// vectored write ([`crate::ws::MAX_SLICES`]).
+/// Most runs a spliced frame is made of. Each is a piece per chunk it
+/// spans (plus, for JSON, a comma where a piece starts a chunk), so the
+/// pieces of a live frame (at most 500 items, the session's `FRAME_ITEMS`)
+/// fit one vectored write ([`crate::ws::MAX_SLICES`]); any more would go in
+/// the next one.
 const SPLICE_MAX_RUNS: usize = 16;
 
 /// A live readings frame of `runs`: spliced from the lists' encodings
@@ -463,15 +483,18 @@ const SPLICE_MAX_RUNS: usize = 16;
 /// deliveries/s to ten JSON subscribers, the copies and their buffers were
 /// some 4 % of the daemon's time). Spliced only when the frame is at least
 /// [`SPLICE_FROM`] bytes, made of at most [`SPLICE_MAX_RUNS`] runs, and
-/// its runs cover at least half of the lists they are in: a frame waiting
-/// for a slow peer keeps its lists alive, and so never holds much more than
-/// a copy would.
+/// holds at least four fifths of the readings its lists keep alive
+/// ([`Routed::kept_alive`]): a frame waiting for a slow peer keeps them,
+/// their strings and their encodings, which is some three to four times
+/// its copy's bytes for that one peer (and nothing more where, as usual,
+/// the other subscribers' queues hold the same lists).
 pub fn live_frame(enc: Encoding, runs: &[LiveRun<'_>]) -> Frame {
     splice(enc, runs).unwrap_or_else(|| readings_frame(enc, runs))
 }
 
 fn splice(enc: Encoding, runs: &[LiveRun<'_>]) -> Option<Frame> {
-    if runs.len() > SPLICE_MAX_RUNS || !covers_half(runs) {
+    let items: usize = runs.iter().map(|(_, range)| range.len()).sum();
+    if runs.len() > SPLICE_MAX_RUNS || 4 * kept_alive(runs) > 5 * items {
         return None;
     }
     let bytes: usize = runs
@@ -482,61 +505,68 @@ fn splice(enc: Encoding, runs: &[LiveRun<'_>]) -> Option<Frame> {
     if bytes < SPLICE_FROM {
         return None;
     }
-    let items: usize = runs.iter().map(|(_, range)| range.len()).sum();
-    let mut pieces = Vec::with_capacity(4 * runs.len() + 2);
-    match enc {
-        Encoding::Json => pieces.push(Bytes::from_static(br#"{"type":"readings","items":["#)),
-        Encoding::Msgpack => pieces.push(msgpack_head(items, 0).into()),
-    }
+    let json = enc == Encoding::Json;
+    let mut pieces = Vec::with_capacity(2 * runs.len() + 2);
+    pieces.push(match enc {
+        Encoding::Json => Bytes::from_static(br#"{"type":"readings","items":["#),
+        Encoding::Msgpack => msgpack_head(items, 0).into(),
+    });
+    // One owner per chunk, however many pieces are cut from it.
+    let mut chunk_bytes: Option<(&Arc<Routed>, u32, Bytes)> = None;
     for (list, range) in runs {
-        for (chunk, at) in list.pieces(enc, range.clone()) {
-            if pieces.len() > 1 && enc == Encoding::Json {
-                pieces.push(Bytes::from_static(b","));
+        for (chunk, mut at) in list.pieces(enc, range.clone()) {
+            if json && pieces.len() > 1 {
+                // The item before it in the chunk is followed by a comma:
+                // the piece starts there; the first of a chunk needs one.
+                match at.start {
+                    0 => pieces.push(Bytes::from_static(b",")),
+                    _ => at.start -= 1,
+                }
             }
-            pieces.push(Bytes::from_owner(Piece {
-                list: Arc::clone(list),
-                enc,
-                chunk,
-                at,
-            }));
+            let same = |(l, c, _): &(&Arc<Routed>, u32, Bytes)| Arc::ptr_eq(l, list) && *c == chunk;
+            if !chunk_bytes.as_ref().is_some_and(same) {
+                let whole = Bytes::from_owner(Chunk {
+                    list: Arc::clone(list),
+                    enc,
+                    chunk,
+                });
+                chunk_bytes = Some((list, chunk, whole));
+            }
+            let (_, _, whole) = chunk_bytes.as_ref().expect("set above");
+            pieces.push(whole.slice(at));
         }
     }
-    if enc == Encoding::Json {
+    if json {
         pieces.push(Bytes::from_static(b"]}"));
     }
-    Some(Frame::Spliced {
-        text: enc == Encoding::Json,
-        pieces,
-    })
+    Some(Frame::Spliced { text: json, pieces })
 }
 
-/// The runs' items are at least half of the readings of the lists they
-/// are in (a list counted once however many runs it has).
-fn covers_half(runs: &[LiveRun<'_>]) -> bool {
-    let items: usize = runs.iter().map(|(_, range)| range.len()).sum();
-    let mut lists = 0;
+/// The readings the runs' lists keep alive, each list (or the commit it is
+/// a range of) counted once.
+fn kept_alive(runs: &[LiveRun<'_>]) -> usize {
+    let mut kept = 0;
     let mut last: Option<&Arc<Routed>> = None;
     for (list, _) in runs {
-        if !last.is_some_and(|l| Arc::ptr_eq(l, list)) {
-            lists += list.len();
+        if !last.is_some_and(|l| l.keeps_same(list)) {
+            kept += list.kept_alive();
             last = Some(list);
         }
     }
-    2 * items >= lists
+    kept
 }
 
-/// Bytes of a list's encoding, kept alive with the list: a piece of a
-/// spliced frame.
-struct Piece {
+/// A chunk of a list's encoding, kept alive with the list: what the
+/// pieces of a spliced frame are cut from.
+struct Chunk {
     list: Arc<Routed>,
     enc: Encoding,
     chunk: u32,
-    at: Range<usize>,
 }
 
-impl AsRef<[u8]> for Piece {
+impl AsRef<[u8]> for Chunk {
     fn as_ref(&self) -> &[u8] {
-        self.list.chunk_bytes(self.enc, self.chunk, self.at.clone())
+        self.list.chunk_bytes(self.enc, self.chunk)
     }
 }
 
@@ -944,19 +974,26 @@ mod tests {
         }
     }
 
-    /// A big enough frame whose runs cover most of their lists is spliced
-    /// from them, byte for byte what the copy gives, and stays valid once
-    /// the queue has let go of the lists; one made of small or partly
-    /// taken lists, or of too many runs, is copied.
+    /// A big enough frame that holds most of what its lists keep alive is
+    /// spliced from their encodings (no copy: the pieces hold the lists),
+    /// byte for byte what the copy gives, also for a run across chunks, and
+    /// stays valid once the queue has let go of the lists. One that is
+    /// small, holds too little of its lists or of the commit they are
+    /// ranges of, or is made of too many runs, is copied.
     #[test]
     fn live_frames_are_spliced_only_where_that_pays() {
         for enc in [Encoding::Json, Encoding::Msgpack] {
-            // Two lists of 200 readings (about 20 KiB as JSON): the whole
-            // of the first and all but two of the second.
-            let (a, b) = (Arc::new(list(1..201)), Arc::new(list(201..401)));
-            let runs = [(&a, 0..200), (&b, 0..50), (&b, 52..200)];
+            // 200 readings (about 20 KiB as JSON), and 1,000 (three JSON
+            // chunks, two for MessagePack), of which 2 and 200 are left out.
+            let (a, b) = (Arc::new(list(1..201)), Arc::new(list(201..1201)));
+            let runs = [(&a, 0..200), (&b, 0..50), (&b, 52..850)];
             let copied = payload(readings_frame(enc, &runs));
             let frame = live_frame(enc, &runs);
+            assert!(b.msgpack.get().is_some() || b.json.get().is_some());
+            assert!(
+                Arc::strong_count(&b) > 1,
+                "{enc:?}: the frame holds its lists"
+            );
             drop((a, b));
             let spliced = payload(frame);
             assert!(spliced.2, "{enc:?}: spliced");
@@ -971,7 +1008,21 @@ mod tests {
             let small = Arc::new(list(1..11));
             copy(&[(&small, 0..10)], "small");
             let big = Arc::new(list(1..1001));
-            copy(&[(&big, 0..400)], "most of the list is not in the frame");
+            copy(
+                &[(&big, 0..799)],
+                "a fifth of what it keeps alive is not in it",
+            );
+            let commit: Arc<Commit> = Arc::new(list(1..1001).readings().to_vec().into());
+            let (first, rest) = (
+                Arc::new(Routed::of_commit(&commit, 0..500)),
+                Arc::new(Routed::of_commit(&commit, 500..1000)),
+            );
+            let (_, _, spliced) = payload(live_frame(enc, &[(&first, 0..500), (&rest, 0..300)]));
+            assert!(spliced, "{enc:?}: four fifths of the commit");
+            copy(
+                &[(&rest, 0..500)],
+                "its list is half of the commit it keeps alive",
+            );
             let lists: Vec<_> = (0..17u64)
                 .map(|n| Arc::new(list(n * 20..n * 20 + 20)))
                 .collect();

@@ -799,7 +799,8 @@ mod tests {
         let reader = tokio::spawn(async move {
             let first = read_frame(&mut c).await;
             let second = read_frame(&mut c).await;
-            (first, second)
+            let third = read_frame(&mut c).await;
+            (first, second, third)
         });
         s.send(Outbound::Spliced {
             text: false,
@@ -807,9 +808,22 @@ mod tests {
         })
         .await
         .unwrap();
-        let (first, second) = reader.await.unwrap();
+        // More pieces than one vectored write takes.
+        let many: Vec<Bytes> = (0..3 * MAX_SLICES)
+            .map(|n| Bytes::from(vec![n as u8; 10 + n % 7]))
+            .collect();
+        let many_whole = many.concat();
+        s.send(Outbound::Spliced {
+            text: false,
+            pieces: many,
+        })
+        .await
+        .unwrap();
+        let read = tokio::time::timeout(std::time::Duration::from_secs(10), reader);
+        let (first, second, third) = read.await.expect("every frame arrives").unwrap();
         assert_eq!(first, (0x81, whole), "text, whole, in order");
         assert_eq!(second, (0x82, b"xyz".to_vec()), "a small one, binary");
+        assert_eq!(third, (0x82, many_whole), "many pieces, in order");
     }
 
     #[test]
