@@ -752,23 +752,42 @@ mod tests {
         assert_eq!(read_frame(&mut c).await, (0x82, b"ack".to_vec()));
 
         let big: Vec<u8> = (0..5000).map(|i| i as u8).collect();
-        let send = s.send(Outbound::Binary(big.clone().into()));
-        let cut = tokio::time::timeout(std::time::Duration::from_millis(20), send).await;
-        assert!(cut.is_err(), "the pipe is full, the send is cut short");
-        let reader = tokio::spawn(async move {
-            let first = read_frame(&mut c).await;
-            let second = read_frame(&mut c).await;
-            let third = read_frame(&mut c).await;
-            (first, second, third)
-        });
+        cut_short(s.send(Outbound::Binary(big.clone().into()))).await;
+        let reader = read_frames(c, 3);
         s.send(Outbound::Text("next".into())).await.unwrap();
         s.send_close(1001, "bye").await.unwrap();
-        let (first, second, third) = reader.await.unwrap();
-        assert_eq!(first, (0x82, big), "the cut frame comes whole, first");
-        assert_eq!(second, (0x81, b"next".to_vec()));
         let mut close = 1001u16.to_be_bytes().to_vec();
         close.extend(b"bye");
-        assert_eq!(third, (0x88, close));
+        let expected = [(0x82, big), (0x81, b"next".to_vec()), (0x88, close)];
+        assert_eq!(
+            reader.await.unwrap(),
+            expected,
+            "the cut frame comes whole, first"
+        );
+    }
+
+    /// Starts a send into a full pipe and checks that it cannot finish (it
+    /// is left half written, to be finished by the next send).
+    async fn cut_short(send: impl Future<Output = std::io::Result<()>>) {
+        let cut = tokio::time::timeout(std::time::Duration::from_millis(20), send).await;
+        assert!(cut.is_err(), "the pipe is full, the send is cut short");
+    }
+
+    /// Reads `n` frames off the client's end, on a task of its own, giving
+    /// up after 10 s (a frame shorter than its header says never ends).
+    fn read_frames(mut c: DuplexStream, n: usize) -> tokio::task::JoinHandle<Vec<(u8, Vec<u8>)>> {
+        tokio::spawn(async move {
+            let all = async {
+                let mut frames = Vec::new();
+                for _ in 0..n {
+                    frames.push(read_frame(&mut c).await);
+                }
+                frames
+            };
+            tokio::time::timeout(std::time::Duration::from_secs(10), all)
+                .await
+                .expect("every frame arrives")
+        })
     }
 
     /// A spliced message leaves as one frame of its pieces, in order, even
@@ -776,7 +795,7 @@ mod tests {
     /// is finished before the next.
     #[tokio::test]
     async fn a_spliced_message_is_one_frame_of_its_pieces() {
-        let (server, mut c) = tokio::io::duplex(64);
+        let (server, c) = tokio::io::duplex(64);
         let mut s = Socket::new(server, 100);
         let pieces: Vec<Bytes> = [
             &b"{\"a\":["[..],
@@ -790,18 +809,12 @@ mod tests {
         .map(|p| Bytes::copy_from_slice(p))
         .collect();
         let whole = pieces.concat();
-        let send = s.send(Outbound::Spliced {
+        cut_short(s.send(Outbound::Spliced {
             text: true,
             pieces: pieces.clone(),
-        });
-        let cut = tokio::time::timeout(std::time::Duration::from_millis(20), send).await;
-        assert!(cut.is_err(), "the pipe is full, the send is cut short");
-        let reader = tokio::spawn(async move {
-            let first = read_frame(&mut c).await;
-            let second = read_frame(&mut c).await;
-            let third = read_frame(&mut c).await;
-            (first, second, third)
-        });
+        }))
+        .await;
+        let reader = read_frames(c, 3);
         s.send(Outbound::Spliced {
             text: false,
             pieces: vec![Bytes::from_static(b"x"), Bytes::from_static(b"yz")],
@@ -819,11 +832,12 @@ mod tests {
         })
         .await
         .unwrap();
-        let read = tokio::time::timeout(std::time::Duration::from_secs(10), reader);
-        let (first, second, third) = read.await.expect("every frame arrives").unwrap();
-        assert_eq!(first, (0x81, whole), "text, whole, in order");
-        assert_eq!(second, (0x82, b"xyz".to_vec()), "a small one, binary");
-        assert_eq!(third, (0x82, many_whole), "many pieces, in order");
+        let expected = [(0x81, whole), (0x82, b"xyz".to_vec()), (0x82, many_whole)];
+        assert_eq!(
+            reader.await.unwrap(),
+            expected,
+            "text, a small binary one, many pieces"
+        );
     }
 
     #[test]
