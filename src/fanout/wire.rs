@@ -453,11 +453,8 @@ pub fn steps(len: usize, most: usize) -> impl Iterator<Item = Range<usize>> {
         .map(move |start| start..len.min(start + most))
 }
 
-/// A run of a list's items for one frame: `range` of `list`.
-pub type Run<'a> = (&'a Routed, Range<usize>);
-
-/// A run of a shared list (a subscriber queue's), which a spliced frame
-/// can keep alive.
+/// A run of a shared list's items for one frame, `range` of the list (a
+/// subscriber queue's), which a spliced frame can keep alive.
 pub type LiveRun<'a> = (&'a Arc<Routed>, Range<usize>);
 
 impl AsRef<Routed> for Routed {
