@@ -135,6 +135,9 @@ impl Stats {
             "rejected": self.rejected(),
             "reconnects": self.reconnects.load(Relaxed),
             "connect_failures": self.connect_failures.load(Relaxed),
+            // Why the last failed attempt failed: a count alone does not
+            // say whether the server refused, timed out or never answered.
+            "last_error": self.last_error.lock().unwrap().clone(),
             "devices_connected": self.devices_connected_ever.load(Relaxed),
             "garbage_sent": self.garbage_sent.load(Relaxed),
             "latency_source": if meta.subscribed { "subscriber" } else { "ack" },
@@ -193,6 +196,9 @@ pub fn table(r: &Value) -> String {
         "garbage_sent",
     ] {
         line(&mut out, k, r[k].to_string());
+    }
+    if let Some(e) = r["last_error"].as_str() {
+        line(&mut out, "last_error", e.to_string());
     }
     let rejected = r["rejected"]
         .as_object()
@@ -259,5 +265,25 @@ mod tests {
             assert!(r["latency_us"][k].as_u64().unwrap() >= 1400, "{r}");
         }
         assert!(table(&r).contains("rate_limited=1"));
+        assert!(r["last_error"].is_null(), "no attempt failed: {r}");
+        assert!(!table(&r).contains("last_error"));
+    }
+
+    /// A failed connection attempt says why, in the report and the table.
+    #[test]
+    fn the_last_connect_error_is_reported() {
+        let s = Stats::default();
+        Stats::add(&s.connect_failures, 2);
+        *s.last_error.lock().unwrap() = Some("HTTP 429 too many".into());
+        let meta = RunMeta {
+            devices: 1,
+            scenario: "steady",
+            subscribed: false,
+            subscribers: 0,
+        };
+        let r = s.report(&meta, Duration::from_secs(1));
+        assert_eq!(r["connect_failures"], 2);
+        assert_eq!(r["last_error"], "HTTP 429 too many");
+        assert!(table(&r).contains("HTTP 429 too many"), "{}", table(&r));
     }
 }
