@@ -117,7 +117,11 @@ impl Conn {
                 }
                 _ = replaced.cancelled() => return End::Replaced,
                 Some((seq, outcome)) = self.pending.next(), if !self.pending.is_empty() => {
-                    match self.answer_ready(seq, outcome).await {
+                    // Boxed too: answering (acks gathered, a send) is
+                    // the loop's largest await, and inline it sized every
+                    // idle connection's task (BENCHMARKS.md, "Memory per
+                    // idle device connection").
+                    match Box::pin(self.answer_ready(seq, outcome)).await {
                         Ok(()) => {}
                         // Shutdown won over a send: the batches still
                         // pending are answered as in the branch above.

@@ -26,7 +26,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use tokio::time::{Instant, Interval, MissedTickBehavior, Sleep};
+use tokio::time::{Instant, Sleep};
 
 use crate::shutdown::Shutdown;
 
@@ -168,18 +168,23 @@ pub enum Due {
 /// `server.idle_timeout` after the peer's last frame (SPEC §10: any frame,
 /// pongs included, counts as activity).
 ///
-/// The idle timer is one timer for the connection's life, moved lazily:
-/// activity only notes the time, and when the timer fires early (there was
-/// activity since it was set) it is set again from the last activity. Why
-/// not a new timer per wait, as before: every wait of a connection's loop
-/// (one per frame) then registered a timer and dropped it, each under the
-/// runtime's timer lock, and at 10,000 frames a second that lock was
-/// contended enough for its spinning waiters to yield their core to other
-/// processes, for up to several milliseconds (BENCHMARKS.md, "Timers").
+/// Both run on one timer for the connection's life, set to whichever comes
+/// first and moved lazily: activity only notes the time, and when the
+/// timer fires early (there was activity since it was set) it is set again.
+/// Why not a new timer per wait: every wait of a connection's loop (one per
+/// frame) then registered a timer and dropped it, each under the runtime's
+/// timer lock, and at 10,000 frames a second that lock was contended enough
+/// for its spinning waiters to yield their core to other processes, for up
+/// to several milliseconds (BENCHMARKS.md, "Timers"). Why one and not one
+/// per clock: every idle connection holds its timer, and a second one (a
+/// tokio `Interval` beside the idle `Sleep`) was some 0.3 KiB of the 2.8 KiB
+/// an idle device connection cost (BENCHMARKS.md, "Memory per idle device
+/// connection").
 pub struct KeepAlive {
-    ping: Interval,
-    idle: Pin<Box<Sleep>>,
+    timer: Pin<Box<Sleep>>,
+    ping_every: Duration,
     idle_after: Duration,
+    next_ping: Instant,
     last_activity: Instant,
 }
 
@@ -187,12 +192,12 @@ impl KeepAlive {
     /// Starts both clocks now: the first ping is due one interval from now.
     pub fn start(ping_every: Duration, idle_after: Duration) -> KeepAlive {
         let now = Instant::now();
-        let mut ping = tokio::time::interval_at(now + ping_every, ping_every);
-        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let next_ping = now + ping_every;
         KeepAlive {
-            ping,
-            idle: Box::pin(tokio::time::sleep_until(now + idle_after)),
+            timer: Box::pin(tokio::time::sleep_until(next_ping.min(now + idle_after))),
+            ping_every,
             idle_after,
+            next_ping,
             last_activity: now,
         }
     }
@@ -203,21 +208,31 @@ impl KeepAlive {
     }
 
     /// Resolves when a ping is due, or (checked second) when the peer has
-    /// been silent too long. Cancel-safe: select on it in the loop.
+    /// been silent too long. Cancel-safe: select on it in the loop (all its
+    /// state is in `self`, and it changes only just before it returns).
     pub async fn due(&mut self) -> Due {
         loop {
-            tokio::select! {
-                biased;
-                _ = self.ping.tick() => return Due::Ping,
-                _ = self.idle.as_mut() => {
-                    let deadline = self.last_activity + self.idle_after;
-                    if deadline <= Instant::now() {
-                        return Due::Idle;
-                    }
-                    self.idle.as_mut().reset(deadline);
-                }
+            self.timer.as_mut().await;
+            let now = Instant::now();
+            if self.next_ping <= now {
+                // The next one an interval from now, also when this one
+                // came late (what a tokio `Interval` does with `Delay`).
+                self.next_ping = now + self.ping_every;
+                self.set_timer();
+                return Due::Ping;
             }
+            if self.last_activity + self.idle_after <= now {
+                return Due::Idle;
+            }
+            self.set_timer();
         }
+    }
+
+    /// The timer at whichever comes first: the next ping or the idle
+    /// deadline as the last activity puts it.
+    fn set_timer(&mut self) {
+        let at = self.next_ping.min(self.last_activity + self.idle_after);
+        self.timer.as_mut().reset(at);
     }
 }
 
@@ -246,6 +261,35 @@ mod tests {
         assert_eq!(ka.due().await, Due::Ping, "the interval keeps ticking");
         let mut ka = KeepAlive::start(hour, Duration::from_millis(5));
         assert_eq!(ka.due().await, Due::Idle);
+    }
+
+    /// One timer serves both clocks: pings come every interval whether the
+    /// peer is active or not, and a silent peer is idle at its deadline,
+    /// which falls between two pings.
+    #[tokio::test(start_paused = true)]
+    async fn pings_keep_their_interval_and_idleness_falls_between_them() {
+        let (every, idle) = (Duration::from_secs(3), Duration::from_secs(10));
+        let started = Instant::now();
+        let mut ka = KeepAlive::start(every, idle);
+        for k in 1..=3 {
+            assert_eq!(ka.due().await, Due::Ping);
+            assert_eq!(started.elapsed(), every * k);
+        }
+        assert_eq!(ka.due().await, Due::Idle);
+        assert_eq!(started.elapsed(), idle);
+
+        // A peer heard from every 2 s: a ping every 3 s, never idle.
+        let started = Instant::now();
+        let mut ka = KeepAlive::start(every, idle);
+        let mut pings = Vec::new();
+        while started.elapsed() < Duration::from_secs(31) {
+            match tokio::time::timeout(Duration::from_secs(2), ka.due()).await {
+                Ok(Due::Ping) => pings.push(started.elapsed().as_secs()),
+                Ok(Due::Idle) => panic!("idle at {:?}", started.elapsed()),
+                Err(_) => ka.activity(),
+            }
+        }
+        assert_eq!(pings, (1..=10).map(|k| 3 * k).collect::<Vec<_>>());
     }
 
     /// Activity moves the idle deadline to `idle_after` past it, however
