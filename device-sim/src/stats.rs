@@ -243,6 +243,13 @@ pub fn table(r: &Value) -> String {
 mod tests {
     use super::*;
 
+    const ONE_STEADY_DEVICE: RunMeta = RunMeta {
+        devices: 1,
+        scenario: "steady",
+        subscribed: false,
+        subscribers: 0,
+    };
+
     #[test]
     fn report_has_the_spec_fields() {
         let s = Stats::default();
@@ -250,13 +257,7 @@ mod tests {
         Stats::add(&s.acked_readings, 10);
         s.reject("rate_limited");
         s.ack_latency(Duration::from_micros(1500));
-        let meta = RunMeta {
-            devices: 1,
-            scenario: "steady",
-            subscribed: false,
-            subscribers: 0,
-        };
-        let r = s.report(&meta, Duration::from_secs(2));
+        let r = s.report(&ONE_STEADY_DEVICE, Duration::from_secs(2));
         assert_eq!(r["sent_readings"], 10);
         assert_eq!(r["acked_readings"], 10);
         assert_eq!(r["rejected"]["rate_limited"], 1);
@@ -275,13 +276,7 @@ mod tests {
         let s = Stats::default();
         Stats::add(&s.connect_failures, 2);
         *s.last_error.lock().unwrap() = Some("HTTP 429 too many".into());
-        let meta = RunMeta {
-            devices: 1,
-            scenario: "steady",
-            subscribed: false,
-            subscribers: 0,
-        };
-        let r = s.report(&meta, Duration::from_secs(1));
+        let r = s.report(&ONE_STEADY_DEVICE, Duration::from_secs(1));
         assert_eq!(r["connect_failures"], 2);
         assert_eq!(r["last_error"], "HTTP 429 too many");
         assert!(table(&r).contains("HTTP 429 too many"), "{}", table(&r));
