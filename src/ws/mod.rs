@@ -215,9 +215,15 @@ impl KeepAlive {
             self.timer.as_mut().await;
             let now = Instant::now();
             if self.next_ping <= now {
-                // The next one an interval from now, also when this one
-                // came late (what a tokio `Interval` does with `Delay`).
-                self.next_ping = now + self.ping_every;
+                // The next one an interval after this one was due, so a
+                // late wake does not slow the pace; after a whole interval
+                // missed, an interval from now (no burst to catch up).
+                let next = self.next_ping + self.ping_every;
+                self.next_ping = if next > now {
+                    next
+                } else {
+                    now + self.ping_every
+                };
                 self.set_timer();
                 return Due::Ping;
             }
@@ -278,7 +284,8 @@ mod tests {
         assert_eq!(ka.due().await, Due::Idle);
         assert_eq!(started.elapsed(), idle);
 
-        // A peer heard from every 2 s: a ping every 3 s, never idle.
+        // A peer that sends something 2 s into every wait: a ping every
+        // 3 s all the same, and never idle.
         let started = Instant::now();
         let mut ka = KeepAlive::start(every, idle);
         let mut pings = Vec::new();
@@ -290,6 +297,28 @@ mod tests {
             }
         }
         assert_eq!(pings, (1..=10).map(|k| 3 * k).collect::<Vec<_>>());
+    }
+
+    /// A ping taken late (the loop was busy) keeps the pace of those after
+    /// it; one taken a whole interval late starts the pace again from now,
+    /// rather than a burst of pings to catch up.
+    #[tokio::test(start_paused = true)]
+    async fn late_pings_keep_the_pace_and_missed_ones_are_not_made_up() {
+        let every = Duration::from_secs(3);
+        let started = Instant::now();
+        let mut ka = KeepAlive::start(every, Duration::from_secs(3600));
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert_eq!(ka.due().await, Due::Ping, "due at 3 s, taken at 4 s");
+        assert_eq!(ka.due().await, Due::Ping);
+        assert_eq!(started.elapsed(), Duration::from_secs(6), "on the pace");
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        assert_eq!(ka.due().await, Due::Ping, "due at 9 s, taken at 13 s");
+        assert_eq!(ka.due().await, Due::Ping);
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(16),
+            "from the late one"
+        );
     }
 
     /// Activity moves the idle deadline to `idle_after` past it, however
@@ -310,5 +339,11 @@ mod tests {
         assert_eq!(ka.due().await, Due::Idle);
         assert_eq!(started.elapsed(), Duration::from_secs(6) + idle);
         assert_eq!(ka.due().await, Due::Idle, "and stays idle");
+        // Activity after all (a frame was still arriving, as the device
+        // loop finds out): idle again a whole `idle_after` later.
+        ka.activity();
+        let again = Instant::now();
+        assert_eq!(ka.due().await, Due::Idle);
+        assert_eq!(again.elapsed(), idle);
     }
 }
