@@ -177,9 +177,9 @@ pub enum Due {
 /// for its spinning waiters to yield their core to other processes, for up
 /// to several milliseconds (BENCHMARKS.md, "Timers"). Why one and not one
 /// per clock: every idle connection holds its timer, and a second one (a
-/// tokio `Interval` beside the idle `Sleep`) was some 0.3 KiB of the 2.8 KiB
-/// an idle device connection cost (BENCHMARKS.md, "Memory per idle device
-/// connection").
+/// tokio `Interval` beside the idle `Sleep`) was about 140 bytes of the 2.8
+/// KiB an idle device connection cost (BENCHMARKS.md, "Memory per idle
+/// device connection").
 pub struct KeepAlive {
     timer: Pin<Box<Sleep>>,
     ping_every: Duration,
