@@ -111,25 +111,36 @@ where
     /// [`Self::run`] as where the slices lie: each one's chunk, and its
     /// bytes there.
     fn pieces(&self, range: Range<usize>) -> impl Iterator<Item = (u32, Range<usize>)> + '_ {
-        let mut next = range.start;
-        std::iter::from_fn(move || {
-            if next >= range.end {
-                return None;
-            }
-            let (chunk, _) = self.ends[next];
-            let start = match next {
-                n if n > 0 && self.ends[n - 1].0 == chunk => self.ends[n - 1].1 + self.gap,
-                _ => 0,
-            };
-            // The last item of the range in this chunk.
-            let mut last = next;
-            while last + 1 < range.end && self.ends[last + 1].0 == chunk {
-                last += 1;
-            }
-            next = last + 1;
-            Some((chunk, start..self.ends[last].1))
-        })
+        pieces(&self.ends, self.gap, range)
     }
+}
+
+/// Where items `range` (not empty) of an encoding lie, by its items' ends
+/// and the gap between them ([`Encoded`]): each slice's chunk, and its
+/// bytes there, one slice per chunk the items are in.
+fn pieces(
+    ends: &[(u32, usize)],
+    gap: usize,
+    range: Range<usize>,
+) -> impl Iterator<Item = (u32, Range<usize>)> + '_ {
+    let mut next = range.start;
+    std::iter::from_fn(move || {
+        if next >= range.end {
+            return None;
+        }
+        let (chunk, _) = ends[next];
+        let start = match next {
+            n if n > 0 && ends[n - 1].0 == chunk => ends[n - 1].1 + gap,
+            _ => 0,
+        };
+        // The last item of the range in this chunk.
+        let mut last = next;
+        while last + 1 < range.end && ends[last + 1].0 == chunk {
+            last += 1;
+        }
+        next = last + 1;
+        Some((chunk, start..ends[last].1))
+    })
 }
 
 impl Routed {
@@ -232,13 +243,11 @@ impl Routed {
         enc: Encoding,
         range: Range<usize>,
     ) -> impl Iterator<Item = (u32, Range<usize>)> + '_ {
-        let (json, msgpack) = match enc {
-            Encoding::Json => (Some(self.json().pieces(range)), None),
-            Encoding::Msgpack => (None, Some(self.msgpack().pieces(range))),
+        let (ends, gap) = match enc {
+            Encoding::Json => (&self.json().ends, self.json().gap),
+            Encoding::Msgpack => (&self.msgpack().ends, self.msgpack().gap),
         };
-        json.into_iter()
-            .flatten()
-            .chain(msgpack.into_iter().flatten())
+        pieces(ends, gap, range)
     }
 
     /// Chunk `chunk` of encoding `enc`.
