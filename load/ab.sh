@@ -8,7 +8,9 @@
 #
 # Starts the daemon on a free 127.0.0.1 port with a temp store
 # (storage.sync = "batch", limits out of the way, log level warn), runs
-# device-sim against it with one JSON subscriber on `#`, and prints one line:
+# device-sim against it with one JSON subscriber on `#` (`--subscribers N`
+# among the arguments sets how many; with `--subscribers 0` there is none and
+# the subscriber's figures read 0), and prints one line:
 # acked readings/s, device -> subscriber p50/p99/p999, device -> ack p99/p999,
 # readings shed as
 # `lagged`, the daemon's CPU seconds (utime + stime), peak RSS, and what the
@@ -33,6 +35,13 @@ if [ $# -lt 4 ] || [ "$4" != "--" ]; then
 fi
 SG=$1 SIM=$2 LABEL=$3
 shift 4
+# device-sim refuses `--subscribers 0` beside `--subscribe`: leave the URL out.
+subscribe=(--subscribe)
+prev=
+for arg in "$@"; do
+    [ "$prev" = --subscribers ] && [ "$arg" = 0 ] && subscribe=()
+    prev=$arg
+done
 HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=load/lib.sh
 . "$HERE/lib.sh"
@@ -50,7 +59,7 @@ if [ "${CAPTURE:-0}" = 1 ]; then
 fi
 timeout 600 python3 "$HERE/rusage.py" "$TMP/sim.rusage" \
     "$SIM" --url "ws://127.0.0.1:$PORT/v1/ingest" --secret "$SECRET" --json \
-    --subscribe "ws://127.0.0.1:$PORT/v1/stream" "$@" >"$TMP/sim.json" 2>"$TMP/sim.err" || true
+    ${subscribe[@]+"${subscribe[@]}" "ws://127.0.0.1:$PORT/v1/stream"} "$@" >"$TMP/sim.json" 2>"$TMP/sim.err" || true
 sim_cpu=nan sim_rss_kib=0
 [ -s "$TMP/sim.rusage" ] && read -r sim_cpu sim_rss_kib <"$TMP/sim.rusage"
 t1=$(cpu_ticks "$PID")
@@ -81,5 +90,6 @@ store_kib=$(du -sk "$TMP/store" | cut -f1)
 cpu=$(awk -v a="$t0" -v b="$t1" -v k="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", (b - a) / k }')
 jq -r --arg l "$LABEL" --arg cpu "$cpu" --arg rss "$((hwm / 1024))" --argjson store "$store_kib" \
     --arg sim_cpu "$sim_cpu" --arg sim_rss "$((sim_rss_kib / 1024))" \
-    '"\($l): acked/s \(.readings_per_sec | floor), p50/p99/p999 ms \(.subscriber.latency_us.p50 / 1000) / \(.subscriber.latency_us.p99 / 1000) / \(.subscriber.latency_us.p999 / 1000), ack p99/p999 ms \(.ack_latency_us.p99 / 1000) / \(.ack_latency_us.p999 / 1000), lagged \(.subscriber.lagged), server CPU s \($cpu), peak RSS MiB \($rss), store MiB \($store / 1024 | floor), store bytes/reading \(if .acked_readings > 0 then ($store * 1024 / .acked_readings | floor) else 0 end), device-sim CPU s \($sim_cpu), device-sim peak RSS MiB \($sim_rss)"' \
+    '(.subscriber // {latency_us: {p50: 0, p99: 0, p999: 0}, lagged: 0}) as $sub
+     | "\($l): acked/s \(.readings_per_sec | floor), p50/p99/p999 ms \($sub.latency_us.p50 / 1000) / \($sub.latency_us.p99 / 1000) / \($sub.latency_us.p999 / 1000), ack p99/p999 ms \(.ack_latency_us.p99 / 1000) / \(.ack_latency_us.p999 / 1000), lagged \($sub.lagged), server CPU s \($cpu), peak RSS MiB \($rss), store MiB \($store / 1024 | floor), store bytes/reading \(if .acked_readings > 0 then ($store * 1024 / .acked_readings | floor) else 0 end), device-sim CPU s \($sim_cpu), device-sim peak RSS MiB \($sim_rss)"' \
     "$TMP/sim.json"
