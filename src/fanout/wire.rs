@@ -104,14 +104,8 @@ where
     where
         T: 'a,
     {
-        self.pieces(range)
-            .map(|(chunk, bytes)| &self.chunks[chunk as usize][bytes])
-    }
-
-    /// [`Self::run`] as where the slices lie: each one's chunk, and its
-    /// bytes there.
-    fn pieces(&self, range: Range<usize>) -> impl Iterator<Item = (u32, Range<usize>)> + '_ {
         pieces(&self.ends, self.gap, range)
+            .map(|(chunk, bytes)| &self.chunks[chunk as usize][bytes])
     }
 }
 
