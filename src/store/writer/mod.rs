@@ -357,7 +357,8 @@ fn wait_for_requests(
     waker: &Waker,
     wait: Option<Duration>,
 ) -> Option<usize> {
-    let deadline = wait.map(|d| Instant::now() + d);
+    // A wait too long to add to the clock is no deadline at all.
+    let deadline = wait.and_then(|d| Instant::now().checked_add(d));
     let mut cx = Context::from_waker(waker);
     loop {
         if let Poll::Ready(n) = rx.poll_recv_many(&mut cx, buf, MAX_BATCHES_PER_COMMIT) {
@@ -389,7 +390,8 @@ impl Wake for ThreadWaker {
 }
 
 impl ThreadWaker {
-    /// A waker for the calling thread.
+    /// A waker for the calling thread, which must be the one that waits
+    /// with it: the waker unparks the thread that made it.
     fn current() -> Waker {
         Waker::from(Arc::new(ThreadWaker(std::thread::current())))
     }
@@ -839,6 +841,22 @@ mod tests {
         let fresh = batch_queued(now + Duration::from_secs(1));
         assert_eq!(gather_rest(&[waited_long, fresh]), None, "the first counts");
         assert_eq!(gather_rest(&[ping(), ping()]), None);
+    }
+
+    /// A wait too long for the clock (an absurd `storage.flush_interval`)
+    /// waits for the next request rather than panicking.
+    #[test]
+    fn a_wait_past_the_clocks_end_waits_for_the_next_request() {
+        let waker = ThreadWaker::current();
+        let (tx, mut rx) = mpsc::channel(8);
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            tx.blocking_send(ping()).unwrap();
+        });
+        let mut buf = Vec::new();
+        let got = wait_for_requests(&mut rx, &mut buf, &waker, Some(Duration::MAX));
+        sender.join().unwrap();
+        assert_eq!(got, Some(1));
     }
 
     /// Only a writer that has nothing due and then gets nothing for the
