@@ -253,7 +253,12 @@ fn half_end(half: usize) -> u64 {
 /// old file held was read before.
 fn create(dir: &Path, path: &Path) -> Result<(), WalError> {
     let tmp = dir.join(format!("{FILE_NAME}.tmp"));
-    let zeros = vec![0u8; 1 << 20];
+    // A page at a time, so that the page cache holds the file in single
+    // pages: written in big pieces it gets large folios (ext4 on recent
+    // kernels), and then every small `pwrite` of a record or the mark
+    // walks all the blocks of its folio, 1.5 µs more per write here
+    // (BENCHMARKS.md, "Large folios under the log's small writes").
+    let zeros = vec![0u8; 4096];
     let written = File::create(&tmp)
         .and_then(|mut f| {
             for _ in 0..WAL_SIZE / zeros.len() as u64 {
