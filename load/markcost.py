@@ -17,11 +17,10 @@ included, the same in both) and the sync's p50/p99/p999 and longest
 latency. Removes its file at the end.
 """
 import os
-import resource
 import sys
 import time
 
-from ring import SIZE, open_ring
+from ring import SIZE, open_ring, own_cpu
 
 directory = sys.argv[1]
 seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 10.0
@@ -33,11 +32,6 @@ if seconds <= 0 or rate <= 0 or rounds <= 0:
 RECORD = b"r" * 4096
 MARK = b"m" * 1024
 FIRST_RECORD = 4096
-
-
-def own_cpu():
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 def one_pass(fd, offset, with_mark):

@@ -17,8 +17,9 @@ difference is what the folio's size costs each write. Removes its files at
 the end.
 """
 import os
-import resource
 import sys
+
+from ring import SIZE, open_ring, own_cpu
 
 directory = sys.argv[1]
 writes = int(sys.argv[2]) if len(sys.argv) > 2 else 100_000
@@ -26,23 +27,7 @@ rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 2
 if writes <= 0 or rounds <= 0:
     sys.exit("WRITES and ROUNDS must be above zero")
 
-SIZE = 8 << 20
 RECORD = b"r" * 1024
-
-
-def own_cpu():
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-def create(name, piece):
-    path = os.path.join(directory, name)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-    zeros = bytes(piece)
-    for at in range(0, SIZE, piece):
-        os.pwrite(fd, zeros, at)
-    os.fsync(fd)
-    return fd, path
 
 
 def per_write(fd):
@@ -56,10 +41,9 @@ def per_write(fd):
     return (own_cpu() - cpu0) / writes * 1e6
 
 
-os.makedirs(directory, exist_ok=True)
-files = [("written in 1 MiB pieces", *create("pagecost-1m", 1 << 20))]
+files = [("written in 1 MiB pieces", *open_ring(directory, "pagecost-1m", 1 << 20))]
 try:
-    files.append(("written a page at a time", *create("pagecost-4k", 4096)))
+    files.append(("written a page at a time", *open_ring(directory, "pagecost-4k")))
     for _ in range(rounds):
         print(", ".join(f"{kind}: {per_write(fd):.2f} us per 1 KiB pwrite" for kind, fd, _ in files))
 finally:

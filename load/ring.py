@@ -1,21 +1,28 @@
-"""The file the disk probes (syncfloor.py, synccpu.py) sync, shaped like the
-daemon's write-ahead log: 8 MiB, written whole with zeros and synced first
-(with its directory), then overwritten in a ring, so that no later sync has
-a file size or a block allocation to persist."""
+"""What the disk probes (syncfloor.py, synccpu.py, markcost.py, pagecost.py)
+share: the file they write, shaped like the daemon's write-ahead log (8 MiB,
+written whole with zeros a page at a time and synced first, with its
+directory, then overwritten in a ring, so that no later sync has a file size
+or a block allocation to persist), and the probe's own CPU time."""
 import os
+import resource
 
 SIZE = 8 << 20
 BLOCK = b"x" * 4096
 
 
-def open_ring(directory, name):
-    """Creates DIRECTORY/NAME as above; returns its descriptor and path."""
+def open_ring(directory, name, piece=4096):
+    """Creates DIRECTORY/NAME as above; returns its descriptor and path.
+
+    The zeros go in PIECE bytes at a time: a page, as the daemon creates its
+    log, so the page cache holds the file in single pages (bigger pieces get
+    large folios on recent kernels: pagecost.py)."""
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, name)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        for at in range(0, SIZE, 1 << 20):
-            os.pwrite(fd, bytes(1 << 20), at)
+        zeros = bytes(piece)
+        for at in range(0, SIZE, piece):
+            os.pwrite(fd, zeros, at)
         os.fsync(fd)
         dir_fd = os.open(directory, os.O_RDONLY)
         os.fsync(dir_fd)
@@ -26,6 +33,12 @@ def open_ring(directory, name):
         os.remove(path)
         raise
     return fd, path
+
+
+def own_cpu():
+    """This process's CPU seconds so far (getrusage: user + system)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def write_next(fd, offset):

@@ -26,22 +26,16 @@ readings: at 10 readings per sync, N us per sync is N/10 s per million.
 Removes its file at the end.
 """
 import os
-import resource
 import sys
 import time
 
-from ring import open_ring, write_next
+from ring import open_ring, own_cpu, write_next
 
 directory = sys.argv[1]
 seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 20.0
 rates = [int(r) for r in sys.argv[3:]] or [1000]
 if seconds <= 0 or min(rates) <= 0:
     sys.exit("SECONDS and every RATE must be above zero")
-
-
-def own_cpu():
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 offset = 0
